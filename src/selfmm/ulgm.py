@@ -135,7 +135,7 @@ class UnimodalLabelGenerator:
             masks = torch.stack(class_masks(self._labels[i], self.exclude_zero), dim=1)
             self._counts[s] = masks.sum(dim=0)
             self._sums[s] = masks.to(torch.float64).T @ self._reps[s].to(torch.float64)
-        self._refresh_centres(tuple(MODALITIES))
+        self._refresh_centres(MODALITIES)
 
     def step(self, indexes: torch.Tensor | Sequence[int], features: Mapping[str, torch.Tensor],
              epoch: int) -> None:
@@ -248,10 +248,9 @@ class UnimodalLabelGenerator:
             self._sums[s][~present] = 0.0
             if self.centre_mode == "full":
                 i = MODALITIES.index(s)
-                pos, neg = full_centres(self._reps[s], self._labels[i], self.exclude_zero)
-                for k, c in enumerate((pos, neg)):
-                    if c is not None:
-                        self._centres[s][k] = c
+                fresh = full_centres(self._reps[s], self._labels[i], self.exclude_zero)
+                self._centres[s] = torch.stack([c if c is not None else prev
+                                                for c, prev in zip(fresh, self._centres[s])])
             else:
                 mean = (self._sums[s] / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
                 self._centres[s] = torch.where(present.unsqueeze(1), mean, self._centres[s])
