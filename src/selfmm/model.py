@@ -1,0 +1,136 @@
+"""Self-MM (SPEC 3): a text encoder, two LSTMs, a fusion head and three unimodal heads.
+
+Reads top to bottom like the paper: each modality becomes one vector; the fusion head and
+the three unimodal heads each produce a representation F_s (what the ULGM compares with the
+class centres) and a prediction y_s. Only y_m is used at test time.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from .config import ModelConfig
+from .data.batch import Batch
+
+
+class Heads(NamedTuple):
+    """One tensor per task: m (multimodal), t (text), a (audio), v (vision)."""
+
+    m: torch.Tensor
+    t: torch.Tensor
+    a: torch.Tensor
+    v: torch.Tensor
+
+
+class SelfMMOutput(NamedTuple):
+    predictions: Heads  # each (B,)
+    features: Heads  # F_m (B, post_fusion_dim), F_t, F_a, F_v (B, post_X_dim)
+
+
+class SequenceEncoder(nn.Module):
+    """One LSTM over a clip's valid frames; its final hidden state -> dropout -> linear.
+
+    A clip with zero valid frames has no final state: its hidden vector is defined as zeros
+    (the reference crashes in packing), so its output is the linear layer's bias.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.rnn = nn.LSTM(in_dim, hidden, num_layers=1, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # x: (B, L, D); lengths: (B,) on the CPU
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        _, (h_n, _) = self.rnn(packed)  # h_n: (1, B, hidden), in the input's order
+        h = h_n[0] * (lengths > 0).to(h_n.dtype).to(h_n.device).unsqueeze(1)  # (B, hidden)
+        return self.linear(self.dropout(h))  # (B, out_dim)
+
+
+class Head(nn.Module):
+    """dropout -> Linear -> ReLU gives the representation F; Linear -> ReLU -> Linear(1) gives y."""
+
+    def __init__(self, in_dim: int, dim: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.layer_1 = nn.Linear(in_dim, dim)
+        self.layer_2 = nn.Linear(dim, dim)
+        self.layer_3 = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = torch.relu(self.layer_1(self.dropout(x)))  # (B, dim)
+        prediction = self.layer_3(torch.relu(self.layer_2(feature))).squeeze(-1)  # (B,)
+        return feature, prediction
+
+
+class SelfMM(nn.Module):
+    def __init__(self, encoder: nn.Module, audio_dim: int, vision_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.freeze_encoder = cfg.freeze_encoder
+        self.text_encoder = encoder
+        if cfg.freeze_encoder:
+            self.text_encoder.requires_grad_(False)
+        text_out = int(encoder.config.hidden_size)
+        self.audio_net = SequenceEncoder(audio_dim, cfg.audio_hidden, cfg.audio_out)
+        self.vision_net = SequenceEncoder(vision_dim, cfg.vision_hidden, cfg.video_out)
+        self.fusion_head = Head(text_out + cfg.audio_out + cfg.video_out, cfg.post_fusion_dim,
+                                cfg.post_fusion_dropout)
+        self.text_head = Head(text_out, cfg.post_text_dim, cfg.post_text_dropout)
+        self.audio_head = Head(cfg.audio_out, cfg.post_audio_dim, cfg.post_audio_dropout)
+        self.vision_head = Head(cfg.video_out, cfg.post_video_dim, cfg.post_video_dropout)
+
+    def train(self, mode: bool = True) -> "SelfMM":
+        super().train(mode)
+        # A frozen encoder always runs without dropout, so its output is a function of the
+        # tokens alone and can be cached across epochs.
+        if self.freeze_encoder:
+            self.text_encoder.eval()
+        return self
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """[CLS] vector of the encoder's last hidden state. text: (B, 3, Lt) -> (B, text_out)."""
+        ids, mask, types = text[:, 0], text[:, 1], text[:, 2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            hidden = self.text_encoder(input_ids=ids, attention_mask=mask,
+                                       token_type_ids=types).last_hidden_state
+        return hidden[:, 0]
+
+    def forward(self, batch: Batch, text_vector: torch.Tensor | None = None) -> SelfMMOutput:
+        """`text_vector` replaces the encoder's output when given (a cached frozen encoder)."""
+        text = self.encode_text(batch.text) if text_vector is None else text_vector  # (B, text_out)
+        audio = self.audio_net(batch.audio, batch.audio_lengths)  # (B, audio_out)
+        vision = self.vision_net(batch.vision, batch.vision_lengths)  # (B, video_out)
+
+        f_m, y_m = self.fusion_head(torch.cat([text, audio, vision], dim=-1))
+        f_t, y_t = self.text_head(text)
+        f_a, y_a = self.audio_head(audio)
+        f_v, y_v = self.vision_head(vision)
+        return SelfMMOutput(Heads(y_m, y_t, y_a, y_v), Heads(f_m, f_t, f_a, f_v))
+
+    def parameter_groups(self, lr: dict[str, float], weight_decay: dict[str, float]) -> list[dict]:
+        """SPEC 5's five Adam groups: encoder weights (decayed), encoder biases and LayerNorms
+        (undecayed), audio LSTM net, vision LSTM net, everything else. Keys of `lr` and
+        `weight_decay`: text, audio, video, other."""
+        no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight",
+                    "layer_norm.bias")
+        encoder = [(n, p) for n, p in self.text_encoder.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in encoder if not any(k in n for k in no_decay)],
+             "lr": lr["text"], "weight_decay": weight_decay["text"], "name": "text"},
+            {"params": [p for n, p in encoder if any(k in n for k in no_decay)],
+             "lr": lr["text"], "weight_decay": 0.0, "name": "text_no_decay"},
+            {"params": list(self.audio_net.parameters()),
+             "lr": lr["audio"], "weight_decay": weight_decay["audio"], "name": "audio"},
+            {"params": list(self.vision_net.parameters()),
+             "lr": lr["video"], "weight_decay": weight_decay["video"], "name": "video"},
+            {"params": [p for n, p in self.named_parameters()
+                        if not n.startswith(("text_encoder.", "audio_net.", "vision_net."))],
+             "lr": lr["other"], "weight_decay": weight_decay["other"], "name": "other"},
+        ]
+        return [g for g in groups if g["params"]]
