@@ -6,6 +6,7 @@ User mistakes (SelfMMError) print one line and exit with status 2, without a tra
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -16,6 +17,18 @@ from . import __version__
 from .errors import SelfMMError
 
 EXIT_USAGE = 2
+# Modules that each register their own commands with `add_commands(subparsers)`; they import
+# their heavy dependencies inside the command handlers, so `selfmm --help` stays fast.
+COMMAND_MODULES = (
+    "selfmm.analysis",  # labels
+    "selfmm.report",  # report
+    "selfmm.ablate",  # ablate
+    "selfmm.tune",  # tune
+    "selfmm.interop",  # import-mmsa
+    "selfmm.data.cache",  # cache
+    "selfmm.extract.commands",  # extract, extract-dataset
+    "selfmm.predict",  # predict
+)
 
 
 def _progress(desc: str) -> Callable:
@@ -179,12 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
     p.set_defaults(func=cmd_inspect)
 
-    for module in ("selfmm.extract.commands",):
+    for module in COMMAND_MODULES:
         try:
-            __import__(module, fromlist=["add_commands"]).add_commands(sub)
-        except ImportError:
-            # A command family whose optional dependencies are missing is simply not offered.
-            pass
+            found = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        found.add_commands(sub)
     return parser
 
 
