@@ -1,0 +1,109 @@
+"""Decoding one clip with PyAV: mono 16 kHz audio and grey video frames sampled at a fixed rate."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+SAMPLE_RATE = 16_000  # Hz, the rate every clip's audio is resampled to
+DETECT_WIDTH = 360  # grey frames are scaled to at most this width before face detection
+
+
+@dataclass
+class DecodedClip:
+    """What `decode` returns. `audio` is None when the file has no audio stream."""
+
+    audio: np.ndarray | None  # (S,) float32 in [-1, 1], mono, SAMPLE_RATE
+    frames: list[np.ndarray] = field(default_factory=list)  # grey (H, W) uint8 images
+    times: list[float] = field(default_factory=list)  # seconds, one per frame
+    has_video: bool = False
+    decode_errors: int = 0  # packets FFmpeg could not decode (truncated or damaged file)
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise DataError("feature extraction needs PyAV: pip install 'selfmm[video]'") from exc
+    return av
+
+
+def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
+    """Decode `path` in one pass: all audio (resampled), and video frames every 1/vision_fps s.
+
+    Raises DataError for a missing file, a file FFmpeg cannot open, or one with neither an
+    audio nor a video stream. Packets that fail to decode are skipped and counted.
+    """
+    av = _import_av()
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such video file")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable video file ({exc})") from exc
+    with container:
+        astream = container.streams.audio[0] if container.streams.audio else None
+        vstream = container.streams.video[0] if container.streams.video else None
+        if astream is None and vstream is None:
+            raise DataError(f"{path}: the file has neither an audio nor a video stream")
+        out = DecodedClip(audio=None, has_video=vstream is not None)
+        chunks: list[np.ndarray] = []
+        resampler = (
+            av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE) if astream else None
+        )
+        step = 1.0 / vision_fps
+        next_t = 0.0
+        n_video = 0
+        streams = [s for s in (astream, vstream) if s is not None]
+        try:
+            for packet in container.demux(*streams):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    out.decode_errors += 1
+                    continue
+                for frame in frames:
+                    if packet.stream is astream:
+                        for res in resampler.resample(frame):
+                            chunks.append(res.to_ndarray().reshape(-1))
+                        continue
+                    # Video: keep the first frame at or after each multiple of `step`.
+                    t = frame.time
+                    if t is None:
+                        rate = float(vstream.average_rate or 25)
+                        t = n_video / rate
+                    n_video += 1
+                    if t + 1e-6 < next_t:
+                        continue
+                    while next_t <= t + 1e-6:
+                        next_t += step
+                    w = min(frame.width, DETECT_WIDTH)
+                    h = max(1, round(frame.height * w / frame.width))
+                    grey = frame.reformat(width=w, height=h, format="gray").to_ndarray()
+                    out.frames.append(np.ascontiguousarray(grey))
+                    out.times.append(float(t))
+        except av.FFmpegError as exc:
+            # Demuxing itself failed (a damaged container): keep what was read if anything.
+            out.decode_errors += 1
+            if not chunks and not out.frames:
+                raise DataError(f"{path}: cannot decode the file ({exc})") from exc
+        if resampler is not None:
+            try:
+                for res in resampler.resample(None):
+                    chunks.append(res.to_ndarray().reshape(-1))
+            except av.FFmpegError:
+                out.decode_errors += 1
+            out.audio = (
+                np.concatenate(chunks).astype(np.float32, copy=False)
+                if chunks
+                else np.zeros(0, np.float32)
+            )
+    if not chunks and not out.frames:
+        raise DataError(f"{path}: no audio sample or video frame could be decoded")
+    return out
