@@ -1,0 +1,113 @@
+"""Synthetic test media written with PyAV: moving shapes, a drawn face, a tone or silence."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+AUDIO_RATE = 16_000
+
+
+def draw_face(img: np.ndarray, cx: int, cy: int, size: int) -> None:
+    """A frontal, lit, cartoon face: skin ellipse, dark brows and eyes, a nose shadow, a mouth."""
+    import cv2
+
+    s = size
+    cv2.ellipse(img, (cx, cy), (int(s * 0.42), int(s * 0.55)), 0, 0, 360, (150, 180, 225), -1)
+    for side in (-1, 1):
+        ex = cx + side * int(s * 0.18)
+        ey = cy - int(s * 0.12)
+        cv2.ellipse(img, (ex, ey - int(s * 0.1)), (int(s * 0.1), int(s * 0.025)), 0, 0, 360,
+                    (40, 40, 60), -1)
+        cv2.ellipse(img, (ex, ey), (int(s * 0.08), int(s * 0.045)), 0, 0, 360, (30, 30, 30), -1)
+    cv2.ellipse(img, (cx, cy + int(s * 0.08)), (int(s * 0.05), int(s * 0.1)), 0, 0, 360,
+                (120, 145, 190), -1)
+    cv2.ellipse(img, (cx, cy + int(s * 0.3)), (int(s * 0.16), int(s * 0.05)), 0, 0, 360,
+                (60, 60, 140), -1)
+
+
+def frame_image(i: int, n: int, width: int, height: int, face: bool) -> np.ndarray:
+    """Frame i of n: a grey gradient background with a moving square and circle (BGR uint8)."""
+    import cv2
+
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = np.linspace(60, 120, width, dtype=np.uint8)[None, :, None]
+    t = i / max(n - 1, 1)
+    x = int(10 + t * (width - 40))
+    cv2.rectangle(img, (x, 10), (x + 20, 30), (0, 0, 255), -1)
+    cv2.circle(img, (width - x, height - 20), 12, (255, 200, 0), -1)
+    if face:
+        draw_face(img, width // 2 + int(6 * np.sin(2 * np.pi * t)), height // 2, height // 2)
+    return img
+
+
+def tone(seconds: float, freq: float = 220.0, amplitude: float = 0.3, seed: int = 0) -> np.ndarray:
+    """A voiced-like test signal: a tone with two harmonics, vibrato and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * AUDIO_RATE)) / AUDIO_RATE
+    phase = 2 * np.pi * freq * t + 2.0 * np.sin(2 * np.pi * 3 * t)
+    y = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
+    y = amplitude * y / 1.75 + 0.01 * rng.standard_normal(t.size)
+    return y.astype(np.float32)
+
+
+def make_video(
+    path: str | Path,
+    *,
+    seconds: float = 1.5,
+    fps: int = 15,
+    width: int = 192,
+    height: int = 144,
+    audio: str | None = "tone",
+    face: bool = False,
+    freq: float = 220.0,
+) -> Path:
+    """Write an H.264 video (mp4/mkv by suffix) with an AAC track: "tone", "silent" or None."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = int(seconds * fps)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"preset": "ultrafast"}
+        astream = None
+        if audio is not None:
+            astream = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, n, width, height, face), "bgr24")
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode():
+            out.mux(packet)
+        if astream is not None:
+            wave = tone(seconds, freq) if audio == "tone" else np.zeros(
+                int(seconds * AUDIO_RATE), np.float32)
+            chunk = 1024
+            for k, start in enumerate(range(0, wave.size, chunk)):
+                block = wave[start : start + chunk][None]
+                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+                frame.sample_rate = AUDIO_RATE
+                frame.pts = start
+                frame.time_base = Fraction(1, AUDIO_RATE)
+                for packet in astream.encode(frame):
+                    out.mux(packet)
+            for packet in astream.encode():
+                out.mux(packet)
+    return path
+
+
+def make_corrupt(path: str | Path, source: Path | None = None, seed: int = 0) -> Path:
+    """Random bytes, or `source` truncated to its first quarter with its header scrambled."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    if source is None:
+        path.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    else:
+        data = bytearray(Path(source).read_bytes()[: Path(source).stat().st_size // 4])
+        data[:64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+        path.write_bytes(bytes(data))
+    return path
