@@ -241,9 +241,13 @@ def run_config(cfg: Config, data: FeatureData, seed: int) -> dict[str, Any]:
 def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,
              encoder_factory: Callable[[], torch.nn.Module], *, resume: bool = False,
              gather: Gather | None = None, is_main: bool = True,
-             progress: Callable[[str], Callable] | None = None, log: Callable[[str], None] = print
-             ) -> dict[str, float]:
-    """Train one seed into `out` and return the test metrics of its best weights."""
+             progress: Callable[[str], Callable] | None = None, log: Callable[[str], None] = print,
+             on_epoch: Callable[[int, float], None] | None = None) -> dict[str, float]:
+    """Train one seed into `out` and return the test metrics of its best weights.
+
+    `on_epoch(epoch, valid_loss)` runs once the epoch's validation loss is known, before its
+    checkpoint is written; an exception it raises (e.g. a tuner's prune signal) stops the run.
+    """
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())["test"]
@@ -294,6 +298,8 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
         history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid,
                         "seconds": time.perf_counter() - t0})
         label_history.append({s: ulgm.labels[s].cpu().clone() for s in MODALITIES})
+        if on_epoch is not None:
+            on_epoch(epoch, valid)
         improved = valid <= best_valid - 1e-6
         if improved:
             best_valid, best_epoch = valid, epoch
