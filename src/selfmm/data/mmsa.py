@@ -111,8 +111,11 @@ def safe_load(path: str | os.PathLike) -> Any:
             return _RestrictedUnpickler(handle, source).load()
         except (DataError, MemoryError):
             raise
-        except EOFError as exc:
-            raise DataError(f"{source}: truncated pickle (unexpected end of file)") from exc
+        except (EOFError, pickle.UnpicklingError) as exc:
+            # The C unpickler reports a cut-off file as either, depending on where it stops.
+            if isinstance(exc, EOFError) or "truncated" in str(exc):
+                raise DataError(f"{source}: truncated pickle (unexpected end of file)") from exc
+            raise DataError(f"{source}: not a readable pickle: {exc}") from exc
         except Exception as exc:  # any other failure means the bytes are not a valid pickle
             raise DataError(f"{source}: not a readable pickle: {type(exc).__name__}: {exc}") from exc
 
