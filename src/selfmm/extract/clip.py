@@ -14,7 +14,7 @@ from .audio import AUDIO_DIM, AUDIO_FPS, audio_features
 from .media import decode
 from .visual import VISION_DIM, VISION_FPS, FaceDescriber
 
-FLAGS = ("no_audio", "silent", "no_video", "no_face", "decode_errors")
+FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged")
 
 
 @dataclass
@@ -60,7 +60,7 @@ def extract_media(video_path: str | os.PathLike) -> MediaFeatures:
     """
     decoded = decode(video_path, VISION_FPS)
     flags = dict.fromkeys(FLAGS, False)
-    flags["decode_errors"] = decoded.decode_errors > 0
+    flags["damaged"] = decoded.damaged
     if decoded.audio is None or decoded.audio.size == 0:
         flags["no_audio"] = True
         audio = np.zeros((0, AUDIO_DIM), np.float32)

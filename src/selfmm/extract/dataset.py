@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, write_json
 from .audio import AUDIO_DIM, AUDIO_FEATURES, AUDIO_FPS
+from .media import check_dependencies
 from .clip import FLAGS, empty_split, extract_media, flag_string, tokenize, write_pickle
 from .visual import VISION_DIM, VISION_FEATURES, VISION_FPS
 
@@ -179,6 +180,7 @@ def extract_dataset(
     """
     from ..encoder import load_tokenizer
 
+    check_dependencies()
     video_dir, out = Path(video_dir), Path(out)
     if not video_dir.is_dir():
         raise DataError(f"{video_dir}: no such video folder")

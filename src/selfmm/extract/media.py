@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, SelfMMError
 
 SAMPLE_RATE = 16_000  # Hz, the rate every clip's audio is resampled to
 DETECT_WIDTH = 360  # grey frames are scaled to at most this width before face detection
@@ -23,14 +24,36 @@ class DecodedClip:
     times: list[float] = field(default_factory=list)  # seconds, one per frame
     has_video: bool = False
     decode_errors: int = 0  # packets FFmpeg could not decode (truncated or damaged file)
+    declared_seconds: float | None = None  # the container's duration, when it states one
+    decoded_seconds: float = 0.0  # how far decoding got, in either stream
+
+    @property
+    def damaged(self) -> bool:
+        """Undecodable packets, or decoding ended well before the stated duration (cut file)."""
+        if self.decode_errors:
+            return True
+        if self.declared_seconds is None:
+            return False
+        return self.declared_seconds - self.decoded_seconds > max(0.5, 0.1 * self.declared_seconds)
 
 
-def _import_av():
-    try:
-        import av
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise DataError("feature extraction needs PyAV: pip install 'selfmm[video]'") from exc
-    return av
+def check_dependencies() -> None:
+    """Raise SelfMMError naming the extra to install when PyAV, librosa or OpenCV is missing."""
+    missing = []
+    for module, package in (("av", "av"), ("librosa", "librosa"), ("cv2", "opencv-python-headless")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise SelfMMError(
+            f"feature extraction needs {', '.join(missing)}: pip install 'selfmm[video]'"
+        )
+
+
+def _why(exc: Exception) -> str:
+    # FFmpeg errors repeat the errno and the path; the reason alone reads better.
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
@@ -39,20 +62,25 @@ def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
     Raises DataError for a missing file, a file FFmpeg cannot open, or one with neither an
     audio nor a video stream. Packets that fail to decode are skipped and counted.
     """
-    av = _import_av()
+    check_dependencies()
+    import av
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such video file")
     try:
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable video file ({exc})") from exc
+        raise DataError(f"{path}: not a readable video file ({_why(exc)})") from exc
     with container:
         astream = container.streams.audio[0] if container.streams.audio else None
         vstream = container.streams.video[0] if container.streams.video else None
         if astream is None and vstream is None:
             raise DataError(f"{path}: the file has neither an audio nor a video stream")
         out = DecodedClip(audio=None, has_video=vstream is not None)
+        if container.duration:
+            out.declared_seconds = container.duration / 1_000_000  # AV_TIME_BASE units
+        rate = float(vstream.average_rate or 25) if vstream is not None else 25.0
         chunks: list[np.ndarray] = []
         resampler = (
             av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE) if astream else None
@@ -76,9 +104,9 @@ def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
                     # Video: keep the first frame at or after each multiple of `step`.
                     t = frame.time
                     if t is None:
-                        rate = float(vstream.average_rate or 25)
                         t = n_video / rate
                     n_video += 1
+                    out.decoded_seconds = max(out.decoded_seconds, t + 1 / rate)
                     if t + 1e-6 < next_t:
                         continue
                     while next_t <= t + 1e-6:
@@ -92,7 +120,7 @@ def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
             # Demuxing itself failed (a damaged container): keep what was read if anything.
             out.decode_errors += 1
             if not chunks and not out.frames:
-                raise DataError(f"{path}: cannot decode the file ({exc})") from exc
+                raise DataError(f"{path}: cannot decode the file ({_why(exc)})") from exc
         if resampler is not None:
             try:
                 for res in resampler.resample(None):
@@ -106,4 +134,6 @@ def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
             )
     if not chunks and not out.frames:
         raise DataError(f"{path}: no audio sample or video frame could be decoded")
+    if out.audio is not None:
+        out.decoded_seconds = max(out.decoded_seconds, out.audio.size / SAMPLE_RATE)
     return out
