@@ -129,7 +129,7 @@ def _direction(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 
 def _annotate(rng: np.random.Generator, values: np.ndarray, prof: Profile) -> np.ndarray:
-    """Mean of integer annotator scores around `values`: multiples of 1/annotators' step."""
+    """Mean of integer annotator scores around `values`: a multiple of step / annotators."""
     step = prof.label_max / prof.score_max
     scores = np.rint(values[:, None] / step + rng.normal(0.0, ANNOTATOR_NOISE, (values.size, prof.annotators)))
     scores = np.clip(scores, -prof.score_max, prof.score_max)
