@@ -268,8 +268,9 @@ def flatten(obj: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Flat key -> value from a JSON config file written by `selfmm tune` or by hand."""
+def read_config_file(path: str | Path, dataset: str | None = None) -> dict[str, Any]:
+    """Flat key -> value from a JSON config file written by `selfmm tune` or by hand, or from
+    MMSA's config_regression.json (its self_mm section for `dataset`, see selfmm.interop)."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
@@ -279,6 +280,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not readable JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"config file {path}: expected a JSON object at the top level")
+    from .interop import is_mmsa_config, translate_mmsa_config
+
+    if is_mmsa_config(obj):
+        return translate_mmsa_config(obj, dataset, source=str(path))
     return flatten(obj)
 
 
@@ -293,7 +298,7 @@ def resolve(dataset: str, config_file: str | None = None, assignments: list[str]
     """Dataset defaults, then the config file, then `--set` assignments."""
     cfg = defaults_for(dataset)
     if config_file:
-        values = read_config_file(config_file)
+        values = read_config_file(config_file, dataset=dataset)
         values.pop("dataset", None)
         cfg = with_values(cfg, values)
     return with_values(cfg, parse_assignments(list(assignments)))

@@ -1,0 +1,365 @@
+"""MMSA interoperability: its config file, its trained self_mm weights, its results CSV.
+
+- `config_regression.json`: the self_mm section (commonParams, then datasetParams[dataset])
+  becomes our flat config keys; `selfmm.config.read_config_file` calls `translate_mmsa_config`.
+- A `.pth` state_dict saved by MMSA's SELF_MM (keys `Model.text_model.model.*`,
+  `Model.audio_model.rnn.*`, `Model.post_fusion_layer_1.*`, ...) becomes a run directory that
+  `selfmm evaluate` reloads.
+- Results over seeds in MMSA's CSV layout: one row per model, one column per metric, each cell
+  the text of a `(mean, std)` tuple of x100 values rounded to 2 decimals.
+
+This module is imported while reading any config file, so torch is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, SelfMMError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import Config
+    from .model import SelfMM
+
+MMSA_MODEL = "self_mm"
+
+# MMSA's self_mm setting -> our config key, same meaning and unit.
+_RENAMED = {
+    "batch_size": "batch_size",
+    "learning_rate_bert": "lr_text",
+    "learning_rate_audio": "lr_audio",
+    "learning_rate_video": "lr_video",
+    "learning_rate_other": "lr_other",
+    "weight_decay_bert": "weight_decay_text",
+    "weight_decay_audio": "weight_decay_audio",
+    "weight_decay_video": "weight_decay_video",
+    "weight_decay_other": "weight_decay_other",
+    "a_lstm_hidden_size": "audio_hidden",
+    "v_lstm_hidden_size": "vision_hidden",
+    "audio_out": "audio_out",
+    "video_out": "video_out",
+    "post_fusion_dim": "post_fusion_dim",
+    "post_text_dim": "post_text_dim",
+    "post_audio_dim": "post_audio_dim",
+    "post_video_dim": "post_video_dim",
+    "post_fusion_dropout": "post_fusion_dropout",
+    "post_text_dropout": "post_text_dropout",
+    "post_audio_dropout": "post_audio_dropout",
+    "post_video_dropout": "post_video_dropout",
+    "H": "H",
+    "excludeZero": "exclude_zero",
+    "update_epochs": "accumulation_steps",
+    "early_stop": "early_stop",
+    "pretrained": "text_model",
+}
+# Settings that would change the model or its inputs and that selfmm fixes (SPEC 3): a file
+# may state them only at that value, so a config we cannot honour is refused, not half-used.
+_FIXED: dict[str, Any] = {
+    "a_lstm_layers": 1,
+    "v_lstm_layers": 1,
+    "a_lstm_dropout": 0.0,
+    "v_lstm_dropout": 0.0,
+    "use_bert": True,
+    "need_model_aligned": False,
+    "need_normalized": False,
+}
+# Settings with no counterpart that do not change what is trained: alignment and widths are
+# read from the data file, `text_out` from the encoder, the architecture from `pretrained`;
+# MMSA's text encoder never reads t_bert_dropout; save_labels only writes a file.
+_IGNORED = {"need_data_aligned", "save_labels", "text_out", "t_bert_dropout", "transformers"}
+
+
+def is_mmsa_config(obj: dict[str, Any]) -> bool:
+    """Whether a parsed JSON config is MMSA's config_regression.json rather than ours."""
+    return "datasetCommonParams" in obj or (
+        isinstance(obj.get(MMSA_MODEL), dict) and "datasetParams" in obj[MMSA_MODEL]
+    )
+
+
+def _leaf_names(obj: Any) -> set[str]:
+    """Setting names anywhere below a datasetCommonParams entry (flat, or aligned/unaligned)."""
+    if not isinstance(obj, dict):
+        return set()
+    names: set[str] = set()
+    for key, value in obj.items():
+        names |= _leaf_names(value) if isinstance(value, dict) else {key}
+    return names
+
+
+def translate_mmsa_config(obj: dict[str, Any], dataset: str | None, source: str = "config") -> dict[str, Any]:
+    """Our flat config keys from MMSA's config_regression.json, for `dataset`.
+
+    As MMSA does, the dataset's settings override the common ones. Settings that only describe
+    the data file are ignored and listed in one warning; unknown settings are errors.
+    """
+    section = obj.get(MMSA_MODEL)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: an MMSA config without a {MMSA_MODEL!r} section "
+                          f"(it has: {', '.join(sorted(obj))})")
+    if dataset is None:
+        raise ConfigError(f"{source}: an MMSA config holds one section per dataset; name the dataset")
+    per_dataset = section.get("datasetParams") or {}
+    if dataset not in per_dataset:
+        raise ConfigError(f"{source}: MMSA's {MMSA_MODEL} section has no datasetParams for "
+                          f"{dataset!r} (it has: {', '.join(sorted(per_dataset)) or 'none'})")
+    merged = {**(section.get("commonParams") or {}), **per_dataset[dataset]}
+    values: dict[str, Any] = {}
+    ignored = _leaf_names((obj.get("datasetCommonParams") or {}).get(dataset))
+    unknown = []
+    for key, value in merged.items():
+        if key in _RENAMED:
+            values[_RENAMED[key]] = value
+        elif key == "use_finetune":
+            values["freeze_encoder"] = not value
+        elif key in _FIXED:
+            if value != _FIXED[key]:
+                raise ConfigError(f"{source}: MMSA setting {key}={value!r} is not supported; "
+                                  f"selfmm fixes it at {_FIXED[key]!r} (SPEC 3)")
+        elif key in _IGNORED:
+            ignored.add(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConfigError(f"{source}: unknown MMSA {MMSA_MODEL} settings: {', '.join(sorted(unknown))}")
+    if ignored:
+        warnings.warn(f"{source}: ignoring MMSA settings that the data file and the encoder "
+                      f"determine: {', '.join(sorted(ignored))}", stacklevel=3)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+# MMSA's SELF_MM module path -> ours (selfmm.model); BertTextEncoder wraps the BertModel in
+# `.model`, AuViSubNet names its linear layer `linear_1`.
+_PREFIXES = (
+    ("text_model.model.", "text_encoder."),
+    ("audio_model.rnn.", "audio_net.rnn."),
+    ("audio_model.linear_1.", "audio_net.linear."),
+    ("video_model.rnn.", "vision_net.rnn."),
+    ("video_model.linear_1.", "vision_net.linear."),
+    ("post_fusion_layer_", "fusion_head.layer_"),
+    ("post_text_layer_", "text_head.layer_"),
+    ("post_audio_layer_", "audio_head.layer_"),
+    ("post_video_layer_", "vision_head.layer_"),
+)
+# MMSA's AMIO wrapper holds the model as `self.Model`.
+_WRAPPER = "Model."
+# Config widths and the weight whose shape tells them: (key, dimension).
+_WIDTHS = {
+    "audio_hidden": ("audio_net.rnn.weight_hh_l0", 1),
+    "vision_hidden": ("vision_net.rnn.weight_hh_l0", 1),
+    "audio_out": ("audio_net.linear.weight", 0),
+    "video_out": ("vision_net.linear.weight", 0),
+    "post_fusion_dim": ("fusion_head.layer_1.weight", 0),
+    "post_text_dim": ("text_head.layer_1.weight", 0),
+    "post_audio_dim": ("audio_head.layer_1.weight", 0),
+    "post_video_dim": ("vision_head.layer_1.weight", 0),
+}
+
+
+def rename_mmsa_state_dict(state: dict[str, "torch.Tensor"]) -> tuple[dict[str, "torch.Tensor"], dict[str, str], list[str]]:
+    """(our name -> tensor, our name -> MMSA name, MMSA names with no counterpart)."""
+    renamed: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    unmapped: list[str] = []
+    for key, tensor in state.items():
+        name = key[len(_WRAPPER):] if key.startswith(_WRAPPER) else key
+        for theirs, ours in _PREFIXES:
+            if name.startswith(theirs):
+                target = ours + name[len(theirs):]
+                renamed[target], origin[target] = tensor, key
+                break
+        else:
+            unmapped.append(key)
+    return renamed, origin, unmapped
+
+
+def read_mmsa_weights(path: Path) -> dict[str, "torch.Tensor"]:
+    """A state_dict saved with torch.save; weights_only, so a crafted file cannot run code."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SelfMMError(f"{path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise SelfMMError(f"{path}: not a readable PyTorch state_dict: {exc}") from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise SelfMMError(f"{path}: expected a state_dict (a mapping of names to tensors), "
+                          f"as MMSA saves with torch.save(model.state_dict())")
+    return state
+
+
+def _shape(t: "torch.Tensor") -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+def mmsa_to_selfmm(state: dict[str, "torch.Tensor"], cfg: "Config", encoder: "torch.nn.Module",
+                   source: str = "weights") -> "SelfMM":
+    """Our SelfMM with MMSA's weights loaded. Every MMSA key must map to one of ours, every one of
+    ours must be given, and every shape must match what `cfg` and the encoder build."""
+    from .model import SelfMM
+
+    renamed, origin, unmapped = rename_mmsa_state_dict(state)
+    if unmapped:
+        raise SelfMMError(f"{source}: keys with no counterpart in selfmm's model: {', '.join(unmapped)}")
+    anchors = ("audio_net.rnn.weight_ih_l0", "vision_net.rnn.weight_ih_l0")
+    absent = [a for a in anchors if a not in renamed]
+    if absent:
+        raise SelfMMError(f"{source}: missing keys: "
+                          + ", ".join(_WRAPPER + _to_mmsa(a) for a in absent))
+    audio_dim, vision_dim = (int(renamed[a].shape[1]) for a in anchors)
+    model = SelfMM(encoder, audio_dim, vision_dim, cfg.model)
+    expected = model.state_dict()
+    # BERT's position_ids are an arange buffer; older transformers saved it, newer ones do not.
+    extra = [origin[k] for k in renamed if k not in expected and not k.endswith("position_ids")]
+    missing = [_WRAPPER + _to_mmsa(k) for k in expected if k not in renamed]
+    if extra or missing:
+        raise SelfMMError(f"{source}: does not fit selfmm's model"
+                          + (f"; missing keys: {', '.join(missing)}" if missing else "")
+                          + (f"; unexpected keys: {', '.join(extra)}" if extra else ""))
+    wrong = [f"{origin[k]} is {_shape(renamed[k])} in the file but {_shape(v)} here"
+             for k, v in expected.items() if renamed[k].shape != v.shape]
+    if wrong:
+        hints = [f"{key}={renamed[name].shape[dim]}" for key, (name, dim) in _WIDTHS.items()
+                 if renamed[name].shape[dim] != getattr(cfg.model, key)]
+        width = renamed["text_encoder.embeddings.word_embeddings.weight"].shape[1] \
+            if "text_encoder.embeddings.word_embeddings.weight" in renamed else None
+        if width is not None and width != encoder.config.hidden_size:
+            hints.append(f"a text model of width {width} (--text-model; "
+                         f"{cfg.model.text_model!r} has {encoder.config.hidden_size})")
+        raise SelfMMError(f"{source}: shapes do not match the {cfg.dataset} configuration: "
+                          + "; ".join(wrong)
+                          + (f". The weights imply {', '.join(hints)} (--set KEY=VALUE or --config)"
+                             if hints else ""))
+    model.load_state_dict({k: v for k, v in renamed.items() if k in expected})
+    return model
+
+
+def _to_mmsa(ours: str) -> str:
+    for theirs, mine in _PREFIXES:
+        if ours.startswith(mine):
+            return theirs + ours[len(mine):]
+    return ours
+
+
+def import_mmsa(weights: Path, cfg: "Config", out: Path, seed: int = 0) -> Path:
+    """Write a run directory from MMSA's self_mm weights: config.json (train.py's layout),
+    encoder/, best.safetensors. No metrics.json: nothing was trained or tested here."""
+    from safetensors.torch import save
+
+    from .encoder import load_encoder
+    from .io import write_bytes, write_json
+    from .rundir import RunDirectory
+    from .train import save_encoder_files
+
+    run_dir = RunDirectory(out)
+    run_dir.check()
+    state = read_mmsa_weights(weights)
+    encoder = load_encoder(cfg.model.text_model)
+    model = mmsa_to_selfmm(state, cfg, encoder, source=str(weights))
+    with run_dir as path:
+        save_encoder_files(cfg.model.text_model, model.text_encoder, path / "encoder")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        write_bytes(path / "best.safetensors", save(tensors))
+        write_json(path / "config.json", {
+            "config": cfg.to_dict(), "seed": seed,
+            "data": {"path": None, "audio_dim": model.audio_net.rnn.input_size,
+                     "vision_dim": model.vision_net.rnn.input_size, "aligned": None,
+                     "train_size": None},
+            "imported_from": {"format": "MMSA self_mm state_dict", "path": str(weights.resolve()),
+                              "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def mmsa_results_row(model_name: str, per_seed: dict[int, dict[str, float]]) -> tuple[list[str], list[str]]:
+    """MMSA's header and row: `Model`, then per metric the text of (mean, std), x100, 2 decimals."""
+    from .results import summarize
+
+    summary = summarize(per_seed)
+    names = list(summary["mean"])
+    # MMSA writes a Python tuple through pandas: str((83.44, 0.52)) -> "(83.44, 0.52)".
+    cells = [str((round(summary["mean"][k] * 100, 2), round(summary["std"][k] * 100, 2)))
+             for k in names]
+    return ["Model", *names], [model_name, *cells]
+
+
+def write_mmsa_results(path: str | Path, model_name: str, per_seed: dict[int, dict[str, float]]) -> None:
+    """Append one model's row to an MMSA results CSV (created if absent), as MMSA's run does."""
+    from .io import atomic_writer
+
+    path = Path(path)
+    header, row = mmsa_results_row(model_name, per_seed)
+    rows: list[list[str]] = []
+    if path.exists():
+        with open(path, newline="") as handle:
+            existing = list(csv.reader(handle))
+        if existing and existing[0] != header:
+            raise SelfMMError(f"{path} has columns {', '.join(existing[0])}, not "
+                              f"{', '.join(header)}: choose another --out for this dataset")
+        rows = existing[1:]
+    with atomic_writer(path, "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerows([header, *rows, row])
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .cli import resolve_config
+
+    cfg = resolve_config(args)
+    out = import_mmsa(Path(args.weights), cfg, Path(args.out), seed=args.seed)
+    print(f"imported {args.weights} into {out}; evaluate with: "
+          f"selfmm evaluate --run {out} --data FILE")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    try:
+        saved = json.loads((run / "results.json").read_text())
+    except FileNotFoundError:
+        raise SelfMMError(f"{run} holds no results.json (a finished `selfmm train` run has one)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SelfMMError(f"{run / 'results.json'}: unreadable: {exc}") from None
+    per_seed = {int(seed): metrics for seed, metrics in saved["seeds"].items()}
+    write_mmsa_results(args.out, args.model_name, per_seed)
+    print(f"appended {args.model_name} ({len(per_seed)} seed(s)) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_config_arguments
+
+    p = sub.add_parser("import-mmsa", help="turn a state_dict saved by MMSA's self_mm into a run directory")
+    p.add_argument("weights", help="the .pth file MMSA saved (model.state_dict())")
+    add_config_arguments(p)
+    p.add_argument("--out", required=True, help="new run directory (evaluate it with selfmm evaluate --run)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the seed MMSA trained the weights with, recorded in config.json (default 0: unknown)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export-mmsa", help="append a run's results to a CSV in MMSA's results layout")
+    p.add_argument("run", help="a run directory holding results.json")
+    p.add_argument("--out", required=True, help="CSV file (MMSA names it <dataset>.csv); appended to if it exists")
+    p.add_argument("--model-name", default=MMSA_MODEL, help=f"the Model column (default {MMSA_MODEL})")
+    p.set_defaults(func=cmd_export)
