@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import re
+import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -16,8 +17,8 @@ import numpy as np
 from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, write_json
 from .audio import AUDIO_DIM, AUDIO_FEATURES, AUDIO_FPS
-from .media import check_dependencies
 from .clip import FLAGS, empty_split, extract_media, flag_string, tokenize, write_pickle
+from .media import check_dependencies
 from .visual import VISION_DIM, VISION_FEATURES, VISION_FPS
 
 SPLITS = ("train", "valid", "test")
@@ -129,7 +130,7 @@ def _read_part(part: Path, key: str | None = None) -> dict[str, np.ndarray] | No
     try:
         with np.load(part, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     if key is not None and str(data.get("key")) != key:
         return None
