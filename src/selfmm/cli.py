@@ -217,8 +217,13 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"selfmm: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
