@@ -74,3 +74,12 @@ def test_ablation_table_shape():
     lines = ablation_table({"MTAV": per_seed}).splitlines()
     assert lines[0].split() == ["tasks", "seeds", "MAE", "Corr"]
     assert lines[2].split() == ["MTAV", "2", "60.00", "30.00"]
+
+
+def test_a_combination_is_the_same_training_as_selfmm_train(ablation, tmp_path):
+    base, out = ablation
+    train = ["train"] + base[1:-1] + [str(tmp_path / "train"), "--tasks", "MTA"]
+    assert main(train) == 0
+    ablated = json.loads((out / "MTA" / "seed-7" / "metrics.json").read_text())
+    trained = json.loads((tmp_path / "train" / "seed-7" / "metrics.json").read_text())
+    assert ablated == trained
