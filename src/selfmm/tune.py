@@ -124,9 +124,7 @@ def trial_line(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> str:
 
 
 def summary(study: "optuna.Study", storage: str) -> str:
-    from optuna.trial import TrialState
-
-    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     best = study.best_trial
