@@ -37,6 +37,8 @@ class Split:
     unimodal_labels: dict[str, np.ndarray]  # "t"/"a"/"v" -> (N,) float32, or {} when absent
     ids: list[str]
     raw_text: list[str]
+    # Per clip, the comma-joined flags of files made by `selfmm extract` ("" when none or absent).
+    flags: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -294,6 +296,8 @@ def _build_split(
     raw_text = _as_strings(raw.get("raw_text"), n, "")
     check_rows("id", len(ids))
     check_rows("raw_text", len(raw_text))
+    flags = _as_strings(raw.get("extraction_flags"), n, "")
+    check_rows("extraction_flags", len(flags))
 
     repaired: dict[str, int] = {}
     audio, repaired["audio"] = _zero_nonfinite(audio)
@@ -310,6 +314,7 @@ def _build_split(
         unimodal_labels=unimodal,
         ids=ids,
         raw_text=raw_text,
+        flags=flags,
     )
     return split, repaired
 
