@@ -1,0 +1,268 @@
+"""Score clips with a trained run: videos (extracted on the fly), extracted files, MMSA splits.
+
+Only the multimodal head is the model's answer (SPEC 1); the three unimodal heads are shown
+beside it because they tell which modality pulled the score which way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SelfMMError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+SPLIT_CHOICES = ("train", "valid", "test", "all")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+# Neutral band as a share of the label range's upper end: SIMS's 3-class edges are +-0.1 on
+# its [-1, 1] scale (SPEC 6); the same share gives +-0.3 on MOSI/MOSEI's [-3, 3]. A divisor,
+# not 0.1 *, so that the edge is exactly 0.3 (0.1 * 3.0 is 0.30000000000000004).
+NEUTRAL_DIVISOR = 10
+WIDTH_HINT = ("a checkpoint trained on benchmark features (COVAREP/Facet/OpenFace) needs "
+              "benchmark-style features, and clips from `selfmm extract` need a run trained on a "
+              "file made by `selfmm extract-dataset`")
+
+
+@dataclass
+class ClipScore:
+    input: str
+    split: str
+    id: str
+    score: float  # the multimodal head: the prediction
+    sentiment: str  # negative / neutral / positive
+    text: float
+    audio: float
+    vision: float
+    flags: list[str] = field(default_factory=list)
+
+
+def neutral_band(dataset: str) -> float:
+    from .config import LABEL_RANGE
+
+    return LABEL_RANGE[dataset][1] / NEUTRAL_DIVISOR
+
+
+def sentiment_class(score: float, band: float) -> str:
+    """Right-closed intervals like SIMS's classes: (-inf, -band], (-band, band], (band, inf)."""
+    if score <= -band:
+        return "negative"
+    return "neutral" if score <= band else "positive"
+
+
+def find_seed_dir(run: Path, seed: int | None = None) -> Path:
+    """`run` itself when it is a seed directory; else its seed `seed`, or the seed whose best
+    validation loss is lowest (test metrics must not pick the model)."""
+    if not run.exists():
+        raise SelfMMError(f"run {run} does not exist")
+    if (run / "config.json").exists():
+        if seed is not None and json.loads((run / "config.json").read_text()).get("seed") != seed:
+            raise SelfMMError(f"{run} is the run of one seed, not of seed {seed}")
+        return run
+    if seed is not None:
+        chosen = run / f"seed-{seed}"
+        if not (chosen / "config.json").exists():
+            found = ", ".join(sorted(p.name for p in run.glob("seed-*"))) or "none"
+            raise SelfMMError(f"{run} has no trained seed {seed} (seed directories: {found})")
+        return chosen
+    finished = []
+    for metrics in sorted(run.glob("seed-*/metrics.json")):
+        loss = json.loads(metrics.read_text()).get("best_valid_loss")
+        if loss is not None and math.isfinite(loss):
+            finished.append((loss, metrics.parent))
+    if not finished:
+        raise SelfMMError(f"{run} holds no finished seed (no seed-*/metrics.json); "
+                          "pass a seed directory or --seed N")
+    return min(finished, key=lambda item: item[0])[1]
+
+
+def _split_of_clip(clip: Any, clip_id: str):
+    """A one-row Split holding an extracted clip, without a round trip through a file."""
+    from .data.mmsa import Split
+    from .extract.clip import flag_string
+
+    return Split(
+        name="video", text_bert=clip.text_bert[None], audio=clip.audio[None],
+        vision=clip.vision[None], audio_lengths=np.array([clip.audio_length], np.int64),
+        vision_lengths=np.array([clip.vision_length], np.int64),
+        labels=np.zeros(1, np.float32), unimodal_labels={}, ids=[clip_id],
+        raw_text=[clip.raw_text], flags=[flag_string(clip.flags)],
+    )
+
+
+def parse_input(value: str) -> tuple[str, Path, str | None]:
+    """(kind, path, split) of one INPUT: "video", or "features" with an optional FILE:SPLIT."""
+    path = Path(value)
+    split = None
+    if not path.exists() and ":" in value:
+        head, _, tail = value.rpartition(":")
+        if tail in SPLIT_CHOICES and Path(head).exists():
+            path, split = Path(head), tail
+    if not path.exists():
+        raise SelfMMError(f"input {value} does not exist")
+    if path.is_dir():
+        raise SelfMMError(f"input {value} is a directory; give video files or feature files")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        kind = "video"
+    elif path.suffix.lower() in (".pkl", ".pickle"):
+        kind = "features"
+    else:
+        # Sniff: every pickle of protocol 2 or later starts with the PROTO opcode.
+        with open(path, "rb") as handle:
+            kind = "features" if handle.read(1) == b"\x80" else "video"
+    if kind == "video" and split is not None:
+        raise SelfMMError(f"input {value}: a split applies to feature files, not to videos")
+    return kind, path, split
+
+
+class Predictor:
+    """A trained run, loaded once, that scores splits, feature files and videos."""
+
+    def __init__(self, run: str | os.PathLike, *, seed: int | None = None, device: str = "auto",
+                 text_model: str | None = None) -> None:
+        from .train import load_run, resolve_device
+
+        self.run = find_seed_dir(Path(run), seed)
+        self.device = resolve_device(device)
+        self.cfg, self.model, saved = load_run(self.run, self.device)
+        self.audio_dim = int(saved["data"]["audio_dim"])
+        self.vision_dim = int(saved["data"]["vision_dim"])
+        self.band = neutral_band(self.cfg.dataset)
+        self.text_model = text_model
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The run's own tokenizer (saved in encoder/), or --text-model's when given."""
+        if self._tokenizer is None:
+            if self.text_model is not None:
+                from .encoder import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.text_model)
+            else:
+                from transformers import AutoTokenizer
+
+                folder = self.run / "encoder"
+                # Checked first: given a model config alone, transformers builds an empty
+                # tokenizer that maps every word to [UNK] instead of failing.
+                saved = any((folder / name).exists() for name in TOKENIZER_FILES)
+                try:
+                    if not saved:
+                        raise OSError
+                    self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+                except (OSError, ValueError, TypeError):
+                    raise SelfMMError(
+                        f"the run {self.run} saved no tokenizer, so a transcript cannot be "
+                        "tokenized; pass --text-model NAME_OR_PATH (the text model it was trained "
+                        "with)") from None
+        return self._tokenizer
+
+    def check_widths(self, name: str, audio_dim: int, vision_dim: int) -> None:
+        for modality, got, want in (("audio", audio_dim, self.audio_dim),
+                                    ("vision", vision_dim, self.vision_dim)):
+            if got != want:
+                raise SelfMMError(f"{name}: {modality} features are {got} wide, but the run "
+                                  f"{self.run} was trained on {want}-wide {modality} features; "
+                                  + WIDTH_HINT)
+
+    def _check_tokens(self, name: str, text_bert: np.ndarray) -> None:
+        vocab = self.model.text_encoder.config.vocab_size
+        top = int(np.asarray(text_bert[:, 0]).max(initial=0))
+        if top >= vocab:
+            raise SelfMMError(f"{name}: token id {top} is outside the run's text model vocabulary "
+                              f"({vocab} ids); the text was tokenized for another model")
+
+    def score_split(self, split, name: str) -> list[ClipScore]:
+        from .train import predict
+
+        self._check_tokens(name, split.text_bert)
+        heads = predict(self.model, split, self.device).heads
+        flags = split.flags or [""] * len(split)
+        return [
+            ClipScore(input=name, split=split.name, id=clip, score=float(heads["m"][j]),
+                      sentiment=sentiment_class(float(heads["m"][j]), self.band),
+                      text=float(heads["t"][j]), audio=float(heads["a"][j]),
+                      vision=float(heads["v"][j]), flags=[f for f in flags[j].split(",") if f])
+            for j, clip in enumerate(split.ids)
+        ]
+
+    def score_features(self, path: str | os.PathLike, split: str = "all") -> list[ClipScore]:
+        """Every clip of `split` ("all": every non-empty split) of an MMSA feature file."""
+        from .data.mmsa import load_features
+
+        name = os.fspath(path)
+        data = load_features(path)
+        self.check_widths(name, data.audio_dim, data.vision_dim)
+        names = [s for s, part in data.splits.items() if len(part)] if split == "all" else [split]
+        return [score for s in names for score in self.score_split(data.splits[s], name)]
+
+    def score_video(self, path: str | os.PathLike, transcript: str) -> list[ClipScore]:
+        """Extract one video's features (the `video` extra) and score it."""
+        from .extract import AUDIO_DIM, VISION_DIM, extract_clip
+
+        name = os.fspath(path)
+        # Before the costly extraction: a run on benchmark features cannot take these.
+        self.check_widths(name, AUDIO_DIM, VISION_DIM)
+        clip = extract_clip(path, transcript, self.tokenizer)
+        return self.score_split(_split_of_clip(clip, f"{Path(path).stem}$_$0"), name)
+
+
+def format_table(scores: list[ClipScore], band: float) -> str:
+    header = ("id", "score", "class", "text", "audio", "vision", "flags")
+    rows = [(s.id, f"{s.score:+.3f}", s.sentiment, f"{s.text:+.3f}", f"{s.audio:+.3f}",
+             f"{s.vision:+.3f}", ",".join(s.flags)) for s in scores]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines + [f"(class: neutral when -{band:g} < score <= {band:g})"])
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="score videos or feature files with a trained run",
+        description="Print, per clip, the multimodal sentiment score, its class and the text, "
+        "audio and vision head scores. INPUT is a video (give one --transcript per video, in "
+        "order), a feature file from `selfmm extract`/`extract-dataset`, or an MMSA file, "
+        "optionally as FILE:SPLIT.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--run", required=True, help="a seed directory or a run directory")
+    p.add_argument("--seed", type=int, help="which seed of a run directory (default: the one with "
+                   "the lowest validation loss)")
+    p.add_argument("--transcript", action="append", default=[],
+                   help="what is said in a video (text, or a UTF-8 file); once per video, in order")
+    p.add_argument("--split", default="all", choices=SPLIT_CHOICES,
+                   help="split of feature files to score (default: every non-empty split)")
+    p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .extract.commands import read_transcript
+
+    inputs = [parse_input(value) for value in args.inputs]
+    videos = sum(kind == "video" for kind, _, _ in inputs)
+    if len(args.transcript) != videos:
+        raise SelfMMError(f"{videos} video input(s) but {len(args.transcript)} --transcript; "
+                          "give one --transcript per video, in the order of the videos")
+    predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model)
+    transcripts = iter(args.transcript)
+    scores: list[ClipScore] = []
+    for kind, path, split in inputs:
+        if kind == "video":
+            scores += predictor.score_video(path, read_transcript(next(transcripts)))
+        else:
+            scores += predictor.score_features(path, split or args.split)
+    if args.json:
+        print(json.dumps([asdict(s) for s in scores], indent=2))
+    else:
+        print(f"run {predictor.run} ({predictor.cfg.dataset})", file=sys.stderr)
+        print(format_table(scores, predictor.band))
+    return 0
