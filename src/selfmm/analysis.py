@@ -1,0 +1,364 @@
+"""U-label analysis (`selfmm labels`): how the generated unimodal labels leave the m-labels.
+
+A seed directory's ulabels.npz holds the u-labels of every training clip after initialisation
+(row 0, equal to the m-label) and after every epoch (row e). From it we draw the distributions
+at chosen epochs (the paper's figure), the mean |u - m| per epoch and, when the feature file
+holds human unimodal labels (SIMS, SIMSv2, the synthetic benchmark), how well the generated
+labels agree with them next to the plain m-label as the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import SelfMMError
+from .io import write_bytes, write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .data.mmsa import FeatureData
+
+UNIMODAL = ("t", "a", "v")
+NAMES = {"t": "text", "a": "audio", "v": "vision"}
+COLORS = {"t": "tab:blue", "a": "tab:orange", "v": "tab:green"}
+
+
+@dataclass
+class LabelTrajectory:
+    seed: int
+    ids: list[str]
+    m: np.ndarray  # (N,) m-labels of the training clips
+    u: dict[str, np.ndarray]  # t/a/v -> (E+1, N): row 0 initialisation, row e after epoch e
+    human: dict[str, np.ndarray]  # t/a/v -> (N,) in the order of `ids`; {} when the data has none
+    H: float  # the u-labels' bound
+    data_path: str | None  # the feature file the human labels came from
+
+    @property
+    def epochs(self) -> int:
+        return int(self.u["t"].shape[0]) - 1
+
+
+@dataclass
+class Agreement:
+    """Generated u-labels against one modality's human labels, per epoch (index = epoch)."""
+
+    corr: np.ndarray  # (E+1,) Pearson r
+    mae: np.ndarray  # (E+1,)
+    baseline_corr: float  # the same of the m-label
+    baseline_mae: float
+    closer: float  # share of clips whose last u-label is nearer the human label than the m-label is
+    farther: float
+
+
+def seed_dirs(run: str | Path, seed: int | None = None) -> list[Path]:
+    """The seed directories of a run directory, or the seed directory itself."""
+    run = Path(run)
+    if (run / "config.json").exists():
+        found = [run]
+    else:
+        found = sorted(p for p in run.glob("seed-*") if (p / "config.json").exists())
+    if not found:
+        raise SelfMMError(f"{run} holds no selfmm run (no config.json, no seed-*/config.json)")
+    if seed is not None:
+        found = [p for p in found if _saved(p)["seed"] == seed]
+        if not found:
+            raise SelfMMError(f"{run} holds no seed {seed}")
+    return found
+
+
+def _saved(seed_dir: Path) -> dict:
+    try:
+        return json.loads((seed_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SelfMMError(f"{seed_dir}/config.json cannot be read: {exc}") from None
+
+
+def recorded_data_path(seed_dir: Path) -> str:
+    return _saved(seed_dir)["data"]["path"]
+
+
+def label_trajectory(seed_dir: str | Path, data: FeatureData | None = None) -> LabelTrajectory:
+    """Read a seed directory's u-labels; with `data`, attach its human unimodal labels by clip id."""
+    seed_dir = Path(seed_dir)
+    saved = _saved(seed_dir)
+    path = seed_dir / "ulabels.npz"
+    if not path.exists():
+        raise SelfMMError(f"{path} does not exist: the run never finished an epoch")
+    with np.load(path, allow_pickle=False) as npz:
+        ids = [str(i) for i in npz["ids"]]
+        m = npz["m"].astype(np.float64)
+        u = {s: npz[s].astype(np.float64) for s in UNIMODAL}
+    human: dict[str, np.ndarray] = {}
+    if data is not None and data.splits["train"].unimodal_labels:
+        train = data.splits["train"]
+        row = {clip: j for j, clip in enumerate(train.ids)}
+        missing = [clip for clip in ids if clip not in row]
+        if missing:
+            raise SelfMMError(f"{data.path} does not hold {len(missing)} of the run's {len(ids)} "
+                              f"training clips (e.g. {missing[0]!r}): pass the run's own file with --data")
+        order = np.array([row[clip] for clip in ids])
+        human = {s: np.asarray(train.unimodal_labels[s], np.float64)[order] for s in UNIMODAL}
+    return LabelTrajectory(seed=int(saved["seed"]), ids=ids, m=m, u=u, human=human,
+                           H=float(saved["config"]["labels"]["H"]),
+                           data_path=data.path if data is not None else None)
+
+
+def distance_from_m(traj: LabelTrajectory) -> dict[str, np.ndarray]:
+    """Mean |u - m| over the training clips, per modality: (E+1,) each."""
+    return {s: np.abs(traj.u[s] - traj.m).mean(axis=1) for s in UNIMODAL}
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    # A constant vector has no correlation; NaN says so rather than a warning and a 0.
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def agreement(traj: LabelTrajectory) -> dict[str, Agreement]:
+    """Per modality: u-labels vs the human unimodal labels per epoch; {} without human labels."""
+    out = {}
+    for s, truth in traj.human.items():
+        u = traj.u[s]
+        last_err, m_err = np.abs(u[-1] - truth), np.abs(traj.m - truth)
+        out[s] = Agreement(
+            corr=np.array([_pearson(row, truth) for row in u]),
+            mae=np.abs(u - truth).mean(axis=1),
+            baseline_corr=_pearson(traj.m, truth),
+            baseline_mae=float(m_err.mean()),
+            closer=float(np.mean(last_err < m_err)),
+            farther=float(np.mean(last_err > m_err)),
+        )
+    return out
+
+
+def default_epochs(last: int) -> list[int]:
+    """Epoch 0 (the m-labels) and up to four evenly spaced from epoch 2 to the last; epoch 1
+    is skipped because the ULGM first moves the labels in epoch 2, so it equals epoch 0."""
+    if last < 2:
+        return list(range(last + 1))
+    return [0] + sorted({int(round(e)) for e in np.linspace(2, last, min(last - 1, 4))})
+
+
+# --- figures -------------------------------------------------------------------------------
+# The object-oriented API (Figure, no pyplot) keeps no global state and needs no display.
+
+
+def _density(ax, values: np.ndarray, label: str, color, lo: float, hi: float) -> None:
+    from scipy.stats import gaussian_kde
+
+    if np.ptp(values) < 1e-9:
+        # A kernel density needs spread; one value is drawn as a line where it sits.
+        ax.axvline(float(values[0]), color=color, label=label, linewidth=1.5)
+        return
+    grid = np.linspace(lo, hi, 400)
+    ax.plot(grid, gaussian_kde(values)(grid), color=color, label=label, linewidth=1.5)
+
+
+def plot_distributions(traj: LabelTrajectory, epochs: list[int]) -> Figure:
+    """Top row: each modality's u-label density at `epochs` (epoch 0 is the m-label).
+    Bottom row: the density of u - m at the same epochs, after the first."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 7), layout="constrained")
+    axes = fig.subplots(2, 3, sharex="row")
+    cmap = colormaps["viridis"]
+    shades = {e: cmap(i / max(len(epochs) - 1, 1)) for i, e in enumerate(epochs)}
+    spread = max((np.abs(traj.u[s][e] - traj.m).max() for s in UNIMODAL for e in epochs), default=0.0)
+    spread = max(float(spread), 0.1)
+    for col, s in enumerate(UNIMODAL):
+        top, bottom = axes[0, col], axes[1, col]
+        for e in epochs:
+            name = "epoch 0 (m-label)" if e == 0 else f"epoch {e}"
+            _density(top, traj.u[s][e], name, shades[e], -traj.H, traj.H)
+            if e > 0:
+                _density(bottom, traj.u[s][e] - traj.m, f"epoch {e}", shades[e], -spread, spread)
+        top.set_title(f"{NAMES[s]} u-labels")
+        top.set_xlabel("label")
+        bottom.set_title(f"{NAMES[s]}: u - m")
+        bottom.set_xlabel("u-label minus m-label")
+        for ax in (top, bottom):
+            ax.set_ylabel("density")
+            ax.grid(alpha=0.3)
+        top.legend(fontsize=8)
+        if any(e > 0 for e in epochs):
+            bottom.legend(fontsize=8)
+    fig.suptitle(f"seed {traj.seed}: distribution of the generated u-labels over epochs "
+                 f"({len(traj.ids)} training clips)")
+    return fig
+
+
+def plot_distance(traj: LabelTrajectory) -> Figure:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.subplots()
+    epochs = np.arange(traj.epochs + 1)
+    for s, d in distance_from_m(traj).items():
+        ax.plot(epochs, d, marker="o", color=COLORS[s], label=NAMES[s])
+    ax.set_xlabel("epoch (0 = initialisation)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("mean |u - m|")
+    ax.set_title(f"seed {traj.seed}: how far the u-labels moved from the m-labels")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_agreement(traj: LabelTrajectory) -> Figure:
+    """Pearson r and MAE against the human labels per epoch; dashed: the m-label baseline."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    epochs = np.arange(traj.epochs + 1)
+    for s, a in agreement(traj).items():
+        left.plot(epochs, a.corr, marker="o", color=COLORS[s], label=f"{NAMES[s]} u-label")
+        left.axhline(a.baseline_corr, color=COLORS[s], linestyle="--")
+        right.plot(epochs, a.mae, marker="o", color=COLORS[s], label=f"{NAMES[s]} u-label")
+        right.axhline(a.baseline_mae, color=COLORS[s], linestyle="--")
+    left.set_ylabel("Pearson r with the human unimodal label")
+    right.set_ylabel("MAE against the human unimodal label")
+    baseline = Line2D([], [], color="grey", linestyle="--", label="m-label (baseline)")
+    for ax in (left, right):
+        ax.set_xlabel("epoch (0 = initialisation)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(handles=[*ax.get_legend_handles_labels()[0], baseline], fontsize=8)
+    fig.suptitle(f"seed {traj.seed}: generated u-labels against the human unimodal labels "
+                 "(dashed: the m-label as a guess)")
+    return fig
+
+
+def figures(traj: LabelTrajectory, epochs: list[int]) -> dict[str, Figure]:
+    """File stem -> figure; the agreement figure only when the data has human labels."""
+    out = {"distributions": plot_distributions(traj, epochs), "distance": plot_distance(traj)}
+    if traj.human:
+        out["agreement"] = plot_agreement(traj)
+    return out
+
+
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+# --- text ----------------------------------------------------------------------------------
+
+
+def _fmt(x: float) -> str:
+    return "   nan" if np.isnan(x) else f"{x:6.3f}"
+
+
+def summary_text(traj: LabelTrajectory) -> str:
+    n, last = len(traj.ids), traj.epochs
+    lines = [f"seed {traj.seed}: {n} training clips, {last} epoch(s), u-labels bounded by +-{traj.H:g}"]
+    lines += ["", "mean |u - m| per epoch (epoch 0 = initialisation; ULGM updates from epoch 2 on)",
+              "epoch   " + "  ".join(f"{NAMES[s]:>6}" for s in UNIMODAL)]
+    dist = distance_from_m(traj)
+    lines += [f"{e:5d}   " + "  ".join(_fmt(dist[s][e]) for s in UNIMODAL) for e in range(last + 1)]
+    agree = agreement(traj)
+    if not agree:
+        source = f"{traj.data_path} has" if traj.data_path else "no data file given, so"
+        lines += ["", f"{source} no human unimodal labels: no comparison with them"]
+        return "\n".join(lines) + "\n"
+    lines += ["", f"against the human unimodal labels of {traj.data_path}",
+              "(row m: the m-label itself as the guess, the baseline)",
+              "epoch   " + "  ".join(f"{'r_' + s:>6}" for s in UNIMODAL) + "   "
+              + "  ".join(f"{'MAE_' + s:>6}" for s in UNIMODAL)]
+    lines.append("    m   " + "  ".join(_fmt(agree[s].baseline_corr) for s in UNIMODAL) + "   "
+                 + "  ".join(_fmt(agree[s].baseline_mae) for s in UNIMODAL))
+    lines += [f"{e:5d}   " + "  ".join(_fmt(agree[s].corr[e]) for s in UNIMODAL) + "   "
+              + "  ".join(_fmt(agree[s].mae[e]) for s in UNIMODAL) for e in range(last + 1)]
+    lines += ["", f"after epoch {last}, against the m-label baseline:"]
+    for s in UNIMODAL:
+        a = agree[s]
+        lines.append(f"  {NAMES[s]:>6}: r {a.baseline_corr:.3f} -> {a.corr[-1]:.3f} "
+                     f"({a.corr[-1] - a.baseline_corr:+.3f}), MAE {a.baseline_mae:.3f} -> {a.mae[-1]:.3f} "
+                     f"({a.mae[-1] - a.baseline_mae:+.3f}); u-label nearer the truth than m for "
+                     f"{100 * a.closer:.1f}% of clips, farther for {100 * a.farther:.1f}%")
+    return "\n".join(lines) + "\n"
+
+
+def write_analysis(traj: LabelTrajectory, out: Path, epochs: list[int]) -> str:
+    """The PNGs and summary.txt of one seed into `out`; returns the summary."""
+    for stem, fig in figures(traj, epochs).items():
+        write_bytes(out / f"{stem}.png", png_bytes(fig))
+    text = summary_text(traj)
+    write_text(out / "summary.txt", text)
+    return text
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def load_human_data(seed_dir: Path, data_arg: str | None, cache: dict[str, FeatureData | None]
+                    ) -> FeatureData | None:
+    """The feature file for human labels: --data, else the path the run recorded. A recorded
+    file that has since moved only costs the comparison (a note on stderr), not the analysis."""
+    from .cli import load_data
+
+    path = data_arg or recorded_data_path(seed_dir)
+    if path not in cache:
+        if data_arg is None and not Path(path).exists():
+            print(f"selfmm: note: the run's data file {path} is gone; pass --data to compare with "
+                  "human unimodal labels", file=sys.stderr)
+            cache[path] = None
+        else:
+            cache[path] = load_data(path, _saved(seed_dir)["config"]["dataset"])
+    return cache[path]
+
+
+def chosen_epochs(requested: list[int] | None, last: int) -> list[int]:
+    if not requested:
+        return default_epochs(last)
+    bad = [e for e in requested if not 0 <= e <= last]
+    if bad:
+        raise SelfMMError(f"--epochs {' '.join(map(str, bad))}: the run has epochs 0 to {last}")
+    return sorted(set(requested))
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    dirs = seed_dirs(run, args.seed)
+    single = dirs == [run]
+    out_root = Path(args.out) if args.out else run / "labels"
+    cache: dict[str, FeatureData | None] = {}
+    texts = []
+    for seed_dir in dirs:
+        traj = label_trajectory(seed_dir, load_human_data(seed_dir, args.data, cache))
+        out = out_root if single else out_root / seed_dir.name
+        texts.append(write_analysis(traj, out, chosen_epochs(args.epochs, traj.epochs)))
+    text = "\n".join(texts)
+    if not single:
+        write_text(out_root / "summary.txt", text)
+    print(text, end="")
+    print(f"plots and summary.txt in {out_root}", file=sys.stderr)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("labels", help="plot and summarise the generated u-labels of a run")
+    p.add_argument("run", help="a run directory (every seed) or one seed directory")
+    p.add_argument("--data", help="feature file with human unimodal labels "
+                   "(default: the file the run was trained on)")
+    p.add_argument("--epochs", type=int, nargs="+", metavar="E",
+                   help="epochs whose distributions to draw (0 = initialisation; default: 0 and "
+                   "up to four from 2 to the last)")
+    p.add_argument("--seed", type=int, help="only this seed of a run directory")
+    p.add_argument("--out", help="output directory (default: RUN/labels)")
+    p.set_defaults(func=cmd_labels)
