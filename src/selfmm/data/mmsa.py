@@ -8,9 +8,13 @@ reported naming the file, the split, the key and the offending shape or value.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import math
 import os
 import pickle
+import pickletools
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,24 +85,179 @@ def _numpy_core_attr(module: str, name: str) -> Any:
     raise DataError(f"numpy provides no {module}.{name}")  # pragma: no cover - numpy changed
 
 
+# Legitimate feature files nest a few levels (dict > dict > array > state tuple > dtype).
+# Far deeper nesting is an attack: hashing a tuple nested ~10^5 deep overflows the C stack
+# inside the unpickler itself, which no exception handler can catch.
+MAX_DEPTH = 200
+# Opcodes whose argument is a byte count followed by that many bytes, by the count's format.
+_COUNTED = {-2: "<B", -3: "<i", -4: "<I", -5: "<Q"}
+_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+_MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+
+
+def _check_structure(handle: Any, size: int, source: str) -> None:
+    """Walk the pickle's opcodes without building anything; refuse what would hurt to build.
+
+    Every declared length must fit in what is left of the file (the C unpickler allocates a
+    declared length before reading it), and the nesting depth stays below MAX_DEPTH. Payloads
+    are skipped with seek, so a multi-GB file costs one pass over its few opcodes.
+    """
+    stack: list[int | None] = []  # nesting depth of each stack item; None is a MARK
+    memo: dict[Any, int] = {}
+
+    def pop() -> int | None:
+        if not stack:
+            raise DataError(f"{source}: not a readable pickle: stack underflow")
+        return stack.pop()
+
+    while True:
+        pos = handle.tell()
+        code = handle.read(1)
+        op = _OPCODES.get(code)
+        if op is None:
+            if not code:
+                raise DataError(f"{source}: truncated pickle (unexpected end of file)")
+            raise DataError(f"{source}: not a readable pickle: unknown opcode {code!r} at byte {pos}")
+        arg = None
+        if op.arg is not None and op.arg.n in _COUNTED:
+            fmt = _COUNTED[op.arg.n]
+            head = handle.read(struct.calcsize(fmt))
+            if len(head) != struct.calcsize(fmt):
+                raise DataError(f"{source}: truncated pickle (unexpected end of file)")
+            (length,) = struct.unpack(fmt, head)
+            if length < 0 or length > size - handle.tell():
+                raise DataError(f"{source}: truncated pickle: {op.name} at byte {pos} declares {length} bytes, but only "
+                                f"{size - handle.tell()} remain in the file")
+            handle.seek(length, os.SEEK_CUR)
+        elif op.arg is not None:
+            try:
+                arg = op.arg.reader(handle)
+            except ValueError as exc:
+                raise DataError(f"{source}: not a readable pickle: {op.name} at byte {pos}: {exc}") from None
+        if op.name == "FRAME" and arg > size - handle.tell():
+            raise DataError(f"{source}: truncated pickle: FRAME at byte {pos} declares {arg} bytes, but only "
+                            f"{size - handle.tell()} remain in the file")
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            if not stack or stack[-1] is None:
+                raise DataError(f"{source}: not a readable pickle: {op.name} at byte {pos} with nothing to store")
+            memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1]
+            continue
+        if op.name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(arg, 0))
+            continue
+        if op.name == "DUP":
+            stack.append(stack[-1] if stack else 0)
+            continue
+        if op.name == "STOP":
+            return
+        if op.name == "MARK":
+            stack.append(None)
+            continue
+        before = op.stack_before
+        items: list[int] = []
+        if pickletools.markobject in before:
+            while (item := pop()) is not None:
+                items.append(item)
+            items.extend(d for d in (pop() for _ in range(before.index(pickletools.markobject))) if d is not None)
+        else:
+            items.extend(d for d in (pop() for _ in before) if d is not None)
+        if op.name in _MUTATORS and items:
+            # The container, popped last, keeps its identity: it grows around the new items
+            # instead of gaining a level per APPEND (protocol 0 appends one item at a time).
+            depth = max(items[-1], 1 + max(items[:-1], default=0))
+        else:
+            depth = 1 + max(items) if items else 0
+        if depth > MAX_DEPTH:
+            raise DataError(f"{source}: containers nested more than {MAX_DEPTH} deep (at byte {pos})")
+        stack.extend(depth for _ in op.stack_after)
+
+
+def _check_array_state(state: Any, limit: int, source: str) -> None:
+    """numpy rebuilds an object array from a list without comparing their lengths (a shorter
+    list reads past its end and crashes the process); check that, and the size, first."""
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        return  # numpy itself rejects any other form
+    shape, dtype, data = state[-4], state[-3], state[-1]
+    if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple) or not all(
+        isinstance(d, int) and d >= 0 for d in shape
+    ):
+        return
+    count = math.prod(shape)
+    if count * max(dtype.itemsize, 1) > limit:
+        raise DataError(f"{source}: an array declares shape {shape} of {dtype}, larger than the file allows")
+    if dtype.hasobject and not (dtype == np.dtype(object) and isinstance(data, list) and len(data) == count):
+        raise DataError(f"{source}: an object array of shape {shape} holds "
+                        f"{len(data) if isinstance(data, list) else type(data).__name__} items")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, source: str) -> None:
+    def __init__(self, file: Any, source: str, size: int) -> None:
         super().__init__(file)
         self._source = source
+        # An object array may reference one memoised item per 2-byte opcode, 8 bytes each.
+        limit = 8 * size + (1 << 20)
+
+        class UnpickledArray(np.ndarray):
+            """The only array type a feature file can build: its pickled state is checked
+            before numpy sees it, and it cannot be called to allocate an arbitrary shape."""
+
+            def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+                raise DataError(f"{source}: an array may only be rebuilt from its pickled state")
+
+            def __setstate__(self, state: Any) -> None:
+                _check_array_state(state, limit, source)
+                super().__setstate__(state)
+
+        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+            # numpy pickles an empty placeholder here, then BUILD gives it its real state.
+            if subtype is not UnpickledArray or shape != (0,):
+                raise DataError(f"{source}: unexpected array reconstruction {shape!r}")
+            return self._reconstruct(UnpickledArray, shape, dtype)
+
+        self._array = UnpickledArray
+        self._reconstruct = _numpy_core_attr("multiarray", "_reconstruct")
+        self._guarded_reconstruct = reconstruct
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
+            if name == "_reconstruct":
+                return self._guarded_reconstruct
             return _numpy_core_attr(*_ALLOWED[(module, name)])
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
+        if (module, name) == ("numpy", "ndarray"):
+            return self._array
+        if (module, name) == ("numpy", "dtype"):
+            return np.dtype
         if (module, name) == ("_codecs", "encode"):
-            import codecs
-
-            return codecs.encode
+            return functools.partial(_latin1_encode, source=self._source)
         raise DataError(
             f"{self._source}: refusing to unpickle global {module}.{name}: a feature file may "
             "only contain numpy arrays and plain containers"
         )
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8", *, source: str) -> bytes:
+    # Protocols 0-2 store raw bytes as latin-1 text; any other codec name is refused, since a
+    # codec lookup imports modules by name.
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise DataError(f"{source}: refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin-1")
+
+
+def _plain_arrays(obj: Any) -> Any:
+    """Give callers base `np.ndarray` views (no copies) of the arrays in dicts and lists."""
+    todo = [obj]
+    while todo:
+        node = todo.pop()
+        keys = node.keys() if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else ()
+        for key in keys:
+            value = node[key]
+            if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
+                node[key] = value.view(np.ndarray)
+            elif isinstance(value, (dict, list)):
+                todo.append(value)
+    if isinstance(obj, np.ndarray) and type(obj) is not np.ndarray:
+        return obj.view(np.ndarray)
+    return obj
 
 
 def safe_load(path: str | os.PathLike) -> Any:
@@ -110,9 +269,14 @@ def safe_load(path: str | os.PathLike) -> Any:
         raise DataError(f"{source}: cannot open: {exc.strerror or exc}") from exc
     with handle:
         try:
-            return _RestrictedUnpickler(handle, source).load()
-        except (DataError, MemoryError):
+            size = os.fstat(handle.fileno()).st_size
+            _check_structure(handle, size, source)
+            handle.seek(0)
+            return _plain_arrays(_RestrictedUnpickler(handle, source, size).load())
+        except DataError:
             raise
+        except MemoryError:
+            raise DataError(f"{source}: not enough memory to unpickle the file") from None
         except (EOFError, pickle.UnpicklingError) as exc:
             # The C unpickler reports a cut-off file as either, depending on where it stops.
             if isinstance(exc, EOFError) or "truncated" in str(exc):
@@ -143,10 +307,20 @@ def _load_layout(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 # --- validation of one split -------------------------------------------------------------
 
 
+def _array(value: Any, where: str, key: str, dtype: Any = None) -> np.ndarray:
+    """np.asarray, with ragged or unconvertible contents reported as a DataError."""
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise DataError(f"{where}: key {key!r} is not an array: {type(exc).__name__}: {exc}") from None
+
+
 def _as_float_features(value: Any, where: str, key: str) -> np.ndarray:
-    arr = np.asarray(value)
+    arr = _array(value, where, key)
     if arr.ndim != 3:
         raise DataError(f"{where}: key {key!r} must be 3-d (N, L, D), got shape {arr.shape}")
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise DataError(f"{where}: key {key!r} has shape {arr.shape}: needs at least one frame and one feature")
     if arr.dtype not in (np.float32, np.float64):
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise DataError(f"{where}: key {key!r} has non-numeric dtype {arr.dtype}")
@@ -155,7 +329,7 @@ def _as_float_features(value: Any, where: str, key: str) -> np.ndarray:
 
 
 def _as_labels(value: Any, where: str, key: str, label_range: tuple[float, float] | None) -> np.ndarray:
-    arr = np.asarray(value)
+    arr = _array(value, where, key)
     # MMSA stores (N,), some exported files (N, 1); reshape of a contiguous array is a view.
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr.reshape(-1)
@@ -179,7 +353,7 @@ def _as_labels(value: Any, where: str, key: str, label_range: tuple[float, float
 
 
 def _as_lengths(value: Any, where: str, key: str, limit: int) -> np.ndarray:
-    arr = np.asarray(value)
+    arr = _array(value, where, key)
     if arr.ndim != 1:
         raise DataError(f"{where}: key {key!r} must be 1-d (N,), got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
@@ -194,20 +368,52 @@ def _as_lengths(value: Any, where: str, key: str, limit: int) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _as_strings(value: Any, n: int, fallback: str) -> list[str]:
+def _as_strings(value: Any, n: int, fallback: str, where: str = "", key: str = "") -> list[str]:
     if value is None:
         return [fallback.format(i=i) for i in range(n)]
-    return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in np.asarray(value, dtype=object).reshape(-1)]
+    try:
+        return [x.decode(errors="replace") if isinstance(x, bytes) else str(x)
+                for x in _array(value, where, key, dtype=object).reshape(-1)]
+    except RecursionError:
+        raise DataError(f"{where}: key {key!r} holds containers too deeply nested to read as text") from None
+
+
+def _as_token_ids(value: Any, where: str) -> np.ndarray:
+    """text_bert as stored (no copy), once its ids, mask and token types are whole numbers >= 0,
+    since the encoder's embedding lookup would crash on anything else mid-training."""
+    arr = _array(value, where, "text_bert")
+    if arr.ndim != 3 or arr.shape[1] != 3 or arr.shape[2] == 0:
+        raise DataError(f"{where}: key 'text_bert' must be (N, 3, Lt) with Lt >= 1, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{where}: key 'text_bert' has non-numeric dtype {arr.dtype}")
+    if arr.size:
+        if np.issubdtype(arr.dtype, np.floating):
+            bad = ~np.isfinite(arr) | (arr != np.round(arr))
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise DataError(f"{where}: key 'text_bert' at {first} is {arr[first]}, not a whole number")
+        if arr.min() < 0 or arr.max() >= 2**31:
+            value = arr.min() if arr.min() < 0 else arr.max()
+            raise DataError(f"{where}: key 'text_bert' holds {value}, not a token id (0 <= id < 2**31)")
+        for row, what in ((1, "attention mask"), (2, "token type ids")):
+            if arr[:, row].max() > 1:
+                raise DataError(f"{where}: key 'text_bert' {what} (row {row}) holds {arr[:, row].max()}; must be 0 or 1")
+    return arr
 
 
 def _zero_nonfinite(arr: np.ndarray) -> tuple[np.ndarray, int]:
-    """Set NaN and +-inf (COVAREP writes -inf) to 0 in place; copy only a read-only array."""
+    """Set NaN and +-inf (COVAREP writes -inf) to 0 in place; copy only a read-only array.
+
+    float64 values beyond float32's range count as infinite: batches are float32.
+    """
     count = 0
     # Row chunks keep the boolean mask small next to a multi-GB MOSEI array.
     step = max(1, (1 << 24) // max(1, arr[0].size)) if arr.shape[0] else 1
     for start in range(0, arr.shape[0], step):
         chunk = arr[start : start + step]
         mask = ~np.isfinite(chunk)
+        if chunk.dtype != np.float32:
+            mask |= np.abs(chunk) > np.finfo(np.float32).max
         hits = int(mask.sum())
         if not hits:
             continue
@@ -227,10 +433,13 @@ def _build_split(
     *,
     label_range: tuple[float, float] | None = None,
     origins: dict[str, str] | None = None,
+    clean: frozenset[str] = frozenset(),
 ) -> tuple[Split, dict[str, int]]:
     """Validate one split dict and wrap it; returns the split and non-finite counts repaired.
 
     `origins` maps a key to the override file it came from, so messages point at that file.
+    `clean` names keys that come from a cache, repaired when it was written: scanning them
+    again would read every page of a memory-mapped array.
     """
     origins = origins or {}
 
@@ -243,15 +452,13 @@ def _build_split(
         if key not in raw:
             raise DataError(f"{where()}: missing key {key!r} (found {sorted(map(str, raw))})")
 
-    text_bert = np.asarray(raw["text_bert"])
-    if text_bert.ndim != 3 or text_bert.shape[1] != 3:
-        raise DataError(
-            f"{where('text_bert')}: key 'text_bert' must be (N, 3, Lt), got shape {text_bert.shape}"
-        )
+    text_bert = _as_token_ids(raw["text_bert"], where("text_bert"))
     audio = _as_float_features(raw["audio"], where("audio"), "audio")
     vision = _as_float_features(raw["vision"], where("vision"), "vision")
     labels = _as_labels(raw["regression_labels"], where(), "regression_labels", label_range)
     n = labels.shape[0]
+    if n == 0:
+        raise DataError(f"{where()}: has no clips (key 'regression_labels' is empty)")
 
     def check_rows(key: str, rows: int) -> None:
         if rows != n:
@@ -292,16 +499,18 @@ def _build_split(
             unimodal[short] = _as_labels(raw[key], where(), key, label_range)
             check_rows(key, unimodal[short].shape[0])
 
-    ids = _as_strings(raw.get("id"), n, f"{name}-{{i}}")
-    raw_text = _as_strings(raw.get("raw_text"), n, "")
+    ids = _as_strings(raw.get("id"), n, f"{name}-{{i}}", where("id"), "id")
+    raw_text = _as_strings(raw.get("raw_text"), n, "", where("raw_text"), "raw_text")
     check_rows("id", len(ids))
     check_rows("raw_text", len(raw_text))
-    flags = _as_strings(raw.get("extraction_flags"), n, "")
+    flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
     check_rows("extraction_flags", len(flags))
 
     repaired: dict[str, int] = {}
-    audio, repaired["audio"] = _zero_nonfinite(audio)
-    vision, repaired["vision"] = _zero_nonfinite(vision)
+    if "audio" not in clean:
+        audio, repaired["audio"] = _zero_nonfinite(audio)
+    if "vision" not in clean:
+        vision, repaired["vision"] = _zero_nonfinite(vision)
 
     split = Split(
         name=name,
@@ -330,6 +539,15 @@ _OVERRIDES = {
 }
 
 
+def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
+    """A pickle's split dicts, or a cache folder's (see data/cache.py) with its recorded repairs."""
+    if os.path.isdir(path):
+        from .cache import read_cache
+
+        return read_cache(path)
+    return _load_layout(path), None
+
+
 def load_features(
     path: str | os.PathLike,
     *,
@@ -338,21 +556,23 @@ def load_features(
     audio_file: str | os.PathLike | None = None,
     vision_file: str | os.PathLike | None = None,
 ) -> FeatureData:
-    """Load and validate an MMSA feature file (one unpickling per file).
+    """Load and validate an MMSA feature file (one unpickling per file) or a cache folder.
 
     Override files replace one modality's arrays per split. NaN and +-inf inside audio and
-    vision frames are set to 0, with one warning for the whole file and a line in `repairs`.
+    vision frames are set to 0, with one warning for the whole file and a line in `repairs`;
+    a cache was repaired when written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
-    main = _load_layout(source)
+    main, cached_repairs = _load_any(source)
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
+    clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
     overrides = {"text_file": text_file, "audio_file": audio_file, "vision_file": vision_file}
     for arg, override in overrides.items():
         if override is None:
             continue
         over_source = os.fspath(override)
-        over = _load_layout(over_source)
+        over, over_repairs = _load_any(over_source)
         required, *optional = _OVERRIDES[arg]
         for split in SPLITS:
             if required not in over[split]:
@@ -361,14 +581,21 @@ def load_features(
                 if key in over[split]:
                     raws[split][key] = over[split][key]
                     origins[split][key] = over_source
+                    if over_repairs is None:
+                        clean[split].discard(key)
+                    else:
+                        clean[split].add(key)
     del main  # the split dicts above hold the arrays; drop the outer references early
 
     splits: dict[str, Split] = {}
-    repairs: list[str] = []
+    # A cache's repairs still describe the arrays of its keys that no override replaced.
+    repairs = [line for line in cached_repairs or []
+               if line.split(":")[0].split("/")[1] not in origins[line.split("/")[0]]]
     total = 0
     for split in SPLITS:
         splits[split], repaired = _build_split(
-            raws[split], split, source, label_range=label_range, origins=origins[split]
+            raws[split], split, source, label_range=label_range, origins=origins[split],
+            clean=frozenset(clean[split]),
         )
         for key, count in repaired.items():
             if count:
