@@ -1,0 +1,163 @@
+"""`selfmm cache FILE`: a feature file as a folder of .npy arrays that later runs memory-map.
+
+Unpickling MOSEI reads and holds every byte of the file; a cache opens in a fraction of a
+second, and the operating system reads only the pages of the clips a run touches (and shares
+them between processes). `load_features` opens a cache folder wherever it accepts a pickle.
+
+Layout of FILE.selfmm-cache/:
+  <split>.<key>.npy       one array per split and key, MMSA's key names, as validated
+  <split>.strings.json    {"id": [...], "raw_text": [...], "extraction_flags": [...]}
+  manifest.json           format, version, source, shapes and dtypes, the repairs made;
+                          written last, so its presence marks a complete cache
+
+The cache holds what `load_features` validated and repaired (non-finite audio/vision values
+already set to 0), so opening it skips the full scan for NaN and infinities, which would read
+every page. Labels and lengths are small and are read into memory; the 3-d arrays are mapped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, SelfMMError
+from ..io import atomic_writer, write_json
+
+MANIFEST = "manifest.json"
+FORMAT = "selfmm-cache"
+VERSION = 1
+MAPPED = ("text_bert", "audio", "vision")  # the bulk of a file; everything else is small
+
+
+def is_cache(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir()
+
+
+def default_out(source: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(source)}.selfmm-cache")
+
+
+def _split_arrays(split: Any, aligned: bool) -> dict[str, np.ndarray]:
+    """One split's arrays under MMSA's key names, ready for `_build_split` to validate again."""
+    from .mmsa import UNIMODAL_KEYS
+
+    arrays = {"text_bert": split.text_bert, "audio": split.audio, "vision": split.vision,
+              "regression_labels": split.labels}
+    if not aligned:
+        # An aligned file carries no lengths: the loader derives them from the text mask.
+        arrays["audio_lengths"] = split.audio_lengths
+        arrays["vision_lengths"] = split.vision_lengths
+    for short, key in UNIMODAL_KEYS.items():
+        if short in split.unimodal_labels:
+            arrays[key] = split.unimodal_labels[short]
+    return arrays
+
+
+def write_cache(source: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                label_range: tuple[float, float] | None = None, force: bool = False) -> Path:
+    """Validate `source` with `load_features` and write its cache folder; returns the folder."""
+    from .mmsa import SPLITS, load_features
+
+    out = Path(out) if out is not None else default_out(source)
+    if (out / MANIFEST).exists():
+        if not force:
+            raise SelfMMError(f"{out} already holds a cache; pass --force to rewrite it")
+        # Without its manifest the folder reads as incomplete until the rewrite finishes.
+        (out / MANIFEST).unlink()
+    elif out.exists() and not out.is_dir():
+        raise SelfMMError(f"{out} exists and is not a folder")
+    data = load_features(source, label_range=label_range)
+    if Path(data.path).resolve() == out.resolve():
+        raise SelfMMError(f"{source} is already a cache")
+    out.mkdir(parents=True, exist_ok=True)
+    splits: dict[str, dict[str, Any]] = {}
+    for name in SPLITS:
+        split = data.splits[name]
+        entry: dict[str, Any] = {}
+        for key, arr in _split_arrays(split, data.aligned).items():
+            arr = np.ascontiguousarray(arr)
+            with atomic_writer(out / f"{name}.{key}.npy", "wb") as handle:
+                np.lib.format.write_array(handle, arr, allow_pickle=False)
+            entry[key] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
+        write_json(out / f"{name}.strings.json", {"id": split.ids, "raw_text": split.raw_text,
+                                                  "extraction_flags": split.flags})
+        splits[name] = entry
+    write_json(out / MANIFEST, {
+        "format": FORMAT, "version": VERSION, "source": os.path.abspath(source),
+        "source_bytes": os.path.getsize(source), "aligned": data.aligned,
+        "repairs": data.repairs, "splits": splits,
+    })
+    return out
+
+
+def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The split dicts of a cache folder (3-d arrays memory-mapped, read-only) and its repairs."""
+    from .mmsa import SPLITS
+
+    root = Path(path)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{root}: a folder without {MANIFEST}: not a selfmm cache, or an unfinished "
+                        "one (run `selfmm cache FILE` again)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{root}/{MANIFEST}: unreadable: {exc}") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise DataError(f"{root}: cache format {manifest.get('format')!r} version "
+                        f"{manifest.get('version')!r}, expected {FORMAT!r} version {VERSION}")
+    layout: dict[str, dict[str, Any]] = {}
+    for name in SPLITS:
+        raw: dict[str, Any] = {}
+        for key, meta in manifest["splits"][name].items():
+            file = root / f"{name}.{key}.npy"
+            try:
+                arr = np.load(file, mmap_mode="r" if key in MAPPED else None, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{file}: unreadable cache array: {exc}") from None
+            if list(arr.shape) != meta["shape"] or arr.dtype.str != meta["dtype"]:
+                raise DataError(f"{file}: holds {arr.dtype.str} {list(arr.shape)}, but the manifest "
+                                f"says {meta['dtype']} {meta['shape']} (a damaged cache)")
+            # A plain ndarray view over the mapping: code downstream need not know np.memmap.
+            raw[key] = np.asarray(arr)
+        try:
+            strings = json.loads((root / f"{name}.strings.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{root}/{name}.strings.json: unreadable: {exc}") from None
+        raw.update(strings)  # id, raw_text, extraction_flags
+        layout[name] = raw
+    return layout, list(manifest["repairs"])
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import warnings
+
+    from ..config import LABEL_RANGE
+
+    if not Path(args.file).is_file():
+        raise SelfMMError(f"{args.file} is not a feature file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the repairs are reported below
+        out = write_cache(args.file, args.out, force=args.force,
+                          label_range=LABEL_RANGE.get(args.dataset) if args.dataset else None)
+    manifest = json.loads((out / MANIFEST).read_text())
+    size = sum(f.stat().st_size for f in out.iterdir())
+    for line in manifest["repairs"]:
+        print(f"repaired {line}")
+    print(f"wrote {out} ({size / 1e6:.1f} MB); pass it as --data to train or evaluate")
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    from ..config import DATASETS
+
+    p = subparsers.add_parser("cache", help="convert a feature file into a memory-mapped cache folder")
+    p.add_argument("file", help="MMSA feature file (.pkl)")
+    p.add_argument("--out", help="cache folder (default: FILE.selfmm-cache)")
+    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
+    p.add_argument("--force", action="store_true", help="rewrite an existing cache")
+    p.set_defaults(func=cmd_cache)
