@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -273,8 +274,9 @@ def summary_text(traj: LabelTrajectory) -> str:
     lines += [f"{e:5d}   " + "  ".join(_fmt(dist[s][e]) for s in UNIMODAL) for e in range(last + 1)]
     agree = agreement(traj)
     if not agree:
-        source = f"{traj.data_path} has" if traj.data_path else "no data file given, so"
-        lines += ["", f"{source} no human unimodal labels: no comparison with them"]
+        lines.append("")
+        lines.append(f"{traj.data_path} has no human unimodal labels: no comparison with them"
+                     if traj.data_path else "no data file at hand: no comparison with human unimodal labels")
         return "\n".join(lines) + "\n"
     lines += ["", f"against the human unimodal labels of {traj.data_path}",
               "(row m: the m-label itself as the guess, the baseline)",
@@ -319,7 +321,10 @@ def load_human_data(seed_dir: Path, data_arg: str | None, cache: dict[str, Featu
                   "human unimodal labels", file=sys.stderr)
             cache[path] = None
         else:
-            cache[path] = load_data(path, _saved(seed_dir)["config"]["dataset"])
+            with warnings.catch_warnings():
+                # Repairs of non-finite features concern training, not labels or transcripts.
+                warnings.simplefilter("ignore")
+                cache[path] = load_data(path, _saved(seed_dir)["config"]["dataset"])
     return cache[path]
 
 
