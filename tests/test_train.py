@@ -63,7 +63,9 @@ def test_five_parameter_groups(tiny_bert, data):
     assert groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == 1e-3
     assert [g["lr"] for g in groups] == [5e-5, 5e-5, 5e-3, 5e-3, 1e-3]
     n_params = sum(len(g["params"]) for g in groups)
-    assert n_params == len(list(model.parameters()))
+    assert n_params == len([p for p in model.parameters() if p.requires_grad])
+    # The pooler is not part of Self-MM: it is frozen, not optimized.
+    assert not any(p.requires_grad for p in model.text_encoder.pooler.parameters())
 
 
 def test_task_losses_follow_active_tasks():

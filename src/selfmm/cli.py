@@ -81,6 +81,11 @@ def resolve_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import torch
+
+    from . import distributed
     from .config import DEFAULT_SEEDS
     from .encoder import load_encoder
     from .results import table, write
@@ -90,18 +95,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     device = resolve_device(args.device)
     run_dir = RunDirectory(args.out, resume=args.resume)
-    run_dir.check()
+    run_dir.check()  # every rank, before rank 0 creates the directory
     data = load_data(args.data, cfg.dataset, args.text_file, args.audio_file, args.vision_file)
     load_encoder(cfg.model.text_model)  # fail fast, before any directory is made
+    dist = distributed.init_from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
     seeds = args.seeds or list(DEFAULT_SEEDS)
     per_seed: dict[int, dict[str, float]] = {}
-    with run_dir as out:
-        for seed in seeds:
-            per_seed[seed] = fit_seed(cfg, data, out / f"seed-{seed}", seed, device,
-                                      lambda: load_encoder(cfg.model.text_model), resume=args.resume,
-                                      progress=_progress, log=lambda s: print(s, file=sys.stderr))
-        write(out, cfg.to_dict(), per_seed)
-    print(table(per_seed, f"{cfg.dataset} test metrics (x100), {len(seeds)} seed(s): {out}"))
+    log = (lambda s: print(s, file=sys.stderr)) if dist.is_main else (lambda s: None)
+    try:
+        with run_dir if dist.is_main else contextlib.nullcontext(Path(args.out)) as out:
+            distributed.barrier(dist)
+            for seed in seeds:
+                per_seed[seed] = fit_seed(cfg, data, out / f"seed-{seed}", seed, device,
+                                          lambda: load_encoder(cfg.model.text_model),
+                                          resume=args.resume, dist=dist,
+                                          progress=_progress if dist.is_main else None, log=log)
+            if dist.is_main:
+                write(out, cfg.to_dict(), per_seed)
+    finally:
+        distributed.shutdown(dist)
+    if dist.is_main:
+        title = f"{cfg.dataset} test metrics (x100), {len(seeds)} seed(s)"
+        if dist.enabled:
+            title += f", {dist.world_size} processes"
+        print(table(per_seed, f"{title}: {out}"))
     return 0
 
 

@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, RandomSampler
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
+from torch.utils.data import DataLoader
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Config, from_dict
 from .data.batch import Batch, Collator
 from .data.mmsa import FeatureData, Split
@@ -88,12 +89,14 @@ def eval_loader(split: Split, batch_size: int, num_workers: int = 0, pin: bool =
                       collate_fn=Collator(split), num_workers=num_workers, pin_memory=pin)
 
 
-def train_loader(split: Split, cfg: Config, seed: int, epoch: int, pin: bool = False) -> DataLoader:
+def train_loader(split: Split, cfg: Config, seed: int, epoch: int, pin: bool = False,
+                 dist: distributed.Context = distributed.Context()) -> DataLoader:
     # The order of epoch e is a function of (seed, e) alone, so a resumed run sees the same.
     generator = torch.Generator().manual_seed(seed * 10007 + epoch)
-    return DataLoader(range(len(split)), batch_size=cfg.optim.batch_size,
-                      sampler=RandomSampler(range(len(split)), generator=generator),
-                      collate_fn=Collator(split), num_workers=cfg.train.num_workers, pin_memory=pin)
+    sampler = distributed.ShardedBatchSampler(len(split), cfg.optim.batch_size, generator,
+                                              dist.rank, dist.world_size)
+    return DataLoader(range(len(split)), batch_sampler=sampler, collate_fn=Collator(split),
+                      num_workers=cfg.train.num_workers, pin_memory=pin)
 
 
 def autocast(device: torch.device):
@@ -167,11 +170,14 @@ def train_epoch(model: SelfMM, optimizer: torch.optim.Optimizer, loader: DataLoa
             raise NumericalError(f"epoch {epoch}, batch {i + 1}/{steps}: loss is not finite "
                                  f"(per head: {bad}; learning rates: {lrs}); "
                                  "the last good checkpoint is kept")
-        loss.backward()
         features = {s: f.detach().float() for s, f in out.features._asdict().items()}
-        index = batch.index
+        index, share = batch.index, 1.0
         if gather is not None:
             index, features = gather(index, features)
+            # DDP averages gradients over ranks; weighting each rank by its share of the global
+            # batch makes an uneven last batch count every sample once, as one process would.
+            share = len(batch) * torch.distributed.get_world_size() / len(index)
+        (loss * share).backward()
         ulgm.step(index, features, epoch)
         # Step every `accumulation_steps` batches and at the last batch (the reference drops
         # the last partial window's gradients).
@@ -240,14 +246,17 @@ def run_config(cfg: Config, data: FeatureData, seed: int) -> dict[str, Any]:
 
 def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,
              encoder_factory: Callable[[], torch.nn.Module], *, resume: bool = False,
-             gather: Gather | None = None, is_main: bool = True,
+             dist: distributed.Context = distributed.Context(),
              progress: Callable[[str], Callable] | None = None, log: Callable[[str], None] = print,
              on_epoch: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """Train one seed into `out` and return the test metrics of its best weights.
 
     `on_epoch(epoch, valid_loss)` runs once the epoch's validation loss is known, before its
     checkpoint is written; an exception it raises (e.g. a tuner's prune signal) stops the run.
+    Under torch.distributed (`dist`), every rank trains its shard and keeps the same ULGM state;
+    only the main rank writes files, and only it evaluates on the test split.
     """
+    is_main = dist.is_main
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())["test"]
@@ -283,6 +292,9 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
             start = state["epoch"] + 1
             log(f"seed {seed}: resuming after epoch {state['epoch']}")
 
+    # Every unimodal head is unused when its task is off; DDP must be told.
+    net = distributed.wrap(model, dist, find_unused=cfg.train.tasks != "MTAV")
+    gather = distributed.make_gather(dist)
     caches = {}
     if cfg.model.freeze_encoder:
         caches = {name: encode_all_text(model, split, 64, device) for name, split in data.splits.items()}
@@ -290,9 +302,9 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     epoch = start
     while epoch - best_epoch <= cfg.train.early_stop and not (0 < cfg.train.max_epochs < epoch):
         t0 = time.perf_counter()
-        loader = train_loader(train, cfg, seed, epoch, pin=device.type == "cuda")
+        loader = train_loader(train, cfg, seed, epoch, pin=device.type == "cuda", dist=dist)
         bar = progress(f"seed {seed} epoch {epoch}") if progress else None
-        train_loss = train_epoch(model, optimizer, loader, ulgm, epoch, cfg, device,
+        train_loss = train_epoch(net, optimizer, loader, ulgm, epoch, cfg, device,
                                  caches.get("train"), gather, bar)
         valid = valid_loss(predict(model, data.splits["valid"], device, text_cache=caches.get("valid")))
         history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid,
@@ -307,8 +319,8 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
             + (" (best)" if improved else f" (best {best_valid:.4f} at epoch {best_epoch})"))
         if is_main:
             if improved:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                          str(out / "best.safetensors"))
+                write_bytes(out / "best.safetensors", save_safetensors(
+                    {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
             write_json(out / "history.json", history)
             _write_ulabels(out / "ulabels.npz", list(train.ids), label_history)
             checkpoint.save(checkpoint.epoch_path(out, epoch), {
@@ -320,6 +332,8 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
             checkpoint.prune(out)
         epoch += 1
 
+    if not is_main:
+        return {}
     metrics, preds = evaluate_run(out, data, "test", device, model=model, cfg=cfg, caches=caches)
     if is_main:
         _write_predictions(out / "test_predictions.csv", preds)
