@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test suite: set up (package, test extras, Chromium for the report test), then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # The HTML report is rendered in headless Chromium by one test; it skips without it.
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed; its test will skip"
+fi
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1
+python -m pytest "$@"
