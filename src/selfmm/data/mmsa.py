@@ -457,8 +457,6 @@ def _build_split(
     vision = _as_float_features(raw["vision"], where("vision"), "vision")
     labels = _as_labels(raw["regression_labels"], where(), "regression_labels", label_range)
     n = labels.shape[0]
-    if n == 0:
-        raise DataError(f"{where()}: has no clips (key 'regression_labels' is empty)")
 
     def check_rows(key: str, rows: int) -> None:
         if rows != n:
@@ -602,6 +600,10 @@ def load_features(
                 repairs.append(f"{split}/{key}: {count} non-finite values set to 0")
                 total += count
 
+    # One empty split is legitimate (`selfmm extract` writes its clip as the only row of
+    # "test"); a file without any clip is not.
+    if not any(len(s) for s in splits.values()):
+        raise DataError(f"{source}: has no clips (key 'regression_labels' is empty in every split)")
     first = splits["train"]
     for split in SPLITS[1:]:
         for key in ("audio", "vision"):
