@@ -98,7 +98,8 @@ def _split_of_clip(clip: Any, clip_id: str):
 
 
 def parse_input(value: str) -> tuple[str, Path, str | None]:
-    """(kind, path, split) of one INPUT: "video", or "features" with an optional FILE:SPLIT."""
+    """(kind, path, split) of one INPUT: "video", or "features" (a pickle or a cache folder)
+    with an optional FILE:SPLIT."""
     path = Path(value)
     split = None
     if not path.exists() and ":" in value:
@@ -108,8 +109,8 @@ def parse_input(value: str) -> tuple[str, Path, str | None]:
     if not path.exists():
         raise SelfMMError(f"input {value} does not exist")
     if path.is_dir():
-        raise SelfMMError(f"input {value} is a directory; give video files or feature files")
-    if path.suffix.lower() in VIDEO_SUFFIXES:
+        kind = "features"  # a `selfmm cache` folder; load_features says if it is not one
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
         kind = "video"
     elif path.suffix.lower() in (".pkl", ".pickle"):
         kind = "features"
