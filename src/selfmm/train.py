@@ -257,6 +257,9 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     only the main rank writes files, and only it evaluates on the test split.
     """
     is_main = dist.is_main
+    for name in ("train", "valid"):
+        if len(data.splits[name]) == 0:
+            raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs train and valid clips")
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())["test"]
