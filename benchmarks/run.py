@@ -1,0 +1,399 @@
+"""selfmm's speed, memory and scale benchmark: one command, one table, optional JSON.
+
+    python benchmarks/run.py                  # full run (about 10 minutes on 2 CPU cores)
+    python benchmarks/run.py --quick          # smoke run: tiny files, few batches
+    python benchmarks/run.py --json out.json  # also write every figure as JSON
+
+Sections (README.md beside this file explains each measurement and records the figures):
+  phases     training step split by phase, dynamic vs full padding, on a mosi-profile file
+  train      samples/s of whole training epochs through fit_seed (what `selfmm train` runs)
+  ulgm       one ULGM step at N = 1e3 .. 1e6, incremental centres beside full recomputation
+  load       peak RSS and wall time to open mosi/mosei-profile files, pickle and cache
+  inference  latency per clip at batch 1 and per clip at batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from selfmm import checkpoint, config
+from selfmm.data.batch import Collator
+from selfmm.data.mmsa import FeatureData, load_features
+from selfmm.data.synth import write_synthetic
+from selfmm.encoder import load_encoder
+from selfmm.io import write_json
+from selfmm.model import Heads, SelfMM
+from selfmm.train import fit_seed, make_optimizer, predict, seed_everything, task_losses
+from selfmm.ulgm import UnimodalLabelGenerator
+
+SECTIONS = ("phases", "train", "ulgm", "load", "inference")
+PHASES = ("data", "encoder", "lstms", "heads+loss", "ulgm", "optimizer")
+ULGM_DIMS = {"m": 128, "t": 32, "a": 16, "v": 32}  # MOSI's post dims (SPEC 3)
+
+# Runs in a fresh interpreter after its imports; Linux resets the peak-RSS mark (VmHWM) on
+# writing 5 to clear_refs, so the figure is the peak the load adds over the RSS before it.
+_LOAD_PROBE = """
+import json, sys, time, warnings
+from selfmm.data.mmsa import load_features
+
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")
+base = rss("VmRSS:")
+t = time.perf_counter()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    data = load_features(sys.argv[1])
+seconds = time.perf_counter() - t
+peak = rss("VmHWM:") - base
+keys = ("text_bert", "audio", "vision", "audio_lengths", "vision_lengths", "labels")
+arrays = sum(getattr(s, k).nbytes for s in data.splits.values() for k in keys)
+print(json.dumps({"seconds": seconds, "peak_rss": peak, "array_bytes": arrays}))
+"""
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average_start": os.getloadavg()[0]}
+
+
+def synthetic(work: Path, profile: str, scale: float) -> Path:
+    """A synthetic file kept in `work`, so repeated runs with --work reuse it."""
+    path = work / f"{profile}-{scale}.pkl"
+    if not path.exists():
+        write_synthetic(path, profile, scale=scale, seed=0, aligned=False)
+    return path
+
+
+def quiet_load(path: Path) -> FeatureData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic files' -inf repairs are intended
+        return load_features(path)
+
+
+def build(cfg: config.Config, data: FeatureData, text_model: str, seed: int = 0) -> SelfMM:
+    seed_everything(seed)
+    return SelfMM(load_encoder(text_model), data.audio_dim, data.vision_dim, cfg.model)
+
+
+def new_ulgm(n: int, centres: str = "incremental") -> UnimodalLabelGenerator:
+    return UnimodalLabelGenerator(num_samples=n, dims=ULGM_DIMS, H=3.0, exclude_zero=True,
+                                  centres=centres)
+
+
+# ---- phases ----------------------------------------------------------------------------------
+
+
+def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: int,
+                pad_to_max: bool) -> dict[str, float]:
+    """Seconds per phase over `batches` training steps (after two untimed warm-up steps).
+
+    Forward and backward of each part are timed apart by cutting the graph at the three
+    modality vectors: the heads' backward stops at detached leaves, whose gradients are then
+    pushed through the encoder and the LSTMs separately. The gradients equal one backward
+    through the whole graph (chain rule), so every phase does exactly its real work.
+    """
+    split = data.splits["train"]
+    loader = torch.utils.data.DataLoader(range(len(split)), batch_size=cfg.optim.batch_size,
+                                         shuffle=True, collate_fn=Collator(split, pad_to_max))
+    optimizer = make_optimizer(model, cfg)
+    ulgm = new_ulgm(len(split))
+    ulgm.init_labels(torch.arange(len(split)), torch.as_tensor(np.array(split.labels)))
+    model.train()
+    times: dict[str, float] = defaultdict(float)
+    rows = 0
+    warmup = 2
+    it = iter(loader)
+    for i in range(warmup + batches):
+        clock = time.perf_counter()
+
+        def lap(phase: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            if i >= warmup:
+                times[phase] += now - clock
+            clock = now
+
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        lap("data")
+        text = model.encode_text(batch.text)  # (B, text_out)
+        lap("encoder")
+        audio = model.audio_net(batch.audio, batch.audio_lengths)
+        vision = model.vision_net(batch.vision, batch.vision_lengths)
+        lap("lstms")
+        leaves = [x.detach().requires_grad_() for x in (text, audio, vision)]
+        f_m, y_m = model.fusion_head(torch.cat(leaves, dim=-1))
+        f_t, y_t = model.text_head(leaves[0])
+        f_a, y_a = model.audio_head(leaves[1])
+        f_v, y_v = model.vision_head(leaves[2])
+        labels = {s: ulgm.labels[s][batch.index] for s in "mtav"}
+        loss = sum(task_losses(Heads(y_m, y_t, y_a, y_v), labels, ulgm.weights(batch.index),
+                               cfg.train.tasks).values())
+        loss.backward()
+        lap("heads+loss")
+        text.backward(leaves[0].grad)
+        lap("encoder")
+        torch.autograd.backward([audio, vision], [leaves[1].grad, leaves[2].grad])
+        lap("lstms")
+        features = {s: f.detach() for s, f in zip("mtav", (f_m, f_t, f_a, f_v))}
+        ulgm.step(batch.index, features, epoch=2)  # epoch 2: label updates included
+        lap("ulgm")
+        if (i + 1) % cfg.optim.accumulation_steps == 0:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        lap("optimizer")
+        if i >= warmup:
+            rows += len(batch)
+    times["samples"] = rows
+    return dict(times)
+
+
+def bench_phases(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    data = quiet_load(synthetic(work, "mosi", args.scale))
+    cfg = config.with_values(config.defaults_for("mosi"), {"text_model": args.text_model})
+    out = {}
+    for name, pad in (("dynamic padding", False), ("full padding", True)):
+        model = build(cfg, data, args.text_model)
+        out[name] = time_phases(model, data, cfg, args.batches, pad)
+    return out
+
+
+# ---- whole epochs ----------------------------------------------------------------------------
+
+
+def bench_train(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """fit_seed as `selfmm train` runs it; the progress hook times each epoch's training loop."""
+    data = quiet_load(synthetic(work, "mosi", args.scale))
+    cfg = config.with_values(config.defaults_for("mosi"),
+                             {"text_model": args.text_model, "max_epochs": args.epochs})
+    loops: list[float] = []
+    saves: list[float] = []
+
+    def progress(desc: str) -> Callable:
+        def timed(iterable):
+            start = time.perf_counter()
+            yield from iterable
+            loops.append(time.perf_counter() - start)
+        return timed
+
+    real_save = checkpoint.save
+
+    def timed_save(path, state) -> None:
+        start = time.perf_counter()
+        real_save(path, state)
+        saves.append(time.perf_counter() - start)
+
+    checkpoint.save = timed_save
+    try:
+        with tempfile.TemporaryDirectory(dir=work) as out:
+            start = time.perf_counter()
+            fit_seed(cfg, data, Path(out) / "seed-1111", 1111, torch.device("cpu"),
+                     lambda: load_encoder(args.text_model), log=lambda line: None,
+                     progress=progress)
+            total = time.perf_counter() - start
+            history = json.loads((Path(out) / "seed-1111" / "history.json").read_text())
+    finally:
+        checkpoint.save = real_save
+    n = len(data.splits["train"])
+    return {"train_clips": n, "samples_per_s": [n / s for s in loops],
+            "epoch_seconds": [h["seconds"] for h in history], "checkpoint_seconds": saves,
+            "total_seconds": total}
+
+
+# ---- ULGM ------------------------------------------------------------------------------------
+
+
+def time_ulgm(n: int, centres: str, steps: int, batch: int = 32) -> float:
+    """Median seconds of one step (epoch 2, so label updates included) over N samples."""
+    gen = torch.Generator().manual_seed(0)
+    ulgm = new_ulgm(n, centres)
+    ulgm.init_labels(torch.arange(n), torch.rand(n, generator=gen) * 6 - 3)
+    times = []
+    for k in range(steps + 1):
+        idx = torch.randperm(n, generator=gen)[:batch]
+        feats = {s: torch.rand(batch, d, generator=gen) for s, d in ULGM_DIMS.items()}
+        start = time.perf_counter()
+        ulgm.step(idx, feats, epoch=2)
+        if k:  # the first step pays one-off allocation
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_ulgm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000, 1_000_000)
+    out: dict[str, Any] = {}
+    for n in sizes:
+        out[str(n)] = {mode: time_ulgm(n, mode, 5 if args.quick else 30)
+                       for mode in ("incremental", "full")}
+    return out
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def probe_load(path: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True,
+                          text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from selfmm.data.cache import write_cache
+
+    scales = {"mosi": args.scale, "mosei": 0.02 if args.quick else 0.25}
+    out: dict[str, Any] = {}
+    for profile, scale in scales.items():
+        path = synthetic(work, profile, scale)
+        cache = Path(f"{path}.selfmm-cache")
+        if not cache.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                write_cache(path, cache)
+        out[f"{profile} x{scale} pickle"] = {**probe_load(path), "file_bytes": path.stat().st_size}
+        out[f"{profile} x{scale} cache"] = probe_load(cache)
+    return out
+
+
+# ---- inference -------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def bench_inference(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    data = quiet_load(synthetic(work, "mosi", args.scale))
+    cfg = config.with_values(config.defaults_for("mosi"), {"text_model": args.text_model})
+    model = build(cfg, data, args.text_model).eval()
+    split = data.splits["test"]
+    collate = Collator(split)
+    clips = min(len(split), 10 if args.quick else 100)
+    model(collate([0]))  # warm-up
+    single = []
+    for row in range(clips):
+        start = time.perf_counter()
+        model(collate([row]))
+        single.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    predict(model, split, torch.device("cpu"), batch_size=64)
+    batched = (time.perf_counter() - start) / len(split)
+    return {"batch1_median_ms": 1e3 * statistics.median(single), "batch64_ms_per_clip": 1e3 * batched,
+            "clips": clips}
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = []
+    m = results["machine"]
+    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with "
+                 f"{m['torch_threads']} threads; load average {m['load_average_start']:.2f} at start, "
+                 f"{m.get('load_average_end', float('nan')):.2f} at end")
+    if "phases" in results:
+        lines.append("")
+        lines.append(f"training step by phase, mosi profile x{results['args']['scale']}, "
+                     f"{results['args']['text_model']}, batch 16 (ms per batch)")
+        header = f"{'padding':<16}" + "".join(f"{p:>12}" for p in PHASES) + f"{'total':>10}{'samples/s':>11}"
+        lines.append(header)
+        for name, t in results["phases"].items():
+            n_batches = t["samples"] / 16
+            total = sum(t[p] for p in PHASES)
+            lines.append(f"{name:<16}" + "".join(f"{1e3 * t[p] / n_batches:>12.1f}" for p in PHASES)
+                         + f"{1e3 * total / n_batches:>10.1f}{t['samples'] / total:>11.1f}")
+    if "train" in results:
+        t = results["train"]
+        lines.append("")
+        lines.append(f"whole epochs through fit_seed ({t['train_clips']} training clips)")
+        for e, (sps, sec) in enumerate(zip(t["samples_per_s"], t["epoch_seconds"]), start=1):
+            save = t["checkpoint_seconds"][e - 1] if e <= len(t["checkpoint_seconds"]) else float("nan")
+            lines.append(f"  epoch {e}: {sps:6.1f} samples/s in the training loop; "
+                         f"{sec:6.1f} s with validation; checkpoint {save:5.2f} s")
+    if "ulgm" in results:
+        lines.append("")
+        lines.append("ULGM step, batch 32, dims m128 t32 a16 v32 (ms, median)")
+        lines.append(f"{'N':>10}{'incremental':>14}{'full':>12}")
+        for n, t in results["ulgm"].items():
+            lines.append(f"{int(n):>10}{1e3 * t['incremental']:>14.3f}{1e3 * t['full']:>12.3f}")
+    if "load" in results:
+        lines.append("")
+        lines.append("opening a feature file (fresh process)")
+        lines.append(f"{'file':<26}{'arrays MB':>11}{'peak RSS MB':>13}{'ratio':>8}{'seconds':>9}")
+        for name, t in results["load"].items():
+            lines.append(f"{name:<26}{t['array_bytes'] / 1e6:>11.1f}{t['peak_rss'] / 1e6:>13.1f}"
+                         f"{t['peak_rss'] / t['array_bytes']:>8.2f}{t['seconds']:>9.2f}")
+    if "inference" in results:
+        t = results["inference"]
+        lines.append("")
+        lines.append(f"inference: {t['batch1_median_ms']:.1f} ms per clip at batch 1 (median of "
+                     f"{t['clips']}), {t['batch64_ms_per_clip']:.2f} ms per clip at batch 64")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny files, few batches")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--text-model", default="minilm", help="encoder name or path (default minilm)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--epochs", type=int, help="epochs of the train section (default 2; quick 1)")
+    parser.add_argument("--work", help="folder for the synthetic files, reused across runs "
+                        "(default: a temporary folder, removed afterwards)")
+    args = parser.parse_args(argv)
+    args.scale = 0.05 if args.quick else 1.0
+    args.batches = 3 if args.quick else 20
+    args.epochs = args.epochs or (1 if args.quick else 2)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    results: dict[str, Any] = {"machine": machine(),
+                               "args": {"quick": args.quick, "scale": args.scale,
+                                        "text_model": args.text_model, "threads": args.threads}}
+    benches = {"phases": bench_phases, "train": bench_train, "ulgm": bench_ulgm,
+               "load": bench_load, "inference": bench_inference}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name in args.sections:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results[name] = benches[name](args, work)
+    results["machine"]["load_average_end"] = os.getloadavg()[0]
+    print(render(results))
+    if args.json:
+        write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
