@@ -48,6 +48,21 @@ def test_distance_and_agreement_by_hand():
     assert a.corr[0] == pytest.approx(a.baseline_corr)
     assert a.corr[2] == pytest.approx(np.corrcoef([1.5, -1.0, 1.0, -1.0], [2.0, -1.0, 2.0, -1.0])[0, 1])
     assert (a.closer, a.farther) == (0.5, 0.25)
+    # Partial correlation given m: residuals of u and of the truth after a line on m.
+    design = np.c_[np.ones(4), traj.m]
+
+    def residual(y: np.ndarray) -> np.ndarray:
+        return y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+
+    expected = np.corrcoef(residual(traj.u["a"][2]), residual(traj.human["a"]))[0, 1]
+    assert np.isnan(a.beyond[:2]).all() and a.beyond[2] == pytest.approx(expected)
+
+
+def test_shrinking_labels_add_nothing_beyond_m():
+    traj = hand_trajectory()
+    traj.u["t"][2] = 0.5 * traj.m + 0.1
+    a = agreement(traj)["t"]
+    assert np.isnan(a.beyond[2]) and a.mae[2] != a.baseline_mae
 
 
 def test_constant_labels_have_no_correlation():

@@ -54,6 +54,10 @@ class Agreement:
 
     corr: np.ndarray  # (E+1,) Pearson r
     mae: np.ndarray  # (E+1,)
+    # (E+1,) partial correlation of u with the human label given m: what the u-label knows of
+    # the human label beyond the m-label. Unlike r and MAE it ignores a mere shrinking or
+    # spreading of the labels (u = c * m + d has no residual), which alone moves both.
+    beyond: np.ndarray
     baseline_corr: float  # the same of the m-label
     baseline_mae: float
     closer: float  # share of clips whose last u-label is nearer the human label than the m-label is
@@ -119,10 +123,19 @@ def distance_from_m(traj: LabelTrajectory) -> dict[str, np.ndarray]:
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    # A constant vector has no correlation; NaN says so rather than a warning and a 0.
-    if x.std() == 0 or y.std() == 0:
+    # A constant vector has no correlation; NaN says so rather than a warning and a 0. The
+    # tolerance catches residuals that are zero up to rounding (labels are of order 1).
+    if x.std() < 1e-9 or y.std() < 1e-9:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def _residual(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """What is left of `x` after the least-squares line on `m`."""
+    if m.std() < 1e-9:
+        return x - x.mean()
+    slope, intercept = np.polyfit(m, x, 1)
+    return x - (slope * m + intercept)
 
 
 def agreement(traj: LabelTrajectory) -> dict[str, Agreement]:
@@ -134,6 +147,7 @@ def agreement(traj: LabelTrajectory) -> dict[str, Agreement]:
         out[s] = Agreement(
             corr=np.array([_pearson(row, truth) for row in u]),
             mae=np.abs(u - truth).mean(axis=1),
+            beyond=np.array([_pearson(_residual(row, traj.m), _residual(truth, traj.m)) for row in u]),
             baseline_corr=_pearson(traj.m, truth),
             baseline_mae=float(m_err.mean()),
             closer=float(np.mean(last_err < m_err)),
@@ -218,27 +232,34 @@ def plot_distance(traj: LabelTrajectory) -> Figure:
 
 
 def plot_agreement(traj: LabelTrajectory) -> Figure:
-    """Pearson r and MAE against the human labels per epoch; dashed: the m-label baseline."""
+    """Pearson r and MAE against the human labels per epoch (dashed: the m-label baseline), and
+    the partial correlation with them given the m-label."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(12, 4), layout="constrained")
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    left, middle, right = fig.subplots(1, 3, sharex=True)
     epochs = np.arange(traj.epochs + 1)
     for s, a in agreement(traj).items():
         left.plot(epochs, a.corr, marker="o", color=COLORS[s], label=f"{NAMES[s]} u-label")
         left.axhline(a.baseline_corr, color=COLORS[s], linestyle="--")
-        right.plot(epochs, a.mae, marker="o", color=COLORS[s], label=f"{NAMES[s]} u-label")
-        right.axhline(a.baseline_mae, color=COLORS[s], linestyle="--")
+        middle.plot(epochs, a.mae, marker="o", color=COLORS[s], label=f"{NAMES[s]} u-label")
+        middle.axhline(a.baseline_mae, color=COLORS[s], linestyle="--")
+        right.plot(epochs, a.beyond, marker="o", color=COLORS[s], label=NAMES[s])
     left.set_ylabel("Pearson r with the human unimodal label")
-    right.set_ylabel("MAE against the human unimodal label")
+    middle.set_ylabel("MAE against the human unimodal label")
+    right.set_ylabel("partial r of u-label and human label given m")
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    right.set_title("what the u-label knows beyond the m-label", fontsize=10)
     baseline = Line2D([], [], color="grey", linestyle="--", label="m-label (baseline)")
-    for ax in (left, right):
+    for ax in (left, middle, right):
         ax.set_xlabel("epoch (0 = initialisation)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    for ax in (left, middle):
         ax.legend(handles=[*ax.get_legend_handles_labels()[0], baseline], fontsize=8)
+    right.legend(fontsize=8)
     fig.suptitle(f"seed {traj.seed}: generated u-labels against the human unimodal labels "
                  "(dashed: the m-label as a guess)")
     return fig
@@ -280,19 +301,23 @@ def summary_text(traj: LabelTrajectory) -> str:
         return "\n".join(lines) + "\n"
     lines += ["", f"against the human unimodal labels of {traj.data_path}",
               "(row m: the m-label itself as the guess, the baseline)",
+              "(pr_s: partial correlation of u and the human label given m, what u knows beyond m;",
+              " nan while u is a linear function of m)",
               "epoch   " + "  ".join(f"{'r_' + s:>6}" for s in UNIMODAL) + "   "
-              + "  ".join(f"{'MAE_' + s:>6}" for s in UNIMODAL)]
+              + "  ".join(f"{'MAE_' + s:>6}" for s in UNIMODAL) + "   "
+              + "  ".join(f"{'pr_' + s:>6}" for s in UNIMODAL)]
     lines.append("    m   " + "  ".join(_fmt(agree[s].baseline_corr) for s in UNIMODAL) + "   "
                  + "  ".join(_fmt(agree[s].baseline_mae) for s in UNIMODAL))
     lines += [f"{e:5d}   " + "  ".join(_fmt(agree[s].corr[e]) for s in UNIMODAL) + "   "
-              + "  ".join(_fmt(agree[s].mae[e]) for s in UNIMODAL) for e in range(last + 1)]
+              + "  ".join(_fmt(agree[s].mae[e]) for s in UNIMODAL) + "   "
+              + "  ".join(_fmt(agree[s].beyond[e]) for s in UNIMODAL) for e in range(last + 1)]
     lines += ["", f"after epoch {last}, against the m-label baseline:"]
     for s in UNIMODAL:
         a = agree[s]
         lines.append(f"  {NAMES[s]:>6}: r {a.baseline_corr:.3f} -> {a.corr[-1]:.3f} "
                      f"({a.corr[-1] - a.baseline_corr:+.3f}), MAE {a.baseline_mae:.3f} -> {a.mae[-1]:.3f} "
-                     f"({a.mae[-1] - a.baseline_mae:+.3f}); u-label nearer the truth than m for "
-                     f"{100 * a.closer:.1f}% of clips, farther for {100 * a.farther:.1f}%")
+                     f"({a.mae[-1] - a.baseline_mae:+.3f}), partial r {a.beyond[-1]:.3f}; u-label nearer the "
+                     f"truth than m for {100 * a.closer:.1f}% of clips, farther for {100 * a.farther:.1f}%")
     return "\n".join(lines) + "\n"
 
 
