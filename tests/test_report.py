@@ -93,6 +93,7 @@ def test_report_page(run, synth_path, tmp_path):
     assert "<script" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;" in html
     assert "<b>bold" not in html
     assert len(re.findall(r'<tr><td>test\d+\$_\$\d+</td>', html)) == 4
+    assert "<th>human t</th>" in html  # the synthetic file has human unimodal labels
     # Self-contained: every image inline, nothing fetched.
     sources = re.findall(r'src="([^"]*)"', html)
     assert len(sources) == 1 + 2 * 3  # curves; per seed distributions, distance, agreement

@@ -173,23 +173,34 @@ def error_section(seeds: list[SeedRun], data: FeatureData | None, top: int) -> s
     # Only clips every seed predicted, so each mean is over the same models.
     mean = {clip: np.mean(p, axis=0) for clip, p in preds.items() if len(p) == len(runs)}
     worst = sorted(mean, key=lambda clip: -abs(mean[clip][0] - labels[clip]))[:top]
-    transcripts = {}
+    transcripts: dict[str, str] = {}
+    human: dict[str, dict[str, float]] = {}  # clip -> t/a/v human label, where the file has them
     if data is not None and "test" in data.splits:
         test = data.splits["test"]
         transcripts = dict(zip(test.ids, test.raw_text))
+        if test.unimodal_labels:
+            human = {clip: {s: float(test.unimodal_labels[s][j]) for s in "tav"}
+                     for j, clip in enumerate(test.ids)}
     rows = []
     for clip in worst:
         p = mean[clip]
         text = transcripts.get(clip)
+        truth = []
+        if human:
+            truth = [f"{human[clip][s]:.2f}" for s in "tav"] if clip in human else ["", "", ""]
         rows.append([escape(clip), escape(text) if text else '<span class="note">(not available)</span>',
-                     f"{labels[clip]:.2f}", *(f"{x:.2f}" for x in p), f"{abs(p[0] - labels[clip]):.2f}"])
+                     f"{labels[clip]:.2f}", *truth, *(f"{x:.2f}" for x in p),
+                     f"{abs(p[0] - labels[clip]):.2f}"])
     averaged = f"the mean over {len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0].seed}"
     note = "" if transcripts else " Transcripts need the data file (--data)."
+    if human:
+        note += " The file's human unimodal labels stand beside the m-label (human t, a, v)."
+    header = ["id", "transcript", "m-label", *(["human t", "human a", "human v"] if human else []),
+              "pred m", "pred t", "pred a", "pred v", "|error|"]
     return (f"<p>The {len(worst)} test clips with the largest |pred m - m-label|; predictions are "
             f"{escape(averaged)}. Only the multimodal head is used at test time; t, a, v show what "
             f"each unimodal head alone says.{note}</p>"
-            + _table(["id", "transcript", "m-label", "pred m", "pred t", "pred a", "pred v", "|error|"],
-                     rows, numeric_from=2, table_id="errors"))
+            + _table(header, rows, numeric_from=2, table_id="errors"))
 
 
 def ulabel_section(seeds: list[SeedRun], data_arg: str | None, epochs: list[int] | None,
