@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import pickletools
 import struct
 import tempfile
 import warnings
@@ -191,6 +192,13 @@ def named_global(module: str, name: str, protocol: int) -> bytes:
     return short(module) + short(name) + b"\x93"
 
 
+def unframed(blob: bytes) -> bytes:
+    """`blob` without protocol 4's FRAME opcodes, so bytes can be replaced inside it."""
+    ops = list(pickletools.genops(blob))
+    ends = [pos for _, _, pos in ops[1:]] + [len(blob)]
+    return b"".join(blob[pos:end] for (op, _, pos), end in zip(ops, ends) if op.name != "FRAME")
+
+
 DANGEROUS = [("os", "system"), ("posix", "system"), ("subprocess", "Popen"), ("builtins", "eval"),
              ("builtins", "exec"), ("builtins", "open"), ("builtins", "getattr"), ("builtins", "__import__"),
              ("numpy", "load"), ("numpy", "fromfile"), ("numpy", "save"), ("pickle", "loads"),
@@ -211,7 +219,7 @@ def test_forbidden_globals(target, protocol, split, key):
     marker = "MARKER-0123456789"
     data = tiny_file()
     data[split][key] = marker
-    blob = pickle.dumps(data, protocol=protocol)
+    blob = unframed(pickle.dumps(data, protocol=protocol))
     inner = {0: b"V" + marker.encode() + b"\n", 2: b"X" + struct.pack("<I", len(marker)) + marker.encode(),
              4: b"\x8c" + bytes([len(marker)]) + marker.encode()}[protocol]
     assert inner in blob
@@ -320,6 +328,17 @@ def test_short_object_array_state_is_refused():
     data["train"]["id"] = Forged(RECONSTRUCT, (np.ndarray, (0,), b"b"), state)
     assert load_blob(pickle.dumps(data, protocol=2), "forged numpy objects") == "error"
     with pytest.raises(DataError, match="object array of shape"):
+        load_features(TARGET)
+
+
+def test_forged_dtype_state_is_refused():
+    """numpy applies a dtype's pickled state unchecked: a plain V8 given a subarray state makes
+    a dtype whose scalars crash np.asarray (found by test_forged_numpy_objects)."""
+    dtype = Forged(np.dtype, ("V8", False, True), (3, "|", (np.dtype("f8"), (2,)), None, None, 8, 4, 0))
+    data = tiny_file()
+    data["train"]["regression_labels"] = Forged(SCALAR, (dtype, b"\0" * 8))
+    assert load_blob(pickle.dumps(data, protocol=2), "forged numpy objects") == "error"
+    with pytest.raises(DataError, match="forged state for dtype"):
         load_features(TARGET)
 
 

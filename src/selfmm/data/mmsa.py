@@ -8,7 +8,6 @@ reported naming the file, the split, the key and the offending shape or value.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 import os
@@ -172,92 +171,129 @@ def _check_structure(handle: Any, size: int, source: str) -> None:
         stack.extend(depth for _ in op.stack_after)
 
 
+def _check_dtype_state(dtype: np.dtype, state: Any, source: str) -> None:
+    """numpy applies a dtype's pickled state without checking it against the dtype (a forged
+    item size or subarray later crashes the process); admit only the state numpy itself
+    writes for that dtype, in either byte order."""
+    canonical = dtype.__reduce__()[2]
+    if (isinstance(state, tuple) and len(state) == len(canonical) and len(state) > 1
+            and state[1] in ("<", ">", "=", "|") and (state[1] == "|") == (canonical[1] == "|")
+            and state[:1] + state[2:] == canonical[:1] + canonical[2:]):
+        return
+    raise DataError(f"{source}: refusing a forged state for dtype {dtype}")
+
+
 def _check_array_state(state: Any, limit: int, source: str) -> None:
     """numpy rebuilds an object array from a list without comparing their lengths (a shorter
     list reads past its end and crashes the process); check that, and the size, first."""
     if not isinstance(state, tuple) or len(state) not in (4, 5):
-        return  # numpy itself rejects any other form
+        raise DataError(f"{source}: refusing an array state of type {type(state).__name__}")
     shape, dtype, data = state[-4], state[-3], state[-1]
     if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple) or not all(
         isinstance(d, int) and d >= 0 for d in shape
     ):
-        return
+        raise DataError(f"{source}: refusing an array state with shape {shape!r} and dtype {dtype!r}")
     count = math.prod(shape)
     if count * max(dtype.itemsize, 1) > limit:
         raise DataError(f"{source}: an array declares shape {shape} of {dtype}, larger than the file allows")
-    if dtype.hasobject and not (dtype == np.dtype(object) and isinstance(data, list) and len(data) == count):
+    if dtype.hasobject and not (isinstance(data, list) and len(data) == count):
         raise DataError(f"{source}: an object array of shape {shape} holds "
                         f"{len(data) if isinstance(data, list) else type(data).__name__} items")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Python's own unpickler, restricted to what numpy arrays need, every call checked.
+
+    The pure-Python implementation is used so REDUCE and BUILD can be checked before numpy
+    sees their arguments; a feature file has few opcodes (arrays are single byte strings), so
+    its speed does not matter.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file: Any, source: str, size: int) -> None:
         super().__init__(file)
         self._source = source
         # An object array may reference one memoised item per 2-byte opcode, 8 bytes each.
-        limit = 8 * size + (1 << 20)
+        self._limit = 8 * size + (1 << 20)
+        self._multiarray_reconstruct = _numpy_core_attr("multiarray", "_reconstruct")
+        self._scalar = _numpy_core_attr("multiarray", "scalar")
+        self._frombuffer = _numpy_core_attr("numeric", "_frombuffer")
+        self._callables = {
+            "_reconstruct": self._reconstruct, "scalar": self._make_scalar, "_frombuffer": self._make_frombuffer,
+            "dtype": self._make_dtype, "encode": self._encode,
+        }
 
-        class UnpickledArray(np.ndarray):
-            """The only array type a feature file can build: its pickled state is checked
-            before numpy sees it, and it cannot be called to allocate an arbitrary shape."""
-
-            def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-                raise DataError(f"{source}: an array may only be rebuilt from its pickled state")
-
-            def __setstate__(self, state: Any) -> None:
-                _check_array_state(state, limit, source)
-                super().__setstate__(state)
-
-        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-            # numpy pickles an empty placeholder here, then BUILD gives it its real state.
-            if subtype is not UnpickledArray or shape != (0,):
-                raise DataError(f"{source}: unexpected array reconstruction {shape!r}")
-            return self._reconstruct(UnpickledArray, shape, dtype)
-
-        self._array = UnpickledArray
-        self._reconstruct = _numpy_core_attr("multiarray", "_reconstruct")
-        self._guarded_reconstruct = reconstruct
+    def _refuse(self, what: str) -> DataError:
+        return DataError(f"{self._source}: refusing {what}: a feature file may only contain numpy "
+                         "arrays and plain containers")
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
-            if name == "_reconstruct":
-                return self._guarded_reconstruct
-            return _numpy_core_attr(*_ALLOWED[(module, name)])
+            return self._callables[name]
         if (module, name) == ("numpy", "ndarray"):
-            return self._array
-        if (module, name) == ("numpy", "dtype"):
-            return np.dtype
-        if (module, name) == ("_codecs", "encode"):
-            return functools.partial(_latin1_encode, source=self._source)
-        raise DataError(
-            f"{self._source}: refusing to unpickle global {module}.{name}: a feature file may "
-            "only contain numpy arrays and plain containers"
-        )
+            return np.ndarray  # only as _reconstruct's first argument: REDUCE refuses to call it
+        if (module, name) in (("numpy", "dtype"), ("_codecs", "encode")):
+            return self._callables[name]
+        raise self._refuse(f"to unpickle global {module}.{name}")
 
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        # numpy pickles an empty placeholder here, then BUILD gives it its real state.
+        if subtype is not np.ndarray or shape != (0,):
+            raise self._refuse(f"array reconstruction {subtype!r}, {shape!r}")
+        return self._multiarray_reconstruct(np.ndarray, (0,), dtype)
 
-def _latin1_encode(text: Any, encoding: str = "utf-8", *, source: str) -> bytes:
-    # Protocols 0-2 store raw bytes as latin-1 text; any other codec name is refused, since a
-    # codec lookup imports modules by name.
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise DataError(f"{source}: refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin-1")
+    def _make_dtype(self, *args: Any) -> np.dtype:
+        dtype = np.dtype(*args)
+        if dtype.fields is not None or dtype.subdtype is not None:
+            raise self._refuse(f"structured or subarray dtype {dtype}")
+        return dtype
 
+    def _make_scalar(self, dtype: Any, data: Any = None) -> Any:
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or not (
+            isinstance(data, bytes) and len(data) == dtype.itemsize
+        ):
+            raise self._refuse(f"a scalar of {dtype!r} from {type(data).__name__}")
+        return self._scalar(dtype, data)
 
-def _plain_arrays(obj: Any) -> Any:
-    """Give callers base `np.ndarray` views (no copies) of the arrays in dicts and lists."""
-    todo = [obj]
-    while todo:
-        node = todo.pop()
-        keys = node.keys() if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else ()
-        for key in keys:
-            value = node[key]
-            if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
-                node[key] = value.view(np.ndarray)
-            elif isinstance(value, (dict, list)):
-                todo.append(value)
-    if isinstance(obj, np.ndarray) and type(obj) is not np.ndarray:
-        return obj.view(np.ndarray)
-    return obj
+    def _make_frombuffer(self, buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        if not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise self._refuse(f"a buffer array of {dtype!r}")
+        return self._frombuffer(buffer, dtype, shape, order)
+
+    def _encode(self, text: Any, encoding: str = "utf-8") -> bytes:
+        # Protocols 0-2 store raw bytes as latin-1 text; any other codec name is refused, since
+        # a codec lookup imports modules by name.
+        if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+            raise self._refuse(f"_codecs.encode with encoding {encoding!r}")
+        return text.encode("latin-1")
+
+    def load_reduce(self) -> None:
+        func = self.stack[-2]
+        if not any(func is f for f in self._callables.values()):
+            raise self._refuse(f"a call of {func!r}")
+        super().load_reduce()
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def load_build(self) -> None:
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):
+            _check_dtype_state(inst, state, self._source)
+        elif type(inst) is np.ndarray:
+            _check_array_state(state, self._limit, self._source)
+        else:
+            raise self._refuse(f"setting the state of a {type(inst).__name__}")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def _no_instances(self) -> None:
+        raise self._refuse("to create an instance of a class")
+
+    for _opcode in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.OBJ, pickle.INST):
+        dispatch[_opcode[0]] = _no_instances
+    del _opcode
 
 
 def safe_load(path: str | os.PathLike) -> Any:
@@ -272,7 +308,7 @@ def safe_load(path: str | os.PathLike) -> Any:
             size = os.fstat(handle.fileno()).st_size
             _check_structure(handle, size, source)
             handle.seek(0)
-            return _plain_arrays(_RestrictedUnpickler(handle, source, size).load())
+            return _RestrictedUnpickler(handle, source, size).load()
         except DataError:
             raise
         except MemoryError:
