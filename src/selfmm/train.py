@@ -300,7 +300,10 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     gather = distributed.make_gather(dist)
     caches = {}
     if cfg.model.freeze_encoder:
-        caches = {name: encode_all_text(model, split, 64, device) for name, split in data.splits.items()}
+        # Each loader draws a seed from the CPU generator; fork it, so that a resumed run
+        # continues from exactly the random state its checkpoint restored.
+        with torch.random.fork_rng(devices=[]):
+            caches = {name: encode_all_text(model, split, 64, device) for name, split in data.splits.items()}
 
     epoch = start
     while epoch - best_epoch <= cfg.train.early_stop and not (0 < cfg.train.max_epochs < epoch):
