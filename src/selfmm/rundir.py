@@ -65,7 +65,14 @@ class RunDirectory:
             raise SelfMMError(f"cannot create output directory {self.path}: {exc.strerror or exc}") from None
         probe_writable(self.path)
         self._acquire()
+        self._remove_stale_temporaries()
         return self.path
+
+    def _remove_stale_temporaries(self) -> None:
+        # A process killed mid-write leaves its atomic writer's temporary file behind; nothing
+        # reads those, and while we hold the lock no other process is writing one.
+        for tmp in self.path.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def _acquire(self) -> None:
         for _ in range(2):

@@ -1,0 +1,21 @@
+"""The robustness suite's long variants are marked `slow` and run only with `-m slow`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: long variant of a robustness test; run with -m slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    here = Path(__file__).parent
+    skip = pytest.mark.skip(reason="slow variant; run with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") and here in Path(item.fspath).parents:
+            item.add_marker(skip)
