@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import socket
 from pathlib import Path
 
 from .errors import SelfMMError
 
 LOCK = ".selfmm.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def probe_writable(directory: Path) -> None:
@@ -46,7 +38,7 @@ class RunDirectory:
         self.path = Path(path)
         self.resume = resume
         self._lock = self.path / LOCK
-        self._held = False
+        self._fd: int | None = None
 
     def check(self) -> None:
         """Refuse a path that is not a directory, or that holds a run while not resuming."""
@@ -75,27 +67,37 @@ class RunDirectory:
             tmp.unlink(missing_ok=True)
 
     def _acquire(self) -> None:
-        for _ in range(2):
+        """flock the lock file: the kernel drops the lock when its holder dies, even by SIGKILL,
+        so a stale lock needs no guessing from pids; the file names the holder for messages."""
+        for _ in range(3):
+            fd = os.open(self._lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = int(self._lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    holder = 0
-                if holder and _alive(holder) and holder != os.getpid():
-                    raise SelfMMError(f"output directory {self.path} is in use by process {holder} "
-                                      f"(lock file {self._lock}); wait for it or choose another --out") from None
-                # The holder died without cleaning up (e.g. SIGKILL): the lock is stale.
-                self._lock.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise SelfMMError(f"output directory {self.path} is in use by process {holder} "
+                                  f"(lock file {self._lock}); wait for it or choose another --out") from None
+            except OSError as exc:
+                os.close(fd)
+                raise SelfMMError(f"cannot lock output directory {self.path}: {exc.strerror or exc}") from None
+            try:
+                same = os.stat(self._lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                # The previous holder removed the file between our open and our lock.
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
-            self._held = True
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+            self._fd = fd
             return
         raise SelfMMError(f"could not lock output directory {self.path}")
 
     def __exit__(self, *exc) -> None:
-        if self._held:
+        if self._fd is not None:
+            # Unlink while still holding the lock, so no one locks a file about to vanish.
             self._lock.unlink(missing_ok=True)
-            self._held = False
+            os.close(self._fd)
+            self._fd = None
