@@ -47,7 +47,9 @@ def _offline_guard(name: str, load):
     path = resolve_text_model(name)
     try:
         return load(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        # OSError: missing files or no network; ValueError: a folder without a model's
+        # config.json, or a name that is not even a valid hub id.
         if Path(path).exists():
             raise ConfigError(f"text model {name!r}: cannot load from {path}: {exc}") from exc
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
