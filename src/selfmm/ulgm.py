@@ -228,6 +228,9 @@ class UnimodalLabelGenerator:
                 continue
             pos, neg = self._centres[s]
             y_hat = candidate_label(y_m, relative_distance(feats[s], pos, neg), alpha_m, self.H)
+            # Finite representations too large for float32 distances give inf - inf = NaN: such
+            # a sample gets no candidate this time and keeps its label (clamping handles +-inf).
+            y_hat = torch.where(torch.isnan(y_hat), self._labels[i, idx], y_hat)
             self._labels[i, idx] = momentum_update(self._labels[i, idx], y_hat, epoch)
 
     def _accumulate(self, s: str, old_rep: torch.Tensor, new_rep: torch.Tensor,
