@@ -118,7 +118,7 @@ def test_train_then_evaluate_reproduces_metrics(tmp_path, synth_path, tiny_bert,
 
 
 def test_same_seed_gives_identical_metrics(tmp_path, synth_path, tiny_bert):
-    data_file = synth_path("mosi", scale=0.03)
+    data_file = synth_path("mosi", scale=0.03, aligned=True)
     assert train(tmp_path / "a", data_file, tiny_bert) == 0
     assert train(tmp_path / "b", data_file, tiny_bert) == 0
     a = json.loads((tmp_path / "a" / "results.json").read_text())["seeds"]
@@ -134,7 +134,7 @@ def test_last_partial_accumulation_window_is_stepped(tmp_path, synth_path, tiny_
     weights; we step the remainder, so the fusion head changes after one epoch."""
     from safetensors.torch import load_file
 
-    data_file = synth_path("mosi", scale=0.03)
+    data_file = synth_path("mosi", scale=0.03, aligned=True)
     run = tmp_path / "run"
     assert train(run, data_file, tiny_bert, "--set", "accumulation_steps=1000",
                  "--max-epochs", "1", "--freeze-encoder") == 0
@@ -172,7 +172,7 @@ def test_existing_run_directory_is_never_overwritten(tmp_path, synth_path, tiny_
     run = tmp_path / "run"
     run.mkdir()
     (run / "notes.txt").write_text("mine")
-    assert train(run, synth_path("mosi", scale=0.03), tiny_bert) == 2
+    assert train(run, synth_path("mosi", scale=0.03, aligned=True), tiny_bert) == 2
     assert "--resume" in capsys.readouterr().err
     assert (run / "notes.txt").read_text() == "mine" and sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
