@@ -72,7 +72,7 @@ def test_inf_frames_reaching_the_model_stop_the_run(tmp_path, synth_path, tiny_b
 
 
 
-@settings(max_examples=300, deadline=2000, derandomize=True, database=None)
+@settings(max_examples=300, deadline=10_000, derandomize=True, database=None)
 @given(st.lists(st.sampled_from([-3.0, -1.5, -0.2, 0.0, 0.0, 0.4, 2.0, 3.0]), min_size=2, max_size=8),
        st.data())
 def test_ulgm_labels_stay_finite_and_bounded(m_labels, data):
