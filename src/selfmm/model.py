@@ -31,6 +31,20 @@ class SelfMMOutput(NamedTuple):
     features: Heads  # F_m (B, post_fusion_dim), F_t, F_a, F_v (B, post_X_dim)
 
 
+class _BackwardThreads(torch.autograd.Function):
+    """Identity whose backward sets torch's CPU thread count, for the backward nodes after it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, threads: int) -> torch.Tensor:
+        ctx.threads = threads
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        torch.set_num_threads(ctx.threads)
+        return grad, None
+
+
 class SequenceEncoder(nn.Module):
     """One LSTM over a clip's valid frames; its final hidden state -> dropout -> linear.
 
@@ -51,7 +65,20 @@ class SequenceEncoder(nn.Module):
             # The state after a clip's last valid frame is the packed LSTM's final state: a
             # forward LSTM never sees later frames, and no gradient reaches them. On the CPU
             # the fused kernel over the padded batch is ~10x faster than stepping a packed one.
-            out, _ = self.rnn(x)  # (B, L, hidden)
+            # It runs on one thread, forward and backward: its hundreds of tiny steps each end
+            # in a barrier, and when another process holds a core, every barrier waits for a
+            # time slice (10x slower on a busy 2-core machine, no faster on an idle one).
+            threads = torch.get_num_threads()
+            if torch.is_grad_enabled() and threads > 1:
+                # Backward runs in reverse: one thread from `out` down to here, then restored.
+                x = _BackwardThreads.apply(x.detach().requires_grad_(), threads)
+            torch.set_num_threads(1)
+            try:
+                out, _ = self.rnn(x)  # (B, L, hidden)
+            finally:
+                torch.set_num_threads(threads)
+            if torch.is_grad_enabled() and threads > 1:
+                out = _BackwardThreads.apply(out, 1)
             h = out[torch.arange(x.shape[0]), last]  # (B, hidden)
         else:
             packed = pack_padded_sequence(x, last.cpu() + 1, batch_first=True, enforce_sorted=False)
