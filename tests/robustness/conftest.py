@@ -19,3 +19,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slow") and here in Path(item.fspath).parents:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process training on one thread: on a busy machine, OpenMP threads waiting for each
+    other at every barrier make the tiny runs of these tests many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

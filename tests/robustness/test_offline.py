@@ -51,7 +51,7 @@ def offline(tmp_path):
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])),
                SELFMM_TEST_CONNECT_LOG=str(log), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
 
     def selfmm(*args: str, online: bool = False) -> subprocess.CompletedProcess:
         run_env = dict(env)
