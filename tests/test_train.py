@@ -185,3 +185,17 @@ def test_file_failing_validation_exits_2(tmp_path, capsys):
     assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.pkl" in err and "train" in err
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_training(tmp_path, synth_path, tiny_bert, capsys):
+    import pickle
+
+    from selfmm.data.mmsa import safe_load
+
+    raw = safe_load(synth_path("mosi", scale=0.03, aligned=True))
+    raw["valid"]["text_bert"][3, 0, 1] = 40000  # the tiny BERT has 30522 ids
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(pickle.dumps(raw, protocol=4))
+    assert train(tmp_path / "run", bad, tiny_bert) == 2
+    err = capsys.readouterr().err
+    assert "bad.pkl" in err and "'valid'" in err and "40000" in err

@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     except SelfMMError as exc:
         print(f"selfmm: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        # The environment failed us (a full disk, a vanished directory): one line, not a trace.
+        print(f"selfmm: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("selfmm: interrupted", file=sys.stderr)
         return 130

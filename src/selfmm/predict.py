@@ -174,11 +174,9 @@ class Predictor:
                                   + WIDTH_HINT)
 
     def _check_tokens(self, name: str, text_bert: np.ndarray) -> None:
-        vocab = self.model.text_encoder.config.vocab_size
-        top = int(np.asarray(text_bert[:, 0]).max(initial=0))
-        if top >= vocab:
-            raise SelfMMError(f"{name}: token id {top} is outside the run's text model vocabulary "
-                              f"({vocab} ids); the text was tokenized for another model")
+        from .train import check_token_ids
+
+        check_token_ids(text_bert, self.model.text_encoder.config.vocab_size, name)
 
     def score_split(self, split, name: str) -> list[ClipScore]:
         from .train import predict

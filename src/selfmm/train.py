@@ -76,7 +76,17 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def check_token_ids(text_bert: np.ndarray, vocab_size: int, where: str) -> None:
+    """Token ids must exist in the encoder's vocabulary (else the embedding fails mid-run)."""
+    top = int(np.asarray(text_bert[:, 0]).max(initial=0))
+    if top >= vocab_size:
+        raise SelfMMError(f"{where}: token id {top} is outside the text model's vocabulary "
+                          f"({vocab_size} ids); the text was tokenized for another model")
+
+
 def build_model(cfg: Config, data: FeatureData, encoder: torch.nn.Module) -> SelfMM:
+    for name, split in data.splits.items():
+        check_token_ids(split.text_bert, encoder.config.vocab_size, f"{data.path}: split {name!r}: key 'text_bert'")
     return SelfMM(encoder, data.audio_dim, data.vision_dim, cfg.model)
 
 
