@@ -240,10 +240,13 @@ def time_ulgm(n: int, centres: str, steps: int, batch: int = 32) -> float:
     gen = torch.Generator().manual_seed(0)
     ulgm = new_ulgm(n, centres)
     ulgm.init_labels(torch.arange(n), torch.rand(n, generator=gen) * 6 - 3)
+    # Drawn before timing: randperm(1e6) runs on every thread, and their spinning after it
+    # would slow the step that follows on a 2-core machine.
+    batches = [(torch.randperm(n, generator=gen)[:batch],
+                {s: torch.rand(batch, d, generator=gen) for s, d in ULGM_DIMS.items()})
+               for _ in range(steps + 1)]
     times = []
-    for k in range(steps + 1):
-        idx = torch.randperm(n, generator=gen)[:batch]
-        feats = {s: torch.rand(batch, d, generator=gen) for s, d in ULGM_DIMS.items()}
+    for k, (idx, feats) in enumerate(batches):
         start = time.perf_counter()
         ulgm.step(idx, feats, epoch=2)
         if k:  # the first step pays one-off allocation
