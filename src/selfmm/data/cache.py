@@ -95,6 +95,25 @@ def write_cache(source: str | os.PathLike, out: str | os.PathLike | None = None,
     return out
 
 
+def _check_manifest(root: Path, manifest: Any, splits: tuple[str, ...]) -> None:
+    """A cache folder may come from a stranger: refuse a manifest of any other shape."""
+    def ok_meta(meta: Any) -> bool:
+        return (isinstance(meta, dict) and isinstance(meta.get("dtype"), str)
+                and isinstance(meta.get("shape"), list)
+                and all(isinstance(n, int) and n >= 0 for n in meta["shape"]))
+
+    try:
+        fine = (isinstance(manifest["repairs"], list)
+                and all(isinstance(manifest["splits"][name], dict) for name in splits)
+                and all(isinstance(key, str) and key.isidentifier() and ok_meta(meta)
+                        for name in splits for key, meta in manifest["splits"][name].items()))
+    except (KeyError, TypeError):
+        fine = False
+    if not fine:
+        raise DataError(f"{root}/{MANIFEST}: malformed manifest (a damaged or forged cache); "
+                        "rebuild it with `selfmm cache FILE`")
+
+
 def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The split dicts of a cache folder (3-d arrays memory-mapped, read-only) and its repairs."""
     from .mmsa import SPLITS
@@ -107,9 +126,12 @@ def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list
                         "one (run `selfmm cache FILE` again)") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{root}/{MANIFEST}: unreadable: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{root}/{MANIFEST}: malformed manifest (not a JSON object)")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise DataError(f"{root}: cache format {manifest.get('format')!r} version "
                         f"{manifest.get('version')!r}, expected {FORMAT!r} version {VERSION}")
+    _check_manifest(root, manifest, SPLITS)
     layout: dict[str, dict[str, Any]] = {}
     for name in SPLITS:
         raw: dict[str, Any] = {}
