@@ -32,7 +32,7 @@ WRITES = {
     "results": ".results.json.",
 }
 # Timed kills alternate with write-triggered ones; results come last since they end a chain.
-SCHEDULE = ["time", "checkpoint", "time", "best weights", "u-labels", "time", "history", "checkpoint",
+SCHEDULE = ["time", "checkpoint", "mid-epoch", "best weights", "u-labels", "time", "history", "checkpoint",
             "time", "metrics", "results"]
 
 
@@ -69,17 +69,27 @@ def run_until(cmd: list[str], log: Path, kind: str, delay: float, out: Path) -> 
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=environment(),
                                 start_new_session=True)
-        start = time.monotonic()
+        start, wall_start = time.monotonic(), time.time()
         while proc.poll() is None:
             writing = pending_write(out)
             if (kind == "time" and time.monotonic() - start >= delay) or (
-                kind != "time" and writing is not None and writing == kind
+                kind == "mid-epoch" and in_later_epoch(out, writing, wall_start)
+            ) or (
+                kind not in ("time", "mid-epoch") and writing is not None and writing == kind
             ):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return None, describe(log, out, pending_write(out))
             time.sleep(0.0005)
     return proc.returncode, "finished"
+
+
+def in_later_epoch(out: Path, writing: str | None, started: float) -> bool:
+    """True a quarter second after this process finished an epoch: a kill inside the next one."""
+    if writing is not None:
+        return False
+    written = [p.stat().st_mtime for p in out.glob("seed-7/checkpoint-epoch*.pt")]
+    return bool(written) and max(written) > started and time.time() - max(written) >= 0.25
 
 
 def describe(log: Path, out: Path, writing: str | None) -> str:
