@@ -213,13 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     for module in COMMAND_MODULES:
-        try:
-            found = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        found.add_commands(sub)
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
