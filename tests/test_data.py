@@ -12,7 +12,7 @@ import pytest
 
 from selfmm.data.mmsa import SPLITS, _build_split, load_features, safe_load
 from selfmm.data.summary import summarize
-from selfmm.data.synth import PROFILES, make_synthetic
+from selfmm.data.synth import PROFILES
 from selfmm.errors import DataError
 
 os.environ["HF_HUB_OFFLINE"] = "1"
