@@ -41,8 +41,9 @@ def test_frozen_encoder_runs_once_per_clip(tiny_bert, data, tmp_path):
 
     def counted_encoder() -> torch.nn.Module:
         encoder = AutoModel.from_pretrained(tiny_bert)
-        encoder.register_forward_hook(lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
-                                      with_kwargs=True)
+        # Every forward looks up the token types once per clip.
+        encoder.embeddings.token_type_embeddings.register_forward_hook(
+            lambda module, args, out: rows.append(args[0].shape[0]))
         return encoder
 
     cfg = frozen_config(tiny_bert, max_epochs=2)

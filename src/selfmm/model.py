@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from .bert import cls_vector
 from .config import ModelConfig
 from .data.batch import Batch
 
@@ -136,9 +137,7 @@ class SelfMM(nn.Module):
         """[CLS] vector of the encoder's last hidden state. text: (B, 3, Lt) -> (B, text_out)."""
         ids, mask, types = text[:, 0], text[:, 1], text[:, 2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            hidden = self.text_encoder(input_ids=ids, attention_mask=mask,
-                                       token_type_ids=types).last_hidden_state
-        return hidden[:, 0]
+            return cls_vector(self.text_encoder, ids, mask, types)
 
     def forward(self, batch: Batch, text_vector: torch.Tensor | None = None) -> SelfMMOutput:
         """`text_vector` replaces the encoder's output when given (a cached frozen encoder)."""
