@@ -29,13 +29,15 @@ def _batch_in_float64(self: Batch, device, non_blocking: bool = False) -> Batch:
 _to = Batch.to
 
 
-def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: int) -> None:
+def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: int, dtype: str) -> None:
     warnings.simplefilter("ignore")
-    # The model runs in float64, so that what is compared is the algorithm (sharding, gradient
-    # averaging, all-gathered label updates), not the order of float32 sums, which the label
-    # rule's division by alpha_m amplifies (SPEC 4, "Precision").
-    torch.set_default_dtype(torch.float64)
-    Batch.to = _batch_in_float64
+    # In float64 what is compared is the algorithm (sharding, gradient averaging, all-gathered
+    # label updates), not the order of float32 sums, which the label rule's division by
+    # alpha_m amplifies (SPEC 4, "Precision").
+    double = dtype == "float64"
+    if double:
+        torch.set_default_dtype(torch.float64)
+        Batch.to = _batch_in_float64
     dist = distributed.init_from_env("cpu")
     # Dropout off everywhere (the encoder is frozen, so it runs in eval mode): each rank would
     # otherwise draw other masks than the single process.
@@ -46,7 +48,8 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
     data = load_features(data_path)
     train = data.splits["train"]
     seed_everything(5)
-    model = build_model(cfg, data, AutoModel.from_pretrained(encoder_path)).double()
+    model = build_model(cfg, data, AutoModel.from_pretrained(encoder_path))
+    model = model.double() if double else model
     optimizer = make_optimizer(model, cfg)
     ulgm = UnimodalLabelGenerator(len(train), {"m": 128, "t": 32, "a": 16, "v": 32}, H=3.0)
     ulgm.init_labels(torch.arange(len(train)), torch.as_tensor(train.labels))
@@ -55,9 +58,10 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
         loader = train_loader(train, cfg, seed=5, epoch=epoch, dist=dist)
         train_epoch(net, optimizer, loader, ulgm, epoch, cfg, torch.device("cpu"),
                     gather=distributed.make_gather(dist))
-    torch.save({s: ulgm.labels[s].clone() for s in "mtav"}, Path(out) / f"labels-{dist.world_size}-{dist.rank}.pt")
+    torch.save({s: ulgm.labels[s].clone() for s in "mtav"},
+               Path(out) / f"labels-{dtype}-{dist.world_size}-{dist.rank}.pt")
     distributed.shutdown(dist)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])

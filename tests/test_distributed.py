@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from selfmm.distributed import ShardedBatchSampler
@@ -40,20 +41,24 @@ def run(args: list[str], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_two_ranks_match_one_process_with_twice_the_batch(tmp_path, synth_path, tiny_bert):
-    """The worker runs the model in float64: in float32 the only gap is the order of gradient
-    sums (measured 5e-6 after two epochs, 2e-5 after three), which the label rule's division by
-    alpha_m amplifies; in float64 the u-labels come out identical."""
+@pytest.mark.parametrize("dtype, epochs, port", [("float64", 3, 29533), ("float32", 2, 29535)])
+def test_two_ranks_match_one_process_with_twice_the_batch(tmp_path, synth_path, tiny_bert, dtype, epochs, port):
+    """In float64 the u-labels come out identical. In float32 the only gap is the order of
+    gradient sums (8 clips in one kernel against 4 + 4 averaged across ranks), which the label
+    rule's division by alpha_m amplifies: measured up to 1.6e-5 after two epochs, on a label
+    of 0.0055. The float32 bound is set above that; the float64 run is the exact check."""
     data = str(synth_path("mosi", scale=0.03))  # 39 training clips: the last batch splits 4/3
     common = [data, str(tiny_bert), str(tmp_path)]
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29533", str(WORKER), *common, "4", "3"], tmp_path)
-    run([sys.executable, str(WORKER), *common, "8", "3"], tmp_path)
-    rank0, rank1, single = (torch.load(tmp_path / f"labels-{n}.pt") for n in ("2-0", "2-1", "1-0"))
+         "--master_port", str(port), str(WORKER), *common, "4", str(epochs), dtype], tmp_path)
+    run([sys.executable, str(WORKER), *common, "8", str(epochs), dtype], tmp_path)
+    rank0, rank1, single = (torch.load(tmp_path / f"labels-{dtype}-{n}.pt") for n in ("2-0", "2-1", "1-0"))
     for s in "tav":
         assert torch.equal(rank0[s], rank1[s]), s
         assert not torch.equal(rank0[s], rank0["m"]), "u-labels should have moved"
-        torch.testing.assert_close(rank0[s], single[s], atol=1e-5, rtol=0)
+        if dtype == "float64":
+            assert torch.equal(rank0[s], single[s]), s
+        torch.testing.assert_close(rank0[s], single[s], atol=1e-5 if dtype == "float64" else 1e-4, rtol=0)
 
 
 def test_torchrun_train_command(tmp_path, synth_path, tiny_bert):
