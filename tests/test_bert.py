@@ -135,3 +135,16 @@ def test_optimizer_steps_equal_with_sparse_and_dense_embedding_gradients(tiny_be
     assert not torch.equal(sparse[words], AutoModel.from_pretrained(tiny_bert).embeddings.word_embeddings.weight)
     for key in sparse:
         torch.testing.assert_close(sparse[key], dense[key], atol=1e-5, rtol=1e-5, msg=key)
+
+
+def test_runs_under_bf16_autocast():
+    """On CUDA the forward runs under bf16 autocast; the CPU's autocast exercises the same
+    dtype flow (bf16 matmuls, float32 softmax and layer norms, a float32 padding bias)."""
+    encoder = tiny().eval()
+    ids, mask, types = tokens(4, 10, 500)
+    with torch.no_grad():
+        exact = bert.cls_vector(encoder, ids, mask, types)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = bert.cls_vector(encoder, ids, mask, types)
+    assert torch.isfinite(mixed).all()
+    torch.testing.assert_close(mixed.float(), exact, atol=0.1, rtol=0.05)
