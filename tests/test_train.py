@@ -199,3 +199,23 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_training(tmp_path, 
     assert train(tmp_path / "run", bad, tiny_bert) == 2
     err = capsys.readouterr().err
     assert "bad.pkl" in err and "'valid'" in err and "40000" in err
+
+
+def test_texts_longer_than_the_encoder_positions_are_refused_before_training(tmp_path, synth_path, capsys):
+    import pickle
+
+    from transformers import BertConfig, BertModel
+
+    from selfmm.data.mmsa import safe_load
+
+    raw = safe_load(synth_path("mosi", scale=0.03, aligned=True))
+    length = raw["train"]["text_bert"].shape[2]  # 50 in the mosi profile
+    raw["train"]["text_bert"][2, 1, :] = 1  # one text fills every position
+    bad = tmp_path / "long.pkl"
+    bad.write_bytes(pickle.dumps(raw, protocol=4))
+    short = tmp_path / "short-bert"
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=length - 1)).save_pretrained(short)
+    assert train(tmp_path / "run", bad, short) == 2
+    err = capsys.readouterr().err
+    assert "long.pkl" in err and "'train'" in err and f"{length} tokens" in err and "Traceback" not in err

@@ -174,9 +174,9 @@ class Predictor:
                                   + WIDTH_HINT)
 
     def _check_tokens(self, name: str, text_bert: np.ndarray) -> None:
-        from .train import check_token_ids
+        from .train import check_text
 
-        check_token_ids(text_bert, self.model.text_encoder.config.vocab_size, name)
+        check_text(text_bert, self.model.text_encoder.config, name)
 
     def score_split(self, split, name: str) -> list[ClipScore]:
         from .train import predict

@@ -76,17 +76,23 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def check_token_ids(text_bert: np.ndarray, vocab_size: int, where: str) -> None:
-    """Token ids must exist in the encoder's vocabulary (else the embedding fails mid-run)."""
+def check_text(text_bert: np.ndarray, encoder_config: Any, where: str) -> None:
+    """Token ids must exist in the encoder's vocabulary and each text must fit its positions
+    (else the embedding fails mid-run)."""
     top = int(np.asarray(text_bert[:, 0]).max(initial=0))
-    if top >= vocab_size:
+    if top >= encoder_config.vocab_size:
         raise SelfMMError(f"{where}: token id {top} is outside the text model's vocabulary "
-                          f"({vocab_size} ids); the text was tokenized for another model")
+                          f"({encoder_config.vocab_size} ids); the text was tokenized for another model")
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    longest = int(np.asarray(text_bert[:, 1]).sum(axis=1).max(initial=0)) if len(text_bert) else 0
+    if positions is not None and longest > positions:
+        raise SelfMMError(f"{where}: a text of {longest} tokens is longer than the text model's "
+                          f"{positions} positions; tokenize with a maximum length of {positions}")
 
 
 def build_model(cfg: Config, data: FeatureData, encoder: torch.nn.Module) -> SelfMM:
     for name, split in data.splits.items():
-        check_token_ids(split.text_bert, encoder.config.vocab_size, f"{data.path}: split {name!r}: key 'text_bert'")
+        check_text(split.text_bert, encoder.config, f"{data.path}: split {name!r}: key 'text_bert'")
     return SelfMM(encoder, data.audio_dim, data.vision_dim, cfg.model)
 
 
