@@ -36,18 +36,20 @@ def frozen_config(tiny_bert: Path, **overrides) -> config.Config:
                               {"text_model": str(tiny_bert), "freeze_encoder": True, **overrides})
 
 
-def test_frozen_encoder_runs_once_per_clip(tiny_bert, data, tmp_path):
+def test_frozen_encoder_runs_once_per_clip(tiny_bert, data, tmp_path, monkeypatch):
+    import selfmm.model
+    from selfmm.bert import cls_vector
+
     rows: list[int] = []
 
-    def counted_encoder() -> torch.nn.Module:
-        encoder = AutoModel.from_pretrained(tiny_bert)
-        # Every forward looks up the token types once per clip.
-        encoder.embeddings.token_type_embeddings.register_forward_hook(
-            lambda module, args, out: rows.append(args[0].shape[0]))
-        return encoder
+    def counted(encoder, ids, mask, types):
+        rows.append(ids.shape[0])
+        return cls_vector(encoder, ids, mask, types)
 
+    monkeypatch.setattr(selfmm.model, "cls_vector", counted)
     cfg = frozen_config(tiny_bert, max_epochs=2)
-    fit_seed(cfg, data, tmp_path / "seed-1", 1, torch.device("cpu"), counted_encoder, log=lambda s: None)
+    fit_seed(cfg, data, tmp_path / "seed-1", 1, torch.device("cpu"),
+             lambda: AutoModel.from_pretrained(tiny_bert), log=lambda s: None)
     assert len(json.loads((tmp_path / "seed-1" / "history.json").read_text())) == 2
     # Two epochs of training, two validations and the test: each clip went through it once.
     assert sum(rows) == sum(len(s) for s in data.splits.values())
