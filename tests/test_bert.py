@@ -148,3 +148,18 @@ def test_runs_under_bf16_autocast():
             mixed = bert.cls_vector(encoder, ids, mask, types)
     assert torch.isfinite(mixed).all()
     torch.testing.assert_close(mixed.float(), exact, atol=0.1, rtol=0.05)
+
+
+def test_a_text_with_no_token_reads_its_cls_alone():
+    encoder = tiny().eval()
+    ids, mask, types = tokens(3, 8, 500)
+    empty = mask.clone()
+    empty[1] = 0
+    only_cls = mask.clone()
+    only_cls[1] = 0
+    only_cls[1, 0] = 1
+    with torch.no_grad():
+        a = bert.cls_vector(encoder, ids, empty, types)
+        b = bert.cls_vector(encoder, ids, only_cls, types)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b)

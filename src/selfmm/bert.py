@@ -1,11 +1,15 @@
 """The [CLS] vector of a BERT encoder, computing only what Self-MM reads.
 
 Self-MM reads one vector from the text encoder: the last layer's output at [CLS]. Hugging
-Face's forward computes the last layer at every token, and the pooler. Here the last layer's
-query, attention output and feed-forward run at [CLS] alone (its keys and values still span
-every token): the same function, with about 1/7 fewer multiply-adds on a 6-layer model. The
-weights are the Hugging Face model's own modules, so parameter names, checkpoints and
-`from_pretrained` are unchanged; other architectures use their own forward.
+Face's forward computes every layer at every position, padding included, and the pooler.
+Here:
+- per-token work (linear layers, layer norms, dropout) runs on the real tokens only (see
+  `Tokens`); only attention sees the padded layout;
+- the last layer's query, attention output and feed-forward run at [CLS] alone (its keys
+  and values still span every token): about 1/7 fewer multiply-adds on a 6-layer model.
+Both compute the same function. The weights are the Hugging Face model's own modules, so
+parameter names, checkpoints and `from_pretrained` are unchanged; other architectures use
+their own forward.
 
 Two savings apply on the CPU only, where they matter:
 - dropout masks come from `torch.rand` (a float per element) rather than `bernoulli_` (a
