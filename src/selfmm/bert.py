@@ -67,8 +67,7 @@ class Tokens:
         self.where = real.flatten().nonzero().squeeze(1)  # (T,) into B*L, in order
         # Each clip's [CLS] row in the packed order.
         self.cls = torch.searchsorted(self.where, torch.arange(self.B, device=mask.device) * self.L)
-        # Padding keys get the most negative score, as Hugging Face's eager attention does.
-        self.bias = (~real)[:, None, None, :]  # (B, 1, 1, L), True where masked
+        self.padding = (~real)[:, None, None, :]  # (B, 1, 1, L): keys attention must skip
 
     def pad(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """(T, D) -> (B, heads, L, D / heads), zeros at padding."""
@@ -102,7 +101,8 @@ def _layer(layer: nn.Module, x: torch.Tensor, tokens: Tokens, training: bool,
     q = q.view(tokens.B, 1, heads, size).transpose(1, 2) if cls_only else tokens.pad(q, heads)
     k, v = tokens.pad(att.key(x), heads), tokens.pad(att.value(x), heads)  # (B, H, L, d)
     scores = torch.matmul(q, k.transpose(2, 3)) * size ** -0.5
-    scores = scores.masked_fill(tokens.bias, torch.finfo(scores.dtype).min)
+    # Padding keys get the most negative score, as Hugging Face's eager attention does.
+    scores = scores.masked_fill(tokens.padding, torch.finfo(scores.dtype).min)
     probs = dropout(scores.softmax(dim=-1), att.dropout.p, training)
     context = torch.matmul(probs, v)  # (B, H, Lq, d)
     context = context.transpose(1, 2).reshape(tokens.B, -1) if cls_only else tokens.unpad(context)

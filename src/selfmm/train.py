@@ -84,7 +84,7 @@ def check_text(text_bert: np.ndarray, encoder_config: Any, where: str) -> None:
         raise SelfMMError(f"{where}: token id {top} is outside the text model's vocabulary "
                           f"({encoder_config.vocab_size} ids); the text was tokenized for another model")
     positions = getattr(encoder_config, "max_position_embeddings", None)
-    longest = int(np.asarray(text_bert[:, 1]).sum(axis=1).max(initial=0)) if len(text_bert) else 0
+    longest = int(np.asarray(text_bert[:, 1]).sum(axis=1).max(initial=0))
     if positions is not None and longest > positions:
         raise SelfMMError(f"{where}: a text of {longest} tokens is longer than the text model's "
                           f"{positions} positions; tokenize with a maximum length of {positions}")
