@@ -9,6 +9,7 @@ import pickle
 import re
 import shutil
 import subprocess
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from selfmm.cli import main
 from selfmm.data.mmsa import safe_load
+from selfmm.report import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<script>alert('x')</script> & <b>bold</b>"
@@ -39,8 +41,8 @@ def run(tiny_bert, synth_path, tmp_path_factory) -> Path:
     return out
 
 
-def metrics_table(html: str) -> list[list[str]]:
-    """The cell texts of table#metrics, row by row (header first)."""
+def table_rows(html: str, table_id: str = "metrics") -> list[list[str]]:
+    """The cell texts of table#<table_id>, entities decoded, row by row (header first)."""
 
     class Cells(HTMLParser):
         def __init__(self) -> None:
@@ -49,7 +51,7 @@ def metrics_table(html: str) -> list[list[str]]:
             self.inside = self.cell = False
 
         def handle_starttag(self, tag, attrs):
-            if tag == "table" and ("id", "metrics") in attrs:
+            if tag == "table" and ("id", table_id) in attrs:
                 self.inside = True
             elif self.inside and tag == "tr":
                 self.rows.append([])
@@ -82,7 +84,7 @@ def test_report_page(run, synth_path, tmp_path):
     assert main(["report", str(run), "--data", str(data), "--out", str(out), "--top", "4"]) == 0
     html = out.read_text()
 
-    rows = metrics_table(html)
+    rows = table_rows(html)
     assert rows[0][:2] == ["seed", "best epoch"] and "MAE" in rows[0]
     assert [r[0] for r in rows[1:]] == ["1", "2", "mean", "std"]
     mae = rows[0].index("MAE")
@@ -90,8 +92,10 @@ def test_report_page(run, synth_path, tmp_path):
     assert float(rows[3][mae]) == pytest.approx((one + 0.05) * 100, abs=0.006)
     assert rows[4][mae] == "5.00"
 
-    assert "<script" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;" in html
-    assert "<b>bold" not in html
+    assert "<script" not in html and "<b>bold" not in html
+    errors = table_rows(html, "errors")
+    # Parsed as markup, the script and b elements would drop out of the cell's text.
+    assert [r[errors[0].index("transcript")] for r in errors[1:]] == [EVIL] * 4
     assert len(re.findall(r'<tr><td>test\d+\$_\$\d+</td>', html)) == 4
     assert "<th>human t</th>" in html  # the synthetic file has human unimodal labels
     # Self-contained: every image inline, nothing fetched.
@@ -118,6 +122,27 @@ def test_report_of_an_unfinished_seed_dir(run, tmp_path):
     assert "training and validation loss per epoch" in html
 
 
+def test_config_values_and_paths_are_text(run, synth_path, tmp_path):
+    # No "/" in a file name, hence a script element left open.
+    evil_dir = tmp_path / "<script>alert('x')"
+    seed = evil_dir / "seed-1"
+    shutil.copytree(run / "seed-1", seed, ignore=shutil.ignore_patterns("*.pt"))
+    data = evil_dir / "mosi.pkl"
+    shutil.copy(synth_path(scale=0.05, aligned=True), data)
+    saved = json.loads((seed / "config.json").read_text())
+    saved["config"]["model"]["text_model"] = EVIL
+    saved["data"]["path"] = str(data)
+    (seed / "config.json").write_text(json.dumps(saved))
+    html = build_report(evil_dir)
+    assert "<script" not in html and "<b>bold" not in html
+    text = unescape(html)
+    assert f"<title>selfmm report: {evil_dir.name}</title>" in text
+    assert f"<h1>Self-MM run {evil_dir.resolve()}</h1>" in text
+    assert f"against the human unimodal labels of {data}\n" in text
+    config = dict(r for r in table_rows(html, "config")[1:])
+    assert config["model.text_model"] == json.dumps(EVIL) and config["data.path"] == json.dumps(str(data))
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 def test_chromium_renders_the_metrics_table(run, tmp_path):
     out = tmp_path / "page.html"
@@ -128,7 +153,7 @@ def test_chromium_renders_the_metrics_table(run, tmp_path):
          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", out.as_uri()],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout
-    rows = metrics_table(dom)
+    rows = table_rows(dom)
     assert [r[0] for r in rows] == ["seed", "1", "2", "mean", "std"]
     assert all(len(r) == len(rows[0]) for r in rows)
     assert re.search(r'<img alt="seed 1: agreement" src="data:image/png;base64,', dom)

@@ -2,8 +2,9 @@
 and the test clips with the largest errors.
 
 The page needs nothing beside itself (figures are PNG data URIs, the style is inline), so it
-can be mailed or archived. Every string from a run or a data file goes through html.escape:
-transcripts and ids are user data.
+can be mailed or archived. This module gathers the data; the markup is templates/report.html.j2,
+rendered with autoescaping, so every string from a run or a data file (ids, transcripts, config
+values, paths) comes out as text, never as markup.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ import datetime
 import json
 import sys
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__
-from .analysis import (chosen_epochs, figures, label_trajectory, load_human_data, png_bytes,
-                       seed_dirs, summary_text)
+from .analysis import (
+    chosen_epochs,
+    figures,
+    label_trajectory,
+    load_human_data,
+    png_bytes,
+    seed_dirs,
+    summary_text,
+)
 from .errors import SelfMMError
 from .io import write_text
 
@@ -33,18 +40,6 @@ if TYPE_CHECKING:
     from .data.mmsa import FeatureData
 
 HEADS = ("m", "t", "a", "v")
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1300px; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; }
-th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.summary td { font-weight: bold; background: #fafafa; }
-#errors td:nth-child(2) { max-width: 40em; }
-img { max-width: 100%; display: block; margin: .5em 0; }
-pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
-.note { color: #666; }
-"""
 
 
 @dataclass
@@ -57,6 +52,17 @@ class SeedRun:
     metrics: dict[str, Any] | None  # metrics.json; None while the seed is unfinished
     history: list[dict[str, float]]
     predictions: list[dict[str, str]]  # rows of test_predictions.csv
+
+
+@dataclass
+class Table:
+    """Cells are text; None shows as "(not available)". Columns from `numeric_from` on are
+    right-aligned numbers; the last `summary_rows` rows are emphasised."""
+
+    header: list[str]
+    rows: list[list[str | None]]
+    numeric_from: int = 1
+    summary_rows: int = 0
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -91,7 +97,7 @@ def plot_curves(seeds: list[SeedRun]) -> Figure:
     axes = fig.subplots(1, 2)
     for run in seeds:
         epochs = [h["epoch"] for h in run.history]
-        for ax, key in zip(axes, ("train_loss", "valid_loss")):
+        for ax, key in zip(axes, ("train_loss", "valid_loss"), strict=True):
             (line,) = ax.plot(epochs, [h[key] for h in run.history], marker=".", label=f"seed {run.seed}")
             best = run.metrics["best_epoch"] if run.metrics else 0
             if key == "valid_loss" and best in epochs:
@@ -107,63 +113,43 @@ def plot_curves(seeds: list[SeedRun]) -> Figure:
     return fig
 
 
-def _img(fig: Figure, alt: str) -> str:
-    data = base64.b64encode(png_bytes(fig)).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+def _png_uri(fig: Figure) -> str:
+    # Base64 holds no character that HTML escapes, so the template needs no `safe` for it.
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode("ascii")
 
 
 # --- sections ------------------------------------------------------------------------------
 
 
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1, table_id: str = "",
-           summary_rows: int = 0) -> str:
-    """An HTML table of already-escaped cells; the last `summary_rows` rows are emphasised."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cls = ' class="summary"' if i >= len(rows) - summary_rows else ""
-        cells = "".join(f'<td class="num">{c}</td>' if j >= numeric_from else f"<td>{c}</td>"
-                        for j, c in enumerate(row))
-        body.append(f"<tr{cls}>{cells}</tr>")
-    ident = f' id="{table_id}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def metrics_section(seeds: list[SeedRun]) -> str:
+def metrics_section(seeds: list[SeedRun]) -> Table | None:
     from .results import display, summarize
 
     done = {r.seed: r.metrics for r in seeds if r.metrics}
     if not done:
-        return "<p class=note>No seed has finished: no test metrics yet.</p>"
+        return None
     per_seed = {seed: m["test"] for seed, m in done.items()}
     names = list(next(iter(per_seed.values())))
-    rows = [[escape(str(seed)), str(done[seed]["best_epoch"])] + [display(v[k]) for k in names]
-            for seed, v in per_seed.items()]
+    rows: list[list[str | None]] = [
+        [str(seed), str(done[seed]["best_epoch"]), *(display(v[k]) for k in names)]
+        for seed, v in per_seed.items()]
     summary = summarize(per_seed)
-    rows += [[stat, ""] + [display(summary[stat][k]) for k in names] for stat in ("mean", "std")]
-    unfinished = [r.seed for r in seeds if not r.metrics]
-    note = (f"<p class=note>Unfinished, left out: seed(s) {escape(', '.join(map(str, unfinished)))}.</p>"
-            if unfinished else "")
-    return (f"<p>Test split, best weights by validation loss, x100 (MAE too); std over seeds "
-            f"is the population std (ddof=0), as MMSA.</p>"
-            + _table(["seed", "best epoch", *map(escape, names)], rows, table_id="metrics", summary_rows=2)
-            + note)
+    rows += [[stat, "", *(display(summary[stat][k]) for k in names)] for stat in ("mean", "std")]
+    return Table(["seed", "best epoch", *names], rows, summary_rows=2)
 
 
-def config_section(run: SeedRun) -> str:
+def config_section(run: SeedRun) -> Table:
     from .config import flatten
 
-    config = flatten(run.saved["config"])
-    rows = [[escape(k), escape(json.dumps(v))] for k, v in config.items()]
-    rows += [[escape(f"data.{k}"), escape(json.dumps(v))] for k, v in run.saved["data"].items()]
-    return _table(["setting", "value"], rows, numeric_from=2)
+    rows: list[list[str | None]] = [[k, json.dumps(v)] for k, v in flatten(run.saved["config"]).items()]
+    rows += [[f"data.{k}", json.dumps(v)] for k, v in run.saved["data"].items()]
+    return Table(["setting", "value"], rows, numeric_from=2)
 
 
-def error_section(seeds: list[SeedRun], data: FeatureData | None, top: int) -> str:
+def error_section(seeds: list[SeedRun], data: FeatureData | None, top: int) -> dict[str, Any] | None:
     """The test clips whose multimodal prediction (mean over seeds) misses the label most."""
     runs = [r for r in seeds if r.predictions]
     if not runs:
-        return "<p class=note>No test predictions yet.</p>"
+        return None
     preds: dict[str, list[np.ndarray]] = {}
     labels: dict[str, float] = {}
     for r in runs:
@@ -177,81 +163,59 @@ def error_section(seeds: list[SeedRun], data: FeatureData | None, top: int) -> s
     human: dict[str, dict[str, float]] = {}  # clip -> t/a/v human label, where the file has them
     if data is not None and "test" in data.splits:
         test = data.splits["test"]
-        transcripts = dict(zip(test.ids, test.raw_text))
+        transcripts = dict(zip(test.ids, test.raw_text, strict=True))
         if test.unimodal_labels:
             human = {clip: {s: float(test.unimodal_labels[s][j]) for s in "tav"}
                      for j, clip in enumerate(test.ids)}
-    rows = []
+    rows: list[list[str | None]] = []
     for clip in worst:
         p = mean[clip]
-        text = transcripts.get(clip)
         truth = []
         if human:
             truth = [f"{human[clip][s]:.2f}" for s in "tav"] if clip in human else ["", "", ""]
-        rows.append([escape(clip), escape(text) if text else '<span class="note">(not available)</span>',
-                     f"{labels[clip]:.2f}", *truth, *(f"{x:.2f}" for x in p),
-                     f"{abs(p[0] - labels[clip]):.2f}"])
-    averaged = f"the mean over {len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0].seed}"
-    note = "" if transcripts else " Transcripts need the data file (--data)."
-    if human:
-        note += " The file's human unimodal labels stand beside the m-label (human t, a, v)."
+        rows.append([clip, transcripts.get(clip) or None, f"{labels[clip]:.2f}", *truth,
+                     *(f"{x:.2f}" for x in p), f"{abs(p[0] - labels[clip]):.2f}"])
     header = ["id", "transcript", "m-label", *(["human t", "human a", "human v"] if human else []),
               "pred m", "pred t", "pred a", "pred v", "|error|"]
-    return (f"<p>The {len(worst)} test clips with the largest |pred m - m-label|; predictions are "
-            f"{escape(averaged)}. Only the multimodal head is used at test time; t, a, v show what "
-            f"each unimodal head alone says.{note}</p>"
-            + _table(header, rows, numeric_from=2, table_id="errors"))
+    return {"table": Table(header, rows, numeric_from=2), "transcripts": bool(transcripts),
+            "human": bool(human),
+            "averaged": f"the mean over {len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0].seed}"}
 
 
 def ulabel_section(seeds: list[SeedRun], data_arg: str | None, epochs: list[int] | None,
-                   cache: dict[str, FeatureData | None]) -> str:
-    parts = []
-    for i, run in enumerate(seeds):
+                   cache: dict[str, FeatureData | None]) -> list[dict[str, Any]]:
+    """Per seed with u-labels: its seed, the summary text and (file stem, PNG data URI) pairs."""
+    out = []
+    for run in seeds:
         if not (run.path / "ulabels.npz").exists():
             continue
         traj = label_trajectory(run.path, load_human_data(run.path, data_arg, cache))
-        body = f"<pre>{escape(summary_text(traj))}</pre>" + "".join(
-            _img(fig, f"seed {run.seed}: {stem}")
-            for stem, fig in figures(traj, chosen_epochs(epochs, traj.epochs)).items())
-        # The first seed open, the others folded: five seeds of figures are a long page.
-        parts.append(f"<details{' open' if i == 0 else ''}><summary>seed {run.seed}</summary>"
-                     f"{body}</details>")
-    return "".join(parts) or "<p class=note>No u-labels recorded yet.</p>"
+        out.append({"seed": run.seed, "summary": summary_text(traj),
+                    "figures": [(stem, _png_uri(fig))
+                                for stem, fig in figures(traj, chosen_epochs(epochs, traj.epochs)).items()]})
+    return out
 
 
 def build_report(run: str | Path, data_arg: str | None = None, top: int = 10,
                  epochs: list[int] | None = None, seed: int | None = None) -> str:
     """The report page of a run directory (every seed) or of one seed directory."""
+    import jinja2
+
     seeds = [read_seed(p) for p in seed_dirs(run, seed)]
     first = seeds[0]
     cache: dict[str, FeatureData | None] = {}
     data = load_human_data(first.path, data_arg, cache)
-    dataset = first.saved["config"]["dataset"]
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    curves = (_img(plot_curves(seeds), "training and validation loss per epoch")
-              if any(r.history for r in seeds) else "<p class=note>No epoch finished yet.</p>")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>{escape(f"selfmm report: {Path(run).name}")}</title>
-<style>{STYLE}</style></head><body>
-<h1>{escape(f"Self-MM run {Path(run).resolve()}")}</h1>
-<p>{escape(f"dataset {dataset}, seeds {', '.join(str(r.seed) for r in seeds)}; "
-           f"selfmm {__version__}; report written {when}")}</p>
-<h2>Test metrics</h2>
-{metrics_section(seeds)}
-<h2>Training and validation curves</h2>
-{curves}
-<h2>Generated unimodal labels</h2>
-<p>How the u-labels of the training clips left the m-labels, and, where the data holds human
-unimodal labels, how they compare with them (see docs/ulabels.md).</p>
-{ulabel_section(seeds, data_arg, epochs, cache)}
-<h2>Largest test errors</h2>
-{error_section(seeds, data, top)}
-<h2>Configuration</h2>
-<p>{escape(f"seed {first.seed}'s resolved configuration (config.json); every seed of a run shares it.")}</p>
-{config_section(first)}
-</body></html>
-"""
+    # autoescape=True, not select_autoescape: that one goes by the last extension, here .j2.
+    env = jinja2.Environment(loader=jinja2.PackageLoader("selfmm", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2").render(
+        name=Path(run).name, path=Path(run).resolve(), dataset=first.saved["config"]["dataset"],
+        seeds=[r.seed for r in seeds], version=__version__,
+        when=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        metrics=metrics_section(seeds), unfinished=[r.seed for r in seeds if not r.metrics],
+        curves=_png_uri(plot_curves(seeds)) if any(r.history for r in seeds) else None,
+        ulabels=ulabel_section(seeds, data_arg, epochs, cache), errors=error_section(seeds, data, top),
+        config_seed=first.seed, config=config_section(first))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
