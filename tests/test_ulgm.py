@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,14 +145,14 @@ def test_incremental_centres_match_full_every_step(ref: dict[str, np.ndarray]) -
     for epoch, idx, feats in ref_batches(ref, range(1, int(ref["epochs"]) + 1)):
         inc.step(idx, feats, epoch)
         full.step(idx, feats, epoch)
-        for i, s in enumerate(MODALITIES):
+        for s in MODALITIES:
             # Against a float32 recomputation from the incremental generator's own state ...
-            recomputed = full_centres(inc.state_dict()[f"reps.{s}"], inc.labels[s], True)
-            for c, r in zip(inc.centres[s], recomputed):
+            recomputed = full_centres(inc.state_dict()[f"reps_{s}"], inc.labels[s], True)
+            for c, r in zip(inc.centres[s], recomputed, strict=True):
                 assert r is not None
                 worst_own = max(worst_own, rel_diff(c, r))
             # ... and against the full-mode generator run side by side.
-            for c, r in zip(inc.centres[s], full.centres[s]):
+            for c, r in zip(inc.centres[s], full.centres[s], strict=True):
                 worst_side = max(worst_side, rel_diff(c, r))
     assert worst_own <= 1e-6, worst_own
     assert worst_side <= 1e-6, worst_side
@@ -162,29 +163,19 @@ def test_state_dict_resume_is_bit_exact(ref: dict[str, np.ndarray], centres: str
     batches = list(ref_batches(ref, range(1, int(ref["epochs"]) + 1)))
     half = len(batches) // 2 + 3  # mid-epoch, after label updates have started
     straight = make_ref_generator(ref, centres)
-    for epoch, idx, feats in batches:
-        straight.step(idx, feats, epoch)
-
-    first = make_ref_generator(ref, centres)
     for epoch, idx, feats in batches[:half]:
-        first.step(idx, feats, epoch)
+        straight.step(idx, feats, epoch)
     buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)
+    torch.save(straight.state_dict(), buf)
     buf.seek(0)
-    resumed = UnimodalLabelGenerator(first.num_samples, first.dims, H=first.H, centres=centres)
+    resumed = UnimodalLabelGenerator(straight.num_samples, straight.dims, H=straight.H, centres=centres)
     resumed.load_state_dict(torch.load(buf))
+    # Both go on side by side and must agree to the bit after every batch.
     for epoch, idx, feats in batches[half:]:
+        straight.step(idx, feats, epoch)
         resumed.step(idx, feats, epoch)
-
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
-
-
-def test_load_state_dict_rejects_wrong_shapes() -> None:
-    g = UnimodalLabelGenerator(4, {s: 2 for s in MODALITIES}, H=1.0)
-    sd = UnimodalLabelGenerator(5, {s: 2 for s in MODALITIES}, H=1.0).state_dict()
-    with pytest.raises(ValueError, match="labels"):
-        g.load_state_dict(sd)
+        for key, value in straight.state_dict().items():
+            assert torch.equal(value, resumed.state_dict()[key]), (key, epoch)
 
 
 # ---- edge cases -----------------------------------------------------------------------------
@@ -239,7 +230,7 @@ def test_emptied_class_keeps_previous_centre(centres: str) -> None:
                  "a": torch.tensor([[1.0, 0.0]]), "v": torch.tensor([[1.0, 0.0]])}, epoch=2)
     for s in ("t", "a", "v"):
         torch.testing.assert_close(g.labels[s][2], torch.tensor(1 / 3 * -0.1 + 2 / 3))
-        assert g.state_dict()[f"counts.{s}"].tolist() == [3, 0]
+        assert g.state_dict()[f"counts_{s}"].tolist() == [3, 0]
         torch.testing.assert_close(g.centres[s][1], torch.tensor([-1.0, 0.0]))
     # Updates go on against the kept centre and stay finite.
     g.step([0], {s: torch.tensor([[0.2, 0.3]]) for s in MODALITIES}, epoch=2)
@@ -249,13 +240,12 @@ def test_emptied_class_keeps_previous_centre(centres: str) -> None:
 
 def test_non_finite_features_raise_before_any_change() -> None:
     g = tiny()
-    before = g.state_dict()
+    before = snapshot(g)
     feats = {s: torch.zeros(1, 2) for s in MODALITIES}
     feats["a"] = torch.tensor([[float("nan"), 0.0]])
     with pytest.raises(ValueError, match="'a'"):
         g.step([0], feats, epoch=2)
-    for key, value in g.state_dict().items():
-        assert torch.equal(value, before[key]), key
+    assert_state_equal(g, before)
 
 
 def test_wrong_feature_shape_raises() -> None:
@@ -264,3 +254,107 @@ def test_wrong_feature_shape_raises() -> None:
     feats["v"] = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="'v'"):
         g.step([0, 1], feats, epoch=1)
+
+
+# ---- the generator as a module --------------------------------------------------------------
+
+KINDS = ("labels", "reps", "sums", "counts", "centres", "existed")
+DTYPES = {"labels": torch.float32, "reps": torch.float32, "sums": torch.float64,
+          "counts": torch.int64, "centres": torch.float32, "existed": torch.bool}
+
+
+def snapshot(g: UnimodalLabelGenerator) -> dict[str, torch.Tensor]:
+    # Module.state_dict shares storage with the buffers, so a "before" picture must be cloned.
+    return {k: v.clone() for k, v in g.state_dict().items()}
+
+
+def assert_state_equal(g: UnimodalLabelGenerator, before: dict[str, torch.Tensor]) -> None:
+    after = g.state_dict()
+    assert list(after) == list(before)
+    for key, value in after.items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+
+
+def test_state_is_buffers_only() -> None:
+    g = tiny()
+    assert list(g.parameters()) == []
+    sd = g.state_dict()
+    assert list(sd) == [f"{kind}_{s}" for s in MODALITIES for kind in KINDS]
+    assert [name for name, _ in g.named_buffers()] == list(sd)  # every buffer is persistent
+    for key, value in sd.items():
+        assert value.dtype == DTYPES[key.split("_")[0]], key
+    assert sd["labels_t"].shape == (3,) and sd["reps_a"].shape == (3, 2) and sd["sums_v"].shape == (2, 2)
+    # The public views are the buffers themselves, not copies that could fall behind.
+    assert g.labels["t"].data_ptr() == sd["labels_t"].data_ptr()
+    assert g.centres["m"][1].data_ptr() == sd["centres_m"][1].data_ptr()
+
+
+def test_to_device_moves_buffers_and_keeps_dtypes() -> None:
+    g = tiny()
+    before = snapshot(g)
+    assert g.to("cpu") is g and g.to(torch.device("cpu")) is g
+    assert g.device == torch.device("cpu")
+    assert_state_equal(g, before)
+    # "meta" is a real move on any machine: the device follows the buffers, the dtypes stay.
+    g.to("meta")
+    assert g.device == torch.device("meta")
+    for key, value in g.state_dict().items():
+        assert value.device == torch.device("meta") and value.dtype == before[key].dtype, key
+
+
+@pytest.mark.parametrize("cast", [
+    lambda g: g.to(torch.float32),
+    lambda g: g.to("cpu", torch.float64),
+    lambda g: g.double(),
+    lambda g: g.half(),
+    lambda g: g.float(),
+], ids=["to(float32)", "to(cpu, float64)", "double", "half", "float"])
+def test_dtype_casts_are_refused_before_anything_changes(
+        cast: Callable[[UnimodalLabelGenerator], object]) -> None:
+    g = tiny()
+    before = snapshot(g)
+    with pytest.raises(TypeError, match=r"keeps (labels|sums)_m in torch\.float(32|64)"):
+        cast(g)
+    assert_state_equal(g, before)
+
+
+def broken_states() -> dict[str, tuple[dict[str, object], str]]:
+    """(state dict, expected message) for a generator of 3 samples and widths 2."""
+    good = tiny().state_dict()
+    old_names = {k.replace("labels_m", "labels"): v for k, v in good.items()}
+    return {
+        "shape": (dict(UnimodalLabelGenerator(4, {s: 2 for s in MODALITIES}, H=1.0).state_dict()),
+                  r"labels_m: expected torch\.float32 \(3,\), got torch\.float32 \(4,\)"),
+        "dtype": ({**good, "sums_t": good["sums_t"].float()},
+                  r"sums_t: expected torch\.float64 \(2, 2\), got torch\.float32 \(2, 2\)"),
+        "keys": (old_names, r"missing \['labels_m'\], unexpected \['labels'\]"),
+        "not a tensor": ({**good, "counts_a": [3, 0]}, r"counts_a: expected a tensor, got list"),
+    }
+
+
+@pytest.mark.parametrize("case", ["shape", "dtype", "keys", "not a tensor"])
+def test_load_state_dict_refuses_bad_states(case: str) -> None:
+    sd, message = broken_states()[case]
+    g = UnimodalLabelGenerator(3, {s: 2 for s in MODALITIES}, H=1.0)
+    before = snapshot(g)
+    with pytest.raises(ValueError, match=message):
+        g.load_state_dict(sd)  # type: ignore[arg-type]
+    assert_state_equal(g, before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_round_trip() -> None:
+    g, on_cpu = tiny(), tiny()
+    g.to("cuda")
+    assert g.device.type == "cuda" and all(v.is_cuda for v in g.state_dict().values())
+    assert g.state_dict()["sums_m"].dtype == torch.float64
+    feats = {s: torch.tensor([[0.2, 0.3]]) for s in MODALITIES}  # CPU features are moved in
+    g.step([0], feats, epoch=2)
+    on_cpu.step([0], feats, epoch=2)
+    resumed = UnimodalLabelGenerator(3, {s: 2 for s in MODALITIES}, H=1.0)
+    resumed.load_state_dict(g.state_dict())  # CUDA state into a CPU generator stays on the CPU
+    assert resumed.device == torch.device("cpu")
+    g.to("cpu")
+    for key, value in on_cpu.state_dict().items():
+        torch.testing.assert_close(g.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+        assert torch.equal(resumed.state_dict()[key], g.state_dict()[key]), key

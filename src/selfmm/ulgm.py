@@ -12,7 +12,13 @@ Centres are means over all N samples (unseen samples are zero rows). Two ways to
   batch's old and new representations and class memberships, so a batch costs O(B * d) instead
   of O(N * d).
 
+The generator is a `torch.nn.Module` without parameters: its state lives in persistent buffers,
+so `state_dict`, `load_state_dict` and `.to(device)` are PyTorch's. Per modality s: `labels_s`,
+`reps_s`, `sums_s` (float64), `counts_s`, `centres_s` and `existed_s` (see `state_layout`), where
+row 0 of the class-wise buffers is the positive class and row 1 the negative one.
 The running sums and counts are maintained in both modes so that a state dict resumes in either.
+Dtypes are fixed: a cast (`.to(dtype)`, `.double()`, ...) is refused, and so is loading a tensor
+of another dtype, which `Module.load_state_dict` would otherwise cast silently.
 
 Decisions on what the reference leaves undefined:
 - A class with no member keeps its previous centre; label updates of a modality are skipped
@@ -26,7 +32,8 @@ Decisions on what the reference leaves undefined:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, cast
 
 import torch
 
@@ -81,13 +88,23 @@ def full_centres(reps: torch.Tensor, labels: torch.Tensor, exclude_zero: bool
 
 # ---- the stateful generator -------------------------------------------------------------------
 
+def state_layout(n: int, d: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """(shape, dtype) of each buffer kind of one modality of width d; buffers are f"{kind}_{s}"."""
+    return {"labels": ((n,), torch.float32), "reps": ((n, d), torch.float32),
+            "sums": ((2, d), torch.float64), "counts": ((2,), torch.int64),
+            "centres": ((2, d), torch.float32), "existed": ((2,), torch.bool)}
 
-class UnimodalLabelGenerator:
-    """U-label state for N training samples; see the module docstring and SPEC section 4."""
+
+class UnimodalLabelGenerator(torch.nn.Module):
+    """U-label state for N training samples; see the module docstring and SPEC section 4.
+
+    It has no forward: the trainer calls `init_labels`, `step` and `weights`.
+    """
 
     def __init__(self, num_samples: int, dims: Mapping[str, int], H: float,
                  exclude_zero: bool = True, centres: CentreMode = "incremental",
                  device: torch.device | str = "cpu") -> None:
+        super().__init__()
         if set(dims) != set(MODALITIES):
             raise ValueError(f"dims must have exactly the keys {MODALITIES}, got {sorted(dims)}")
         if centres not in ("full", "incremental"):
@@ -97,45 +114,44 @@ class UnimodalLabelGenerator:
         self.H = float(H)
         self.exclude_zero = bool(exclude_zero)
         self.centre_mode = centres
-        self.device = torch.device(device)
-        n, dev = self.num_samples, self.device
-        # Row order follows MODALITIES; the m row is the human label and never changes.
-        self._labels = torch.zeros(len(MODALITIES), n, dtype=torch.float32, device=dev)
-        self._reps = {s: torch.zeros(n, d, dtype=torch.float32, device=dev)
-                      for s, d in self.dims.items()}
-        # Per modality, row 0 is the positive class and row 1 the negative one.
-        self._sums = {s: torch.zeros(2, d, dtype=torch.float64, device=dev)
-                      for s, d in self.dims.items()}
-        self._counts = {s: torch.zeros(2, dtype=torch.int64, device=dev) for s in MODALITIES}
-        self._centres = {s: torch.zeros(2, d, dtype=torch.float32, device=dev)
-                         for s, d in self.dims.items()}
-        self._existed = {s: torch.zeros(2, dtype=torch.bool, device=dev) for s in MODALITIES}
+        for s, d in self.dims.items():
+            for kind, (shape, dtype) in state_layout(self.num_samples, d).items():
+                self.register_buffer(f"{kind}_{s}", torch.zeros(shape, dtype=dtype, device=device))
 
     # -- public API --
 
     @property
+    def device(self) -> torch.device:
+        return self._state("labels", "m").device
+
+    @property
     def labels(self) -> dict[str, torch.Tensor]:
-        return {s: self._labels[i] for i, s in enumerate(MODALITIES)}
+        """Current labels per modality, (N,) each; the m row is the human label and never changes."""
+        return {s: self._state("labels", s) for s in MODALITIES}
 
     @property
     def centres(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {s: (c[0], c[1]) for s, c in self._centres.items()}
+        """(positive, negative) centre per modality."""
+        rows = {s: self._state("centres", s) for s in MODALITIES}
+        return {s: (c[0], c[1]) for s, c in rows.items()}
 
-    def init_labels(self, indexes: torch.Tensor | Sequence[int], m_labels: torch.Tensor | Sequence[float]) -> None:
-        """Set all four label rows of these samples to their m-label, then rebuild sums and centres."""
+    def init_labels(self, indexes: torch.Tensor | Sequence[int],
+                    m_labels: torch.Tensor | Sequence[float]) -> None:
+        """Set all four labels of these samples to their m-label, then rebuild sums and centres."""
         idx = self._index(indexes)
         y = torch.as_tensor(m_labels, dtype=torch.float32, device=self.device).reshape(-1)
         if y.shape != idx.shape:
             raise ValueError(f"{idx.numel()} indexes but {y.numel()} labels")
         if not bool(torch.isfinite(y).all()):
             raise ValueError("m_labels contain non-finite values")
-        self._labels[:, idx] = y
         # Done once per run, so an O(N * d) rebuild keeps this simple and always consistent.
-        for i, s in enumerate(MODALITIES):
-            masks = torch.stack(class_masks(self._labels[i], self.exclude_zero), dim=1)
-            self._counts[s] = masks.sum(dim=0)
-            self._sums[s] = masks.to(torch.float64).T @ self._reps[s].to(torch.float64)
-        self._refresh_centres(MODALITIES)
+        for s in MODALITIES:
+            labels = self._state("labels", s)
+            labels[idx] = y
+            masks = torch.stack(class_masks(labels, self.exclude_zero), dim=1)
+            self._state("counts", s).copy_(masks.sum(dim=0))
+            self._state("sums", s).copy_(masks.to(torch.float64).T @ self._state("reps", s).to(torch.float64))
+        self._refresh_centres()
 
     def step(self, indexes: torch.Tensor | Sequence[int], features: Mapping[str, torch.Tensor],
              epoch: int) -> None:
@@ -144,56 +160,61 @@ class UnimodalLabelGenerator:
         feats = self._check_features(features, idx.numel())
         if idx.numel() == 0:
             return
-        old_labels = self._labels[:, idx].clone()
+        old_labels = {s: self._state("labels", s)[idx] for s in MODALITIES}  # indexing copies
         if epoch >= 2:
             self._update_labels(idx, feats, epoch)
-        new_labels = self._labels[:, idx]
-        for i, s in enumerate(MODALITIES):
-            self._accumulate(s, self._reps[s][idx], feats[s], old_labels[i], new_labels[i])
-            self._reps[s][idx] = feats[s]
-        self._refresh_centres(MODALITIES)
+        for s in MODALITIES:
+            reps = self._state("reps", s)
+            self._accumulate(s, reps[idx], feats[s], old_labels[s], self._state("labels", s)[idx])
+            reps[idx] = feats[s]
+        self._refresh_centres()
 
     def weights(self, indexes: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
         """Per-sample loss weights tanh(|y_s - y_m|) of the unimodal tasks."""
         idx = self._index(indexes)
-        y_m = self._labels[0, idx]
-        return {s: torch.tanh(torch.abs(self._labels[i, idx] - y_m))
-                for i, s in enumerate(MODALITIES) if s != "m"}
+        y_m = self._state("labels", "m")[idx]
+        return {s: torch.tanh(torch.abs(self._state("labels", s)[idx] - y_m)) for s in UNIMODAL}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        sd: dict[str, torch.Tensor] = {"labels": self._labels.clone()}
-        for s in MODALITIES:
-            sd[f"reps.{s}"] = self._reps[s].clone()
-            sd[f"sums.{s}"] = self._sums[s].clone()
-            sd[f"counts.{s}"] = self._counts[s].clone()
-            sd[f"centres.{s}"] = self._centres[s].clone()
-            sd[f"existed.{s}"] = self._existed[s].clone()
-        return sd
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
+        """Strict, and copying into the existing buffers, which keeps their device.
 
-    def load_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        expected = self.state_dict()
-        if set(sd) != set(expected):
-            raise ValueError(f"ULGM state keys differ: missing {sorted(set(expected) - set(sd))}, "
-                             f"unexpected {sorted(set(sd) - set(expected))}")
+        Partial loading is not offered: sums and counts must agree with the labels and reps.
+        Shapes and dtypes are checked first, so a bad state names its key and changes nothing.
+        """
+        expected = dict(self.named_buffers())
+        if set(state_dict) != set(expected):
+            raise ValueError(f"ULGM state keys differ: missing {sorted(set(expected) - set(state_dict))}, "
+                             f"unexpected {sorted(set(state_dict) - set(expected))}")
         for key, ref in expected.items():
-            if tuple(sd[key].shape) != tuple(ref.shape) or sd[key].dtype != ref.dtype:
+            got = state_dict[key]
+            if not isinstance(got, torch.Tensor):
+                raise ValueError(f"ULGM state {key}: expected a tensor, got {type(got).__name__}")
+            if got.shape != ref.shape or got.dtype != ref.dtype:
                 raise ValueError(f"ULGM state {key}: expected {ref.dtype} {tuple(ref.shape)}, "
-                                 f"got {sd[key].dtype} {tuple(sd[key].shape)}")
-        dev = self.device
-        self._labels = sd["labels"].to(dev, copy=True)
-        for s in MODALITIES:
-            self._reps[s] = sd[f"reps.{s}"].to(dev, copy=True)
-            self._sums[s] = sd[f"sums.{s}"].to(dev, copy=True)
-            self._counts[s] = sd[f"counts.{s}"].to(dev, copy=True)
-            self._centres[s] = sd[f"centres.{s}"].to(dev, copy=True)
-            self._existed[s] = sd[f"existed.{s}"].to(dev, copy=True)
+                                 f"got {got.dtype} {tuple(got.shape)}")
+        super().load_state_dict(state_dict)
 
-    def to(self, device: torch.device | str) -> UnimodalLabelGenerator:
-        self.device = torch.device(device)
-        self.load_state_dict(self.state_dict())
-        return self
+    def extra_repr(self) -> str:
+        return (f"num_samples={self.num_samples}, dims={self.dims}, H={self.H}, "
+                f"exclude_zero={self.exclude_zero}, centres={self.centre_mode!r}")
 
     # -- internals --
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+               ) -> UnimodalLabelGenerator:
+        # Module.to(dtype), .double(), .half() would cast the buffers: the float64 sums would lose
+        # the precision they are kept for, and float32 centres would no longer reproduce the
+        # reference. Probe the conversion on empty tensors and refuse a cast before anything moves.
+        for name, buf in self.named_buffers():
+            cast = fn(buf.new_empty(0)).dtype
+            if cast != buf.dtype:
+                raise TypeError(f"UnimodalLabelGenerator keeps {name} in {buf.dtype}, refusing to cast "
+                                f"it to {cast}; move it with .to(device) only")
+        return super()._apply(fn, recurse)
+
+    def _state(self, kind: str, s: str) -> torch.Tensor:
+        # A plain dict lookup: get_buffer resolves a dotted path (2 us), some 60 times per step.
+        return cast(torch.Tensor, self._buffers[f"{kind}_{s}"])
 
     def _index(self, indexes: torch.Tensor | Sequence[int]) -> torch.Tensor:
         idx = torch.as_tensor(indexes, dtype=torch.long, device=self.device).reshape(-1)
@@ -218,43 +239,45 @@ class UnimodalLabelGenerator:
 
     def _update_labels(self, idx: torch.Tensor, feats: dict[str, torch.Tensor], epoch: int) -> None:
         """Step 3: new u-labels from the centres as they stood before this batch."""
-        if not bool(self._existed["m"].all()):
+        if not bool(self._state("existed", "m").all()):
             return
-        y_m = self._labels[0, idx]
-        pos_m, neg_m = self._centres["m"]
+        y_m = self._state("labels", "m")[idx]
+        pos_m, neg_m = self._state("centres", "m")
         alpha_m = relative_distance(feats["m"], pos_m, neg_m)
-        for i, s in enumerate(MODALITIES):
-            if s == "m" or not bool(self._existed[s].all()):
+        for s in UNIMODAL:
+            if not bool(self._state("existed", s).all()):
                 continue
-            pos, neg = self._centres[s]
+            pos, neg = self._state("centres", s)
+            labels = self._state("labels", s)
             y_hat = candidate_label(y_m, relative_distance(feats[s], pos, neg), alpha_m, self.H)
             # Finite representations too large for float32 distances give inf - inf = NaN: such
             # a sample gets no candidate this time and keeps its label (clamping handles +-inf).
-            y_hat = torch.where(torch.isnan(y_hat), self._labels[i, idx], y_hat)
-            self._labels[i, idx] = momentum_update(self._labels[i, idx], y_hat, epoch)
+            y_hat = torch.where(torch.isnan(y_hat), labels[idx], y_hat)
+            labels[idx] = momentum_update(labels[idx], y_hat, epoch)
 
     def _accumulate(self, s: str, old_rep: torch.Tensor, new_rep: torch.Tensor,
                     old_label: torch.Tensor, new_label: torch.Tensor) -> None:
         """Move the batch's contribution to the class sums and counts from old to new state."""
         old_m = torch.stack(class_masks(old_label, self.exclude_zero), dim=1)  # (B, 2)
         new_m = torch.stack(class_masks(new_label, self.exclude_zero), dim=1)
-        self._sums[s] += (new_m.to(torch.float64).T @ new_rep.to(torch.float64)
-                          - old_m.to(torch.float64).T @ old_rep.to(torch.float64))
-        self._counts[s] += new_m.sum(dim=0) - old_m.sum(dim=0)
+        self._state("sums", s).add_(new_m.to(torch.float64).T @ new_rep.to(torch.float64)
+                                    - old_m.to(torch.float64).T @ old_rep.to(torch.float64))
+        self._state("counts", s).add_(new_m.sum(dim=0) - old_m.sum(dim=0))
 
-    def _refresh_centres(self, modalities: Sequence[str]) -> None:
+    def _refresh_centres(self) -> None:
         """Step 5; an empty class keeps its previous centre."""
-        for s in modalities:
-            counts = self._counts[s]
+        for s in MODALITIES:
+            sums, counts = self._state("sums", s), self._state("counts", s)
+            centres = self._state("centres", s)
             present = counts > 0
             # An emptied class's sum is zero up to rounding; reset it so no drift survives.
-            self._sums[s][~present] = 0.0
+            sums[~present] = 0.0
             if self.centre_mode == "full":
-                i = MODALITIES.index(s)
-                fresh = full_centres(self._reps[s], self._labels[i], self.exclude_zero)
-                self._centres[s] = torch.stack([c if c is not None else prev
-                                                for c, prev in zip(fresh, self._centres[s])])
+                fresh = full_centres(self._state("reps", s), self._state("labels", s), self.exclude_zero)
+                for row, centre in enumerate(fresh):
+                    if centre is not None:
+                        centres[row] = centre
             else:
-                mean = (self._sums[s] / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
-                self._centres[s] = torch.where(present.unsqueeze(1), mean, self._centres[s])
-            self._existed[s] |= present
+                mean = (sums / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
+                centres.copy_(torch.where(present.unsqueeze(1), mean, centres))
+            self._state("existed", s).logical_or_(present)
