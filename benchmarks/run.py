@@ -26,19 +26,20 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from selfmm import checkpoint, config
+from selfmm import checkpoint, train
+from selfmm import configuration as config
 from selfmm.data.batch import Collator
 from selfmm.data.mmsa import FeatureData, load_features
 from selfmm.data.synth import write_synthetic
 from selfmm.encoder import load_encoder
 from selfmm.io import write_json
 from selfmm.model import Heads, SelfMM
-from selfmm.train import fit_seed, make_optimizer, predict, seed_everything, task_losses
+from selfmm.train import fit_seed, make_optimizer, predict, seed_everything, selfmm_builder, task_losses
 from selfmm.ulgm import UnimodalLabelGenerator
 
 SECTIONS = ("phases", "train", "ulgm", "load", "inference")
@@ -194,38 +195,36 @@ def bench_phases(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def bench_train(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """fit_seed as `selfmm train` runs it; the progress hook times each epoch's training loop."""
+    """fit_seed as `selfmm train` runs it, each epoch's training loop timed."""
     data = quiet_load(synthetic(work, "mosi", args.scale))
     cfg = config.with_values(config.defaults_for("mosi"),
                              {"text_model": args.text_model, "max_epochs": args.epochs})
     loops: list[float] = []
     saves: list[float] = []
 
-    def progress(desc: str) -> Callable:
-        def timed(iterable):
-            start = time.perf_counter()
-            yield from iterable
-            loops.append(time.perf_counter() - start)
-        return timed
+    real_epoch, real_save = train.train_epoch, checkpoint.save
 
-    real_save = checkpoint.save
+    def timed_epoch(*args, **kwargs) -> float:
+        start = time.perf_counter()
+        loss = real_epoch(*args, **kwargs)
+        loops.append(time.perf_counter() - start)
+        return loss
 
     def timed_save(path, state) -> None:
         start = time.perf_counter()
         real_save(path, state)
         saves.append(time.perf_counter() - start)
 
-    checkpoint.save = timed_save
+    checkpoint.save, train.train_epoch = timed_save, timed_epoch
     try:
         with tempfile.TemporaryDirectory(dir=work) as out:
             start = time.perf_counter()
             fit_seed(cfg, data, Path(out) / "seed-1111", 1111, torch.device("cpu"),
-                     lambda: load_encoder(args.text_model), log=lambda line: None,
-                     progress=progress)
+                     selfmm_builder(cfg), log=lambda line: None)
             total = time.perf_counter() - start
             history = json.loads((Path(out) / "seed-1111" / "history.json").read_text())
     finally:
-        checkpoint.save = real_save
+        checkpoint.save, train.train_epoch = real_save, real_epoch
     n = len(data.splits["train"])
     return {"train_clips": n, "samples_per_s": [n / s for s in loops],
             "epoch_seconds": [h["seconds"] for h in history], "checkpoint_seconds": saves,
@@ -284,7 +283,7 @@ def bench_load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if not cache.exists():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                write_cache(path, cache)
+                write_cache(load_features(path), cache)
         out[f"{profile} x{scale} pickle"] = {**probe_load(path), "file_bytes": path.stat().st_size}
         out[f"{profile} x{scale} cache"] = probe_load(cache)
     return out

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: set up (package, test extras, Chromium for the report test), then pytest.
+# The test suite: set up (package, test extras, Chromium for the browser tests), lint with ruff,
+# then pytest in random order (pytest-randomly prints the seed; `-p no:randomly` turns it off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -9,4 +10,5 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
+python -m ruff check src tests benchmarks examples
 python -m pytest "$@"

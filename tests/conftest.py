@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -13,6 +14,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+# Data-file digests (selfmm.provenance) are remembered here, never in the user's home.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="selfmm-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from selfmm import config, distributed
+from selfmm import configuration as config
+from selfmm import distributed
 from selfmm.data.batch import Batch
 from selfmm.data.mmsa import load_features
-from selfmm.train import build_model, make_optimizer, seed_everything, train_epoch, train_loader
+from selfmm.model import SelfMM
+from selfmm.train import make_optimizer, seed_everything, train_epoch, train_loader
 from selfmm.ulgm import UnimodalLabelGenerator
 
 
@@ -43,12 +45,12 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
     # otherwise draw other masks than the single process.
     cfg = config.with_values(config.defaults_for("mosi"), {
         "batch_size": batch_size, "freeze_encoder": True, "post_fusion_dropout": 0.0,
-        "post_text_dropout": 0.0, "post_audio_dropout": 0.0, "post_video_dropout": 0.0,
+        "post_text_dropout": 0.0, "post_audio_dropout": 0.0, "post_vision_dropout": 0.0,
     })
     data = load_features(data_path)
     train = data.splits["train"]
     seed_everything(5)
-    model = build_model(cfg, data, AutoModel.from_pretrained(encoder_path))
+    model = SelfMM(AutoModel.from_pretrained(encoder_path), data.audio_dim, data.vision_dim, cfg.model)
     model = model.double() if double else model
     optimizer = make_optimizer(model, cfg)
     ulgm = UnimodalLabelGenerator(len(train), {"m": 128, "t": 32, "a": 16, "v": 32}, H=3.0)

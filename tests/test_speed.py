@@ -12,14 +12,21 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from selfmm import config
+from selfmm import configuration as config
 from selfmm.cli import main
 from selfmm.data.cache import MANIFEST, write_cache
 from selfmm.data.mmsa import load_features
 from selfmm.errors import DataError
 from selfmm.model import SelfMM
-from selfmm.train import (encode_all_text, fit_seed, make_optimizer, seed_everything, train_epoch,
-                          train_loader)
+from selfmm.train import (
+    encode_all_text,
+    fit_seed,
+    make_optimizer,
+    seed_everything,
+    selfmm_builder,
+    train_epoch,
+    train_loader,
+)
 from selfmm.ulgm import UnimodalLabelGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +55,8 @@ def test_frozen_encoder_runs_once_per_clip(tiny_bert, data, tmp_path, monkeypatc
 
     monkeypatch.setattr(selfmm.model, "cls_vector", counted)
     cfg = frozen_config(tiny_bert, max_epochs=2)
-    fit_seed(cfg, data, tmp_path / "seed-1", 1, torch.device("cpu"),
-             lambda: AutoModel.from_pretrained(tiny_bert), log=lambda s: None)
+    fit_seed(cfg, data, tmp_path / "seed-1", 1, torch.device("cpu"), selfmm_builder(cfg),
+             log=lambda s: None)
     assert len(json.loads((tmp_path / "seed-1" / "history.json").read_text())) == 2
     # Two epochs of training, two validations and the test: each clip went through it once.
     assert sum(rows) == sum(len(s) for s in data.splits.values())
@@ -83,7 +90,7 @@ def test_frozen_encoder_cache_matches_running_the_encoder(tiny_bert, data):
 def test_cache_holds_the_validated_arrays_memory_mapped(synth_path, data, tmp_path):
     source = synth_path("mosi", scale=0.03)
     assert main(["cache", str(source), "--out", str(tmp_path / "c"), "--dataset", "mosi"]) == 0
-    cached = load_features(tmp_path / "c", label_range=(-3.0, 3.0))
+    cached = load_features(tmp_path / "c", "mosi")
     assert cached.repairs == data.repairs and cached.repairs  # listed, not repeated on the arrays
     assert cached.aligned == data.aligned and cached.audio_dim == data.audio_dim
     for name, split in data.splits.items():
@@ -98,14 +105,14 @@ def test_cache_holds_the_validated_arrays_memory_mapped(synth_path, data, tmp_pa
     # A second conversion needs --force; a label range the data breaks is still refused.
     assert main(["cache", str(source), "--out", str(tmp_path / "c")]) == 2
     with pytest.raises(DataError, match="outside the label range"):
-        load_features(tmp_path / "c", label_range=(-1.0, 1.0))
+        load_features(tmp_path / "c", "sims")
 
 
 def test_aligned_file_round_trips(synth_path, tmp_path):
     source = synth_path("mosi", scale=0.03, aligned=True)
     with pytest.warns(UserWarning):
         original = load_features(source)
-        write_cache(source, tmp_path / "c")
+        write_cache(original, tmp_path / "c")
     cached = load_features(tmp_path / "c")
     assert cached.aligned and original.aligned
     for name, split in original.splits.items():
@@ -114,7 +121,7 @@ def test_aligned_file_round_trips(synth_path, tmp_path):
 
 def test_damaged_or_unfinished_cache_is_a_data_error(synth_path, tmp_path):
     with pytest.warns(UserWarning):
-        out = write_cache(synth_path("mosi", scale=0.03), tmp_path / "c")
+        out = write_cache(load_features(synth_path("mosi", scale=0.03)), tmp_path / "c")
     np.save(out / "valid.audio.npy", np.zeros((2, 3, 4), np.float32))
     with pytest.raises(DataError, match="damaged cache"):
         load_features(out)

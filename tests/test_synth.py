@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ POSITIVE = {w for level in SENTIMENT_WORDS[4:] for w in level}
 NEGATIVE = {w for level in SENTIMENT_WORDS[:3] for w in level}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _data(profile: str, scale: float, seed: int = 0, aligned: bool = False) -> dict:
     return make_synthetic(profile, scale=scale, seed=seed, aligned=aligned)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from selfmm import config
+from selfmm import configuration as config
 from selfmm.cli import main
 from selfmm.data.batch import Collator
 from selfmm.data.mmsa import load_features
@@ -59,7 +59,7 @@ def test_dynamic_padding_matches_full_padding(tiny_bert, data):
 def test_five_parameter_groups(tiny_bert, data):
     model = make_model(tiny_bert, data)
     groups = make_optimizer(model, config.defaults_for("mosi")).param_groups
-    assert [g["name"] for g in groups] == ["text", "text_no_decay", "audio", "video", "other"]
+    assert [g["name"] for g in groups] == ["text", "text_no_decay", "audio", "vision", "other"]
     assert groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == 1e-3
     assert [g["lr"] for g in groups] == [5e-5, 5e-5, 5e-3, 5e-3, 1e-3]
     n_params = sum(len(g["params"]) for g in groups)
@@ -151,7 +151,7 @@ def test_last_partial_accumulation_window_is_stepped(tmp_path, synth_path, tiny_
     (["train", "--dataset", "mosi", "--data", "x.pkl", "--out", "o", "--set", "nope=1"], "unknown config key"),
     (["train", "--dataset", "mosi", "--data", "x.pkl", "--out", "o", "--set", "lr_text"], "key=value"),
     (["train", "--dataset", "mosi", "--data", "x.pkl", "--out", "o", "--set", "batch_size=abc"], "integer"),
-    (["evaluate", "--run", "nowhere", "--data", "x.pkl"], "no selfmm run"),
+    (["evaluate", "--run", "nowhere", "--data", "x.pkl"], "run nowhere does not exist"),
     (["inspect", "missing.pkl"], "does not exist"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv, message):

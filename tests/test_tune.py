@@ -10,11 +10,11 @@ import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+import selfmm
 from selfmm.cli import main
-from selfmm.config import TUNING_SPACE, defaults_for, resolve, with_values
+from selfmm.configuration import TUNING_SPACE, defaults_for, with_values
 from selfmm.data.mmsa import load_features
-from selfmm.encoder import load_encoder
-from selfmm.train import fit_seed
+from selfmm.train import fit_seed, selfmm_builder
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_tune_scores_trials_by_validation_loss_and_writes_the_best_config(tuning
         # The objective is the best validation loss, not anything from the test split.
         assert trial.value == pytest.approx(min(h["valid_loss"] for h in history))
         assert trial.intermediate_values == {1: pytest.approx(history[0]["valid_loss"])}
-    cfg = resolve("mosi", str(out / "best_config.json"))
+    cfg = selfmm.config("mosi", out / "best_config.json")
     for key in TUNING_SPACE:
         section = next(s for s in ("model", "optim") if hasattr(getattr(cfg, s), key))
         assert getattr(getattr(cfg, section), key) == best.params[key], key
@@ -87,7 +87,7 @@ def test_tune_prunes_a_trial_worse_than_the_shared_study(tuning, tmp_path):
 
 
 def test_on_epoch_exception_stops_fit_seed(tiny_bert, synth_path, tmp_path):
-    data = load_features(synth_path(aligned=True), label_range=(-3.0, 3.0))
+    data = load_features(synth_path(aligned=True), "mosi")
     cfg = with_values(defaults_for("mosi"), {"text_model": str(tiny_bert), "max_epochs": 3})
     seen = []
 
@@ -96,8 +96,8 @@ def test_on_epoch_exception_stops_fit_seed(tiny_bert, synth_path, tmp_path):
         raise optuna.TrialPruned()
 
     with pytest.raises(optuna.TrialPruned):
-        fit_seed(cfg, data, tmp_path / "seed", 1, torch.device("cpu"),
-                 lambda: load_encoder(str(tiny_bert)), on_epoch=stop, log=lambda s: None)
+        fit_seed(cfg, data, tmp_path / "seed", 1, torch.device("cpu"), selfmm_builder(cfg),
+                 on_epoch=stop, log=lambda s: None)
     assert len(seen) == 1 and seen[0][0] == 1
     assert not (tmp_path / "seed" / "metrics.json").exists()
 

@@ -1,3 +1,64 @@
-"""Self-MM: self-supervised multi-task learning for multimodal sentiment analysis."""
+"""Self-MM: self-supervised multi-task learning for multimodal sentiment analysis.
+
+    import selfmm
+    data = selfmm.load_features("mosi.pkl", dataset="mosi")
+    cfg = selfmm.config("mosi", text_model="minilm", max_epochs=4)
+    run = selfmm.fit(cfg, data, "runs/nb", seeds=[1111, 1112], device="cpu")
+    selfmm.load_run("runs/nb").seeds[1111].ulabels
+
+The names below load on first use, so that `import selfmm` (and the command line's --help)
+does not pay for torch until something needs it. docs/api.md lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "load_features": "selfmm.data.mmsa",
+    "FeatureData": "selfmm.data.mmsa",
+    "DataSpec": "selfmm.data.mmsa",
+    "Batch": "selfmm.data.batch",
+    "config": "selfmm.api",
+    "fit": "selfmm.api",
+    "load_run": "selfmm.api",
+    "Run": "selfmm.api",
+    "SeedRun": "selfmm.api",
+    "Config": "selfmm.configuration",
+    "SelfMM": "selfmm.model",
+    "SelfMMOutput": "selfmm.model",
+    "Heads": "selfmm.model",
+    "UnimodalLabelGenerator": "selfmm.ulgm",
+    "regression_metrics": "selfmm.metrics",
+    "Predictor": "selfmm.predict",
+    "SelfMMError": "selfmm.errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'selfmm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ does this
+    from .api import Run, SeedRun, config, fit, load_run
+    from .configuration import Config
+    from .data.batch import Batch
+    from .data.mmsa import DataSpec, FeatureData, load_features
+    from .errors import SelfMMError
+    from .metrics import regression_metrics
+    from .model import Heads, SelfMM, SelfMMOutput
+    from .predict import Predictor
+    from .ulgm import UnimodalLabelGenerator

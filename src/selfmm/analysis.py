@@ -9,10 +9,7 @@ labels agree with them next to the plain m-label as the baseline.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .data.mmsa import FeatureData, load_features
 from .errors import SelfMMError
 from .io import write_bytes, write_text
+from .metrics import pearson
+from .runs import CONFIG, read_json, read_ulabels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from .data.mmsa import FeatureData
 
 UNIMODAL = ("t", "a", "v")
 NAMES = {"t": "text", "a": "audio", "v": "vision"}
@@ -64,44 +62,14 @@ class Agreement:
     farther: float
 
 
-def seed_dirs(run: str | Path, seed: int | None = None) -> list[Path]:
-    """The seed directories of a run directory, or the seed directory itself."""
-    run = Path(run)
-    if (run / "config.json").exists():
-        found = [run]
-    else:
-        found = sorted(p for p in run.glob("seed-*") if (p / "config.json").exists())
-    if not found:
-        raise SelfMMError(f"{run} holds no selfmm run (no config.json, no seed-*/config.json)")
-    if seed is not None:
-        found = [p for p in found if _saved(p)["seed"] == seed]
-        if not found:
-            raise SelfMMError(f"{run} holds no seed {seed}")
-    return found
-
-
-def _saved(seed_dir: Path) -> dict:
-    try:
-        return json.loads((seed_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfMMError(f"{seed_dir}/config.json cannot be read: {exc}") from None
-
-
-def recorded_data_path(seed_dir: Path) -> str:
-    return _saved(seed_dir)["data"]["path"]
-
-
 def label_trajectory(seed_dir: str | Path, data: FeatureData | None = None) -> LabelTrajectory:
     """Read a seed directory's u-labels; with `data`, attach its human unimodal labels by clip id."""
     seed_dir = Path(seed_dir)
-    saved = _saved(seed_dir)
-    path = seed_dir / "ulabels.npz"
-    if not path.exists():
-        raise SelfMMError(f"{path} does not exist: the run never finished an epoch")
-    with np.load(path, allow_pickle=False) as npz:
-        ids = [str(i) for i in npz["ids"]]
-        m = npz["m"].astype(np.float64)
-        u = {s: npz[s].astype(np.float64) for s in UNIMODAL}
+    saved = read_json(seed_dir / CONFIG)
+    labels = read_ulabels(seed_dir)
+    ids = [str(i) for i in labels["ids"]]
+    m = labels["m"].astype(np.float64)
+    u = {s: labels[s].astype(np.float64) for s in UNIMODAL}
     human: dict[str, np.ndarray] = {}
     if data is not None and data.splits["train"].unimodal_labels:
         train = data.splits["train"]
@@ -122,14 +90,6 @@ def distance_from_m(traj: LabelTrajectory) -> dict[str, np.ndarray]:
     return {s: np.abs(traj.u[s] - traj.m).mean(axis=1) for s in UNIMODAL}
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    # A constant vector has no correlation; NaN says so rather than a warning and a 0. The
-    # tolerance catches residuals that are zero up to rounding (labels are of order 1).
-    if x.std() < 1e-9 or y.std() < 1e-9:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def _residual(x: np.ndarray, m: np.ndarray) -> np.ndarray:
     """What is left of `x` after the least-squares line on `m`."""
     if m.std() < 1e-9:
@@ -145,10 +105,10 @@ def agreement(traj: LabelTrajectory) -> dict[str, Agreement]:
         u = traj.u[s]
         last_err, m_err = np.abs(u[-1] - truth), np.abs(traj.m - truth)
         out[s] = Agreement(
-            corr=np.array([_pearson(row, truth) for row in u]),
+            corr=np.array([pearson(row, truth) for row in u]),
             mae=np.abs(u - truth).mean(axis=1),
-            beyond=np.array([_pearson(_residual(row, traj.m), _residual(truth, traj.m)) for row in u]),
-            baseline_corr=_pearson(traj.m, truth),
+            beyond=np.array([pearson(_residual(row, traj.m), _residual(truth, traj.m)) for row in u]),
+            baseline_corr=pearson(traj.m, truth),
             baseline_mae=float(m_err.mean()),
             closer=float(np.mean(last_err < m_err)),
             farther=float(np.mean(last_err > m_err)),
@@ -330,26 +290,27 @@ def write_analysis(traj: LabelTrajectory, out: Path, epochs: list[int]) -> str:
     return text
 
 
-# --- the command ---------------------------------------------------------------------------
+# --- the data a run was trained on -----------------------------------------------------------
 
 
-def load_human_data(seed_dir: Path, data_arg: str | None, cache: dict[str, FeatureData | None]
+def load_human_data(seed_dir: Path, data_path: str | None, cache: dict[str, FeatureData | None]
                     ) -> FeatureData | None:
-    """The feature file for human labels: --data, else the path the run recorded. A recorded
-    file that has since moved only costs the comparison (a note on stderr), not the analysis."""
-    from .cli import load_data
-
-    path = data_arg or recorded_data_path(seed_dir)
+    """The feature file for human labels and transcripts: `data_path`, else the path the run
+    recorded. A recorded file that has since moved only costs the comparison (a warning)."""
+    saved = read_json(seed_dir / CONFIG)
+    path = data_path or saved["data"].get("path")
+    if path is None:
+        return None
     if path not in cache:
-        if data_arg is None and not Path(path).exists():
-            print(f"selfmm: note: the run's data file {path} is gone; pass --data to compare with "
-                  "human unimodal labels", file=sys.stderr)
+        if data_path is None and not Path(path).exists():
+            warnings.warn(f"the run's data file {path} is gone; give the data file to compare with "
+                          "human unimodal labels", stacklevel=2)
             cache[path] = None
         else:
             with warnings.catch_warnings():
                 # Repairs of non-finite features concern training, not labels or transcripts.
                 warnings.simplefilter("ignore")
-                cache[path] = load_data(path, _saved(seed_dir)["config"]["dataset"])
+                cache[path] = load_features(path, saved["config"]["dataset"])
     return cache[path]
 
 
@@ -358,37 +319,5 @@ def chosen_epochs(requested: list[int] | None, last: int) -> list[int]:
         return default_epochs(last)
     bad = [e for e in requested if not 0 <= e <= last]
     if bad:
-        raise SelfMMError(f"--epochs {' '.join(map(str, bad))}: the run has epochs 0 to {last}")
+        raise SelfMMError(f"epochs {' '.join(map(str, bad))}: the run has epochs 0 to {last}")
     return sorted(set(requested))
-
-
-def cmd_labels(args: argparse.Namespace) -> int:
-    run = Path(args.run)
-    dirs = seed_dirs(run, args.seed)
-    single = dirs == [run]
-    out_root = Path(args.out) if args.out else run / "labels"
-    cache: dict[str, FeatureData | None] = {}
-    texts = []
-    for seed_dir in dirs:
-        traj = label_trajectory(seed_dir, load_human_data(seed_dir, args.data, cache))
-        out = out_root if single else out_root / seed_dir.name
-        texts.append(write_analysis(traj, out, chosen_epochs(args.epochs, traj.epochs)))
-    text = "\n".join(texts)
-    if not single:
-        write_text(out_root / "summary.txt", text)
-    print(text, end="")
-    print(f"plots and summary.txt in {out_root}", file=sys.stderr)
-    return 0
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("labels", help="plot and summarise the generated u-labels of a run")
-    p.add_argument("run", help="a run directory (every seed) or one seed directory")
-    p.add_argument("--data", help="feature file with human unimodal labels "
-                   "(default: the file the run was trained on)")
-    p.add_argument("--epochs", type=int, nargs="+", metavar="E",
-                   help="epochs whose distributions to draw (0 = initialisation; default: 0 and "
-                   "up to four from 2 to the last)")
-    p.add_argument("--seed", type=int, help="only this seed of a run directory")
-    p.add_argument("--out", help="output directory (default: RUN/labels)")
-    p.set_defaults(func=cmd_labels)

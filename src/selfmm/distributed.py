@@ -13,12 +13,13 @@ the batch a single process with K times the batch size would see.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
 
@@ -119,6 +120,4 @@ def wrap(model: torch.nn.Module, ctx: Context, find_unused: bool) -> torch.nn.Mo
     """DistributedDataParallel around `model`; inputs are already on the right device."""
     if not ctx.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(model, device_ids=None, find_unused_parameters=find_unused)

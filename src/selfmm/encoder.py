@@ -36,6 +36,13 @@ def load_tokenizer(name: str):
     return _offline_guard(name, lambda path: AutoTokenizer.from_pretrained(path))
 
 
+def load_encoder_config(name: str):
+    """The encoder's config alone: a cheap check that `name` can be loaded at all."""
+    from transformers import AutoConfig
+
+    return _offline_guard(name, lambda path: AutoConfig.from_pretrained(path))
+
+
 def load_encoder(name: str):
     """A pretrained encoder (`AutoModel`) by hub name, local path or `minilm`."""
     from transformers import AutoModel

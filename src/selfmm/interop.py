@@ -1,34 +1,34 @@
 """MMSA interoperability: its config file, its trained self_mm weights, its results CSV.
 
 - `config_regression.json`: the self_mm section (commonParams, then datasetParams[dataset])
-  becomes our flat config keys; `selfmm.config.read_config_file` calls `translate_mmsa_config`.
+  becomes our flat config keys; `read_config_file` reads ours and MMSA's alike.
 - A `.pth` state_dict saved by MMSA's SELF_MM (keys `Model.text_model.model.*`,
   `Model.audio_model.rnn.*`, `Model.post_fusion_layer_1.*`, ...) becomes a run directory that
   `selfmm evaluate` reloads.
 - Results over seeds in MMSA's CSV layout: one row per model, one column per metric, each cell
   the text of a `(mean, std)` tuple of x100 values rounded to 2 decimals.
-
-This module is imported while reading any config file, so torch is imported inside functions.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
-import json
-import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from safetensors.torch import save
+
+from .configuration import Config, flatten, read_json_object
+from .encoder import load_encoder
 from .errors import ConfigError, SelfMMError
-
-if TYPE_CHECKING:
-    import torch
-
-    from .config import Config
-    from .model import SelfMM
+from .io import atomic_writer, write_bytes
+from .model import SelfMM
+from .results import PerSeed, summarize
+from .rundir import RunDirectory
+from .runs import BEST_WEIGHTS, ENCODER, write_seed_config
+from .train import class_path, save_encoder_files
 
 MMSA_MODEL = "self_mm"
 
@@ -37,24 +37,24 @@ _RENAMED = {
     "batch_size": "batch_size",
     "learning_rate_bert": "lr_text",
     "learning_rate_audio": "lr_audio",
-    "learning_rate_video": "lr_video",
+    "learning_rate_video": "lr_vision",
     "learning_rate_other": "lr_other",
     "weight_decay_bert": "weight_decay_text",
     "weight_decay_audio": "weight_decay_audio",
-    "weight_decay_video": "weight_decay_video",
+    "weight_decay_video": "weight_decay_vision",
     "weight_decay_other": "weight_decay_other",
     "a_lstm_hidden_size": "audio_hidden",
     "v_lstm_hidden_size": "vision_hidden",
     "audio_out": "audio_out",
-    "video_out": "video_out",
+    "video_out": "vision_out",
     "post_fusion_dim": "post_fusion_dim",
     "post_text_dim": "post_text_dim",
     "post_audio_dim": "post_audio_dim",
-    "post_video_dim": "post_video_dim",
+    "post_video_dim": "post_vision_dim",
     "post_fusion_dropout": "post_fusion_dropout",
     "post_text_dropout": "post_text_dropout",
     "post_audio_dropout": "post_audio_dropout",
-    "post_video_dropout": "post_video_dropout",
+    "post_video_dropout": "post_vision_dropout",
     "H": "H",
     "excludeZero": "exclude_zero",
     "update_epochs": "accumulation_steps",
@@ -83,6 +83,15 @@ def is_mmsa_config(obj: dict[str, Any]) -> bool:
     return "datasetCommonParams" in obj or (
         isinstance(obj.get(MMSA_MODEL), dict) and "datasetParams" in obj[MMSA_MODEL]
     )
+
+
+def read_config_file(path: str | Path, dataset: str | None = None) -> dict[str, Any]:
+    """Flat key -> value from a JSON config file: ours (written by `selfmm tune` or by hand,
+    flat or nested) or MMSA's config_regression.json (its self_mm section for `dataset`)."""
+    obj = read_json_object(path)
+    if is_mmsa_config(obj):
+        return translate_mmsa_config(obj, dataset, source=str(path))
+    return flatten(obj)
 
 
 def _leaf_names(obj: Any) -> set[str]:
@@ -159,15 +168,15 @@ _WIDTHS = {
     "audio_hidden": ("audio_net.rnn.weight_hh_l0", 1),
     "vision_hidden": ("vision_net.rnn.weight_hh_l0", 1),
     "audio_out": ("audio_net.linear.weight", 0),
-    "video_out": ("vision_net.linear.weight", 0),
+    "vision_out": ("vision_net.linear.weight", 0),
     "post_fusion_dim": ("fusion_head.layer_1.weight", 0),
     "post_text_dim": ("text_head.layer_1.weight", 0),
     "post_audio_dim": ("audio_head.layer_1.weight", 0),
-    "post_video_dim": ("vision_head.layer_1.weight", 0),
+    "post_vision_dim": ("vision_head.layer_1.weight", 0),
 }
 
 
-def rename_mmsa_state_dict(state: dict[str, "torch.Tensor"]) -> tuple[dict[str, "torch.Tensor"], dict[str, str], list[str]]:
+def rename_mmsa_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
     """(our name -> tensor, our name -> MMSA name, MMSA names with no counterpart)."""
     renamed: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
@@ -184,10 +193,8 @@ def rename_mmsa_state_dict(state: dict[str, "torch.Tensor"]) -> tuple[dict[str, 
     return renamed, origin, unmapped
 
 
-def read_mmsa_weights(path: Path) -> dict[str, "torch.Tensor"]:
+def read_mmsa_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict saved with torch.save; weights_only, so a crafted file cannot run code."""
-    import torch
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -201,16 +208,14 @@ def read_mmsa_weights(path: Path) -> dict[str, "torch.Tensor"]:
     return state
 
 
-def _shape(t: "torch.Tensor") -> str:
+def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(d) for d in t.shape) + ")"
 
 
-def mmsa_to_selfmm(state: dict[str, "torch.Tensor"], cfg: "Config", encoder: "torch.nn.Module",
-                   source: str = "weights") -> "SelfMM":
+def mmsa_to_selfmm(state: dict[str, torch.Tensor], cfg: Config, encoder: torch.nn.Module,
+                   source: str = "weights") -> SelfMM:
     """Our SelfMM with MMSA's weights loaded. Every MMSA key must map to one of ours, every one of
     ours must be given, and every shape must match what `cfg` and the encoder build."""
-    from .model import SelfMM
-
     renamed, origin, unmapped = rename_mmsa_state_dict(state)
     if unmapped:
         raise SelfMMError(f"{source}: keys with no counterpart in selfmm's model: {', '.join(unmapped)}")
@@ -254,33 +259,24 @@ def _to_mmsa(ours: str) -> str:
     return ours
 
 
-def import_mmsa(weights: Path, cfg: "Config", out: Path, seed: int = 0) -> Path:
-    """Write a run directory from MMSA's self_mm weights: config.json (train.py's layout),
-    encoder/, best.safetensors. No metrics.json: nothing was trained or tested here."""
-    from safetensors.torch import save
-
-    from .encoder import load_encoder
-    from .io import write_bytes, write_json
-    from .rundir import RunDirectory
-    from .train import save_encoder_files
-
+def import_mmsa(weights: Path, cfg: Config, out: Path, seed: int = 0) -> Path:
+    """Write a run directory from MMSA's self_mm weights: config.json, encoder/,
+    best.safetensors. No metrics.json: nothing was trained or tested here."""
     run_dir = RunDirectory(out)
     run_dir.check()
     state = read_mmsa_weights(weights)
     encoder = load_encoder(cfg.model.text_model)
     model = mmsa_to_selfmm(state, cfg, encoder, source=str(weights))
     with run_dir as path:
-        save_encoder_files(cfg.model.text_model, model.text_encoder, path / "encoder")
+        save_encoder_files(model, cfg.model.text_model, path / ENCODER)
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        write_bytes(path / "best.safetensors", save(tensors))
-        write_json(path / "config.json", {
-            "config": cfg.to_dict(), "seed": seed,
-            "data": {"path": None, "audio_dim": model.audio_net.rnn.input_size,
-                     "vision_dim": model.vision_net.rnn.input_size, "aligned": None,
-                     "train_size": None},
-            "imported_from": {"format": "MMSA self_mm state_dict", "path": str(weights.resolve()),
-                              "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
-        })
+        write_bytes(path / BEST_WEIGHTS, save(tensors))
+        write_seed_config(
+            path, config=cfg.to_dict(), seed=seed, model_class=class_path(SelfMM),
+            data={"path": None, "audio_dim": model.audio_net.rnn.input_size,
+                  "vision_dim": model.vision_net.rnn.input_size},
+            imported_from={"format": "MMSA self_mm state_dict", "path": str(weights.resolve()),
+                           "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()})
     return out
 
 
@@ -288,10 +284,8 @@ def import_mmsa(weights: Path, cfg: "Config", out: Path, seed: int = 0) -> Path:
 # Results
 
 
-def mmsa_results_row(model_name: str, per_seed: dict[int, dict[str, float]]) -> tuple[list[str], list[str]]:
+def mmsa_results_row(model_name: str, per_seed: PerSeed) -> tuple[list[str], list[str]]:
     """MMSA's header and row: `Model`, then per metric the text of (mean, std), x100, 2 decimals."""
-    from .results import summarize
-
     summary = summarize(per_seed)
     names = list(summary["mean"])
     # MMSA writes a Python tuple through pandas: str((83.44, 0.52)) -> "(83.44, 0.52)".
@@ -300,10 +294,8 @@ def mmsa_results_row(model_name: str, per_seed: dict[int, dict[str, float]]) -> 
     return ["Model", *names], [model_name, *cells]
 
 
-def write_mmsa_results(path: str | Path, model_name: str, per_seed: dict[int, dict[str, float]]) -> None:
+def write_mmsa_results(path: str | Path, model_name: str, per_seed: PerSeed) -> None:
     """Append one model's row to an MMSA results CSV (created if absent), as MMSA's run does."""
-    from .io import atomic_writer
-
     path = Path(path)
     header, row = mmsa_results_row(model_name, per_seed)
     rows: list[list[str]] = []
@@ -317,49 +309,3 @@ def write_mmsa_results(path: str | Path, model_name: str, per_seed: dict[int, di
     with atomic_writer(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerows([header, *rows, row])
-
-
-# ---------------------------------------------------------------------------------------------
-# Commands
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from .cli import resolve_config
-
-    cfg = resolve_config(args)
-    out = import_mmsa(Path(args.weights), cfg, Path(args.out), seed=args.seed)
-    print(f"imported {args.weights} into {out}; evaluate with: "
-          f"selfmm evaluate --run {out} --data FILE")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    run = Path(args.run)
-    try:
-        saved = json.loads((run / "results.json").read_text())
-    except FileNotFoundError:
-        raise SelfMMError(f"{run} holds no results.json (a finished `selfmm train` run has one)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfMMError(f"{run / 'results.json'}: unreadable: {exc}") from None
-    per_seed = {int(seed): metrics for seed, metrics in saved["seeds"].items()}
-    write_mmsa_results(args.out, args.model_name, per_seed)
-    print(f"appended {args.model_name} ({len(per_seed)} seed(s)) to {args.out}", file=sys.stderr)
-    return 0
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_config_arguments
-
-    p = sub.add_parser("import-mmsa", help="turn a state_dict saved by MMSA's self_mm into a run directory")
-    p.add_argument("weights", help="the .pth file MMSA saved (model.state_dict())")
-    add_config_arguments(p)
-    p.add_argument("--out", required=True, help="new run directory (evaluate it with selfmm evaluate --run)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="the seed MMSA trained the weights with, recorded in config.json (default 0: unknown)")
-    p.set_defaults(func=cmd_import)
-
-    p = sub.add_parser("export-mmsa", help="append a run's results to a CSV in MMSA's results layout")
-    p.add_argument("run", help="a run directory holding results.json")
-    p.add_argument("--out", required=True, help="CSV file (MMSA names it <dataset>.csv); appended to if it exists")
-    p.add_argument("--model-name", default=MMSA_MODEL, help=f"the Model column (default {MMSA_MODEL})")
-    p.set_defaults(func=cmd_export)

@@ -5,8 +5,8 @@ Conventions worth knowing:
   as MMSA's numpy comparisons do: SIMS labels such as 0.1 or 0.7 sit exactly on class edges,
   and float32(0.1) > float64(0.1) would move them to the wrong class.
 - Rounding for Mult_acc_5/7 is numpy's round-half-to-even, as in MMSA (2.5 -> 2, -0.5 -> -0).
-- `Corr` is Pearson's r, defined as 0.0 when either side is constant (instead of NaN), so that a
-  collapsed model scores "no correlation" rather than breaking tables and model selection.
+- `Corr` is Pearson's r, reported as 0.0 when either side is constant (where r is undefined),
+  so that a collapsed model scores "no correlation" rather than breaking tables and averages.
 - `Non0_*` are NaN when no label is non-zero: there is nothing to score.
 - MAE and Corr are computed in float64.
 """
@@ -49,11 +49,6 @@ def regression_metrics(y_pred: Any, y_true: Any, dataset: str) -> dict[str, floa
     return _mos_metrics(p, y) if dataset in ("mosi", "mosei") else _sims_metrics(p, y)
 
 
-def scale_for_display(metrics: dict[str, float]) -> dict[str, float]:
-    """Every metric x100 (MAE included, as the field prints it), rounded to 2 decimals."""
-    return {k: round(100.0 * v, 2) for k, v in metrics.items()}
-
-
 def _mos_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
     non0 = y != 0
     if non0.any():
@@ -69,7 +64,7 @@ def _mos_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "Mult_acc_5": _rounded_acc(p, y, 2.0),
         "Mult_acc_7": _rounded_acc(p, y, 3.0),
         "MAE": _mae(p, y),
-        "Corr": pearson(p, y),
+        "Corr": _corr(p, y),
     }
 
 
@@ -82,18 +77,26 @@ def _sims_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "Mult_acc_5": float(np.mean(cls[5][0] == cls[5][1])),
         "F1_score": float(f1_score(cls[2][1], cls[2][0], average="weighted", zero_division=0)),
         "MAE": _mae(p, y),
-        "Corr": pearson(p, y),
+        "Corr": _corr(p, y),
     }
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson's r in float64; 0.0 when either side is constant."""
+def pearson(a: Any, b: Any) -> float:
+    """Pearson's r in float64; NaN when either side is constant, where r is undefined.
+
+    "Constant" allows for rounding: a spread below 1e-9 (labels and scores are of order 1)
+    is zero that arithmetic left behind, e.g. the residual of an exact linear fit.
+    """
     a = np.asarray(a, dtype=np.float64) - np.mean(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64) - np.mean(b, dtype=np.float64)
-    denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
-    if denom == 0:
-        return 0.0
-    return float(np.clip(np.dot(a, b) / denom, -1.0, 1.0))
+    if a.std() < 1e-9 or b.std() < 1e-9:
+        return float("nan")
+    return float(np.clip(np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b)), -1.0, 1.0))
+
+
+def _corr(p: np.ndarray, y: np.ndarray) -> float:
+    r = pearson(p, y)
+    return 0.0 if np.isnan(r) else r
 
 
 def _as_array(x: Any) -> np.ndarray:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .bert import cls_vector
-from .config import ModelConfig
+from .configuration import ModelConfig
 from .data.batch import Batch
 
 
@@ -65,10 +65,11 @@ class SequenceEncoder(nn.Module):
         if x.device.type == "cpu":
             # The state after a clip's last valid frame is the packed LSTM's final state: a
             # forward LSTM never sees later frames, and no gradient reaches them. On the CPU
-            # the fused kernel over the padded batch is ~10x faster than stepping a packed one.
-            # It runs on one thread, forward and backward: its hundreds of tiny steps each end
-            # in a barrier, and when another process holds a core, every barrier waits for a
-            # time slice (10x slower on a busy 2-core machine, no faster on an idle one).
+            # the fused kernel over the padded batch, on one thread, runs a mosi batch's LSTMs
+            # in 42 ms where stepping a packed one took 214 (5x, benchmarks/README.md).
+            # One thread, forward and backward: its hundreds of tiny steps each end in a
+            # barrier, and when another process holds a core, every barrier waits for a time
+            # slice (much slower on a busy 2-core machine, no faster on an idle one).
             threads = torch.get_num_threads()
             if torch.is_grad_enabled() and threads > 1:
                 # Backward runs in reverse: one thread from `out` down to here, then restored.
@@ -118,14 +119,17 @@ class SelfMM(nn.Module):
             encoder.pooler.requires_grad_(False)
         text_out = int(encoder.config.hidden_size)
         self.audio_net = SequenceEncoder(audio_dim, cfg.audio_hidden, cfg.audio_out)
-        self.vision_net = SequenceEncoder(vision_dim, cfg.vision_hidden, cfg.video_out)
-        self.fusion_head = Head(text_out + cfg.audio_out + cfg.video_out, cfg.post_fusion_dim,
+        self.vision_net = SequenceEncoder(vision_dim, cfg.vision_hidden, cfg.vision_out)
+        self.fusion_head = Head(text_out + cfg.audio_out + cfg.vision_out, cfg.post_fusion_dim,
                                 cfg.post_fusion_dropout)
         self.text_head = Head(text_out, cfg.post_text_dim, cfg.post_text_dropout)
         self.audio_head = Head(cfg.audio_out, cfg.post_audio_dim, cfg.post_audio_dropout)
-        self.vision_head = Head(cfg.video_out, cfg.post_video_dim, cfg.post_video_dropout)
+        self.vision_head = Head(cfg.vision_out, cfg.post_vision_dim, cfg.post_vision_dropout)
+        # Widths of F_m, F_t, F_a, F_v: what the ULGM compares with its class centres.
+        self.feature_dims = {"m": cfg.post_fusion_dim, "t": cfg.post_text_dim,
+                             "a": cfg.post_audio_dim, "v": cfg.post_vision_dim}
 
-    def train(self, mode: bool = True) -> "SelfMM":
+    def train(self, mode: bool = True) -> SelfMM:
         super().train(mode)
         # A frozen encoder always runs without dropout, so its output is a function of the
         # tokens alone and can be cached across epochs.
@@ -143,7 +147,7 @@ class SelfMM(nn.Module):
         """`text_vector` replaces the encoder's output when given (a cached frozen encoder)."""
         text = self.encode_text(batch.text) if text_vector is None else text_vector  # (B, text_out)
         audio = self.audio_net(batch.audio, batch.audio_lengths)  # (B, audio_out)
-        vision = self.vision_net(batch.vision, batch.vision_lengths)  # (B, video_out)
+        vision = self.vision_net(batch.vision, batch.vision_lengths)  # (B, vision_out)
 
         f_m, y_m = self.fusion_head(torch.cat([text, audio, vision], dim=-1))
         f_t, y_t = self.text_head(text)
@@ -154,7 +158,7 @@ class SelfMM(nn.Module):
     def parameter_groups(self, lr: dict[str, float], weight_decay: dict[str, float]) -> list[dict]:
         """SPEC 5's five Adam groups: encoder weights (decayed), encoder biases and LayerNorms
         (undecayed), audio LSTM net, vision LSTM net, everything else. Keys of `lr` and
-        `weight_decay`: text, audio, video, other."""
+        `weight_decay`: text, audio, vision, other."""
         no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight",
                     "layer_norm.bias")
         encoder = [(n, p) for n, p in self.text_encoder.named_parameters() if p.requires_grad]
@@ -166,7 +170,7 @@ class SelfMM(nn.Module):
             {"params": list(self.audio_net.parameters()),
              "lr": lr["audio"], "weight_decay": weight_decay["audio"], "name": "audio"},
             {"params": list(self.vision_net.parameters()),
-             "lr": lr["video"], "weight_decay": weight_decay["video"], "name": "video"},
+             "lr": lr["vision"], "weight_decay": weight_decay["vision"], "name": "vision"},
             {"params": [p for n, p in self.named_parameters()
                         if not n.startswith(("text_encoder.", "audio_net.", "vision_net."))],
              "lr": lr["other"], "weight_decay": weight_decay["other"], "name": "other"},

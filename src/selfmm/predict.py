@@ -6,21 +6,26 @@ beside it because they tell which modality pulled the score which way.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .api import load_run
+from .configuration import LABEL_RANGE
+from .data.layout import SPLITS
+from .data.mmsa import Split, load_features
+from .encoder import load_tokenizer
 from .errors import SelfMMError
+from .extract import AUDIO_DIM, VISION_DIM, extract_clip
+from .extract.clip import flag_string
+from .model import SelfMM
+from .results import format_table
+from .train import check_text, predict, resolve_device
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
-SPLIT_CHOICES = ("train", "valid", "test", "all")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 # Neutral band as a share of the label range's upper end: SIMS's 3-class edges are +-0.1 on
 # its [-1, 1] scale (SPEC 6); the same share gives +-0.3 on MOSI/MOSEI's [-3, 3]. A divisor,
@@ -45,8 +50,6 @@ class ClipScore:
 
 
 def neutral_band(dataset: str) -> float:
-    from .config import LABEL_RANGE
-
     return LABEL_RANGE[dataset][1] / NEUTRAL_DIVISOR
 
 
@@ -57,37 +60,8 @@ def sentiment_class(score: float, band: float) -> str:
     return "neutral" if score <= band else "positive"
 
 
-def find_seed_dir(run: Path, seed: int | None = None) -> Path:
-    """`run` itself when it is a seed directory; else its seed `seed`, or the seed whose best
-    validation loss is lowest (test metrics must not pick the model)."""
-    if not run.exists():
-        raise SelfMMError(f"run {run} does not exist")
-    if (run / "config.json").exists():
-        if seed is not None and json.loads((run / "config.json").read_text()).get("seed") != seed:
-            raise SelfMMError(f"{run} is the run of one seed, not of seed {seed}")
-        return run
-    if seed is not None:
-        chosen = run / f"seed-{seed}"
-        if not (chosen / "config.json").exists():
-            found = ", ".join(sorted(p.name for p in run.glob("seed-*"))) or "none"
-            raise SelfMMError(f"{run} has no trained seed {seed} (seed directories: {found})")
-        return chosen
-    finished = []
-    for metrics in sorted(run.glob("seed-*/metrics.json")):
-        loss = json.loads(metrics.read_text()).get("best_valid_loss")
-        if loss is not None and math.isfinite(loss):
-            finished.append((loss, metrics.parent))
-    if not finished:
-        raise SelfMMError(f"{run} holds no finished seed (no seed-*/metrics.json); "
-                          "pass a seed directory or --seed N")
-    return min(finished, key=lambda item: item[0])[1]
-
-
 def _split_of_clip(clip: Any, clip_id: str):
     """A one-row Split holding an extracted clip, without a round trip through a file."""
-    from .data.mmsa import Split
-    from .extract.clip import flag_string
-
     return Split(
         name="video", text_bert=clip.text_bert[None], audio=clip.audio[None],
         vision=clip.vision[None], audio_lengths=np.array([clip.audio_length], np.int64),
@@ -104,7 +78,7 @@ def parse_input(value: str) -> tuple[str, Path, str | None]:
     split = None
     if not path.exists() and ":" in value:
         head, _, tail = value.rpartition(":")
-        if tail in SPLIT_CHOICES and Path(head).exists():
+        if tail in (*SPLITS, "all") and Path(head).exists():
             path, split = Path(head), tail
     if not path.exists():
         raise SelfMMError(f"input {value} does not exist")
@@ -128,13 +102,12 @@ class Predictor:
 
     def __init__(self, run: str | os.PathLike, *, seed: int | None = None, device: str = "auto",
                  text_model: str | None = None) -> None:
-        from .train import load_run, resolve_device
-
-        self.run = find_seed_dir(Path(run), seed)
+        seed_run = load_run(run).select(seed)
+        self.run = seed_run.path
         self.device = resolve_device(device)
-        self.cfg, self.model, saved = load_run(self.run, self.device)
-        self.audio_dim = int(saved["data"]["audio_dim"])
-        self.vision_dim = int(saved["data"]["vision_dim"])
+        self.cfg = seed_run.config
+        self.model = seed_run.model(self.device)
+        self.audio_dim, self.vision_dim = seed_run.spec.audio_dim, seed_run.spec.vision_dim
         self.band = neutral_band(self.cfg.dataset)
         self.text_model = text_model
         self._tokenizer = None
@@ -144,11 +117,9 @@ class Predictor:
         """The run's own tokenizer (saved in encoder/), or --text-model's when given."""
         if self._tokenizer is None:
             if self.text_model is not None:
-                from .encoder import load_tokenizer
-
                 self._tokenizer = load_tokenizer(self.text_model)
             else:
-                from transformers import AutoTokenizer
+                from transformers import AutoTokenizer  # heavy; only to tokenize transcripts
 
                 folder = self.run / "encoder"
                 # Checked first: given a model config alone, transformers builds an empty
@@ -173,15 +144,9 @@ class Predictor:
                                   f"{self.run} was trained on {want}-wide {modality} features; "
                                   + WIDTH_HINT)
 
-    def _check_tokens(self, name: str, text_bert: np.ndarray) -> None:
-        from .train import check_text
-
-        check_text(text_bert, self.model.text_encoder.config, name)
-
-    def score_split(self, split, name: str) -> list[ClipScore]:
-        from .train import predict
-
-        self._check_tokens(name, split.text_bert)
+    def score_split(self, split: Split, name: str) -> list[ClipScore]:
+        if isinstance(self.model, SelfMM):
+            check_text(split.text_bert, self.model.text_encoder.config, name)
         heads = predict(self.model, split, self.device).heads
         flags = split.flags or [""] * len(split)
         return [
@@ -194,8 +159,6 @@ class Predictor:
 
     def score_features(self, path: str | os.PathLike, split: str = "all") -> list[ClipScore]:
         """Every clip of `split` ("all": every non-empty split) of an MMSA feature file."""
-        from .data.mmsa import load_features
-
         name = os.fspath(path)
         data = load_features(path)
         self.check_widths(name, data.audio_dim, data.vision_dim)
@@ -204,7 +167,6 @@ class Predictor:
 
     def score_video(self, path: str | os.PathLike, transcript: str) -> list[ClipScore]:
         """Extract one video's features (the `video` extra) and score it."""
-        from .extract import AUDIO_DIM, VISION_DIM, extract_clip
 
         name = os.fspath(path)
         # Before the costly extraction: a run on benchmark features cannot take these.
@@ -213,55 +175,9 @@ class Predictor:
         return self.score_split(_split_of_clip(clip, f"{Path(path).stem}$_$0"), name)
 
 
-def format_table(scores: list[ClipScore], band: float) -> str:
-    header = ("id", "score", "class", "text", "audio", "vision", "flags")
+def scores_table(scores: list[ClipScore], band: float) -> str:
     rows = [(s.id, f"{s.score:+.3f}", s.sentiment, f"{s.text:+.3f}", f"{s.audio:+.3f}",
              f"{s.vision:+.3f}", ",".join(s.flags)) for s in scores]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    return "\n".join(lines + [f"(class: neutral when -{band:g} < score <= {band:g})"])
-
-
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict", help="score videos or feature files with a trained run",
-        description="Print, per clip, the multimodal sentiment score, its class and the text, "
-        "audio and vision head scores. INPUT is a video (give one --transcript per video, in "
-        "order), a feature file from `selfmm extract`/`extract-dataset`, or an MMSA file, "
-        "optionally as FILE:SPLIT.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--run", required=True, help="a seed directory or a run directory")
-    p.add_argument("--seed", type=int, help="which seed of a run directory (default: the one with "
-                   "the lowest validation loss)")
-    p.add_argument("--transcript", action="append", default=[],
-                   help="what is said in a video (text, or a UTF-8 file); once per video, in order")
-    p.add_argument("--split", default="all", choices=SPLIT_CHOICES,
-                   help="split of feature files to score (default: every non-empty split)")
-    p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
-    p.set_defaults(func=run_predict)
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from .extract.commands import read_transcript
-
-    inputs = [parse_input(value) for value in args.inputs]
-    videos = sum(kind == "video" for kind, _, _ in inputs)
-    if len(args.transcript) != videos:
-        raise SelfMMError(f"{videos} video input(s) but {len(args.transcript)} --transcript; "
-                          "give one --transcript per video, in the order of the videos")
-    predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model)
-    transcripts = iter(args.transcript)
-    scores: list[ClipScore] = []
-    for kind, path, split in inputs:
-        if kind == "video":
-            scores += predictor.score_video(path, read_transcript(next(transcripts)))
-        else:
-            scores += predictor.score_features(path, split or args.split)
-    if args.json:
-        print(json.dumps([asdict(s) for s in scores], indent=2))
-    else:
-        print(f"run {predictor.run} ({predictor.cfg.dataset})", file=sys.stderr)
-        print(format_table(scores, predictor.band))
-    return 0
+    table = format_table(("id", "score", "class", "text", "audio", "vision", "flags"), rows,
+                         left=7, rule=False)
+    return table + f"\n(class: neutral when -{band:g} < score <= {band:g})"

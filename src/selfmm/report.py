@@ -9,12 +9,9 @@ values, paths) comes out as text, never as markup.
 
 from __future__ import annotations
 
-import argparse
 import base64
-import csv
 import datetime
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,36 +19,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .analysis import (
-    chosen_epochs,
-    figures,
-    label_trajectory,
-    load_human_data,
-    png_bytes,
-    seed_dirs,
-    summary_text,
-)
-from .errors import SelfMMError
-from .io import write_text
+from .analysis import chosen_epochs, figures, label_trajectory, load_human_data, png_bytes, summary_text
+from .api import SeedRun, load_run
+from .configuration import flatten
+from .data.mmsa import FeatureData
+from .results import display, summarize
+from .runs import HEADS, ULABELS, read_predictions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from .data.mmsa import FeatureData
-
-HEADS = ("m", "t", "a", "v")
-
-
-@dataclass
-class SeedRun:
-    """What the report reads from one seed directory."""
-
-    path: Path
-    seed: int
-    saved: dict[str, Any]  # config.json
-    metrics: dict[str, Any] | None  # metrics.json; None while the seed is unfinished
-    history: list[dict[str, float]]
-    predictions: list[dict[str, str]]  # rows of test_predictions.csv
 
 
 @dataclass
@@ -63,26 +39,6 @@ class Table:
     rows: list[list[str | None]]
     numeric_from: int = 1
     summary_rows: int = 0
-
-
-def _read_json(path: Path, default: Any = None) -> Any:
-    if not path.exists():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SelfMMError(f"{path} is not valid JSON: {exc}") from None
-
-
-def read_seed(path: Path) -> SeedRun:
-    saved = _read_json(path / "config.json")
-    rows: list[dict[str, str]] = []
-    if (path / "test_predictions.csv").exists():
-        with open(path / "test_predictions.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    return SeedRun(path=path, seed=int(saved["seed"]), saved=saved,
-                   metrics=_read_json(path / "metrics.json"),
-                   history=_read_json(path / "history.json", []), predictions=rows)
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -122,8 +78,6 @@ def _png_uri(fig: Figure) -> str:
 
 
 def metrics_section(seeds: list[SeedRun]) -> Table | None:
-    from .results import display, summarize
-
     done = {r.seed: r.metrics for r in seeds if r.metrics}
     if not done:
         return None
@@ -138,8 +92,6 @@ def metrics_section(seeds: list[SeedRun]) -> Table | None:
 
 
 def config_section(run: SeedRun) -> Table:
-    from .config import flatten
-
     rows: list[list[str | None]] = [[k, json.dumps(v)] for k, v in flatten(run.saved["config"]).items()]
     rows += [[f"data.{k}", json.dumps(v)] for k, v in run.saved["data"].items()]
     return Table(["setting", "value"], rows, numeric_from=2)
@@ -147,13 +99,14 @@ def config_section(run: SeedRun) -> Table:
 
 def error_section(seeds: list[SeedRun], data: FeatureData | None, top: int) -> dict[str, Any] | None:
     """The test clips whose multimodal prediction (mean over seeds) misses the label most."""
-    runs = [r for r in seeds if r.predictions]
+    predictions = {r.seed: read_predictions(r.path) for r in seeds}
+    runs = [r for r in seeds if predictions[r.seed]]
     if not runs:
         return None
     preds: dict[str, list[np.ndarray]] = {}
     labels: dict[str, float] = {}
     for r in runs:
-        for row in r.predictions:
+        for row in predictions[r.seed]:
             labels[row["id"]] = float(row["label"])
             preds.setdefault(row["id"], []).append(np.array([float(row[f"pred_{s}"]) for s in HEADS]))
     # Only clips every seed predicted, so each mean is over the same models.
@@ -187,7 +140,7 @@ def ulabel_section(seeds: list[SeedRun], data_arg: str | None, epochs: list[int]
     """Per seed with u-labels: its seed, the summary text and (file stem, PNG data URI) pairs."""
     out = []
     for run in seeds:
-        if not (run.path / "ulabels.npz").exists():
+        if not (run.path / ULABELS).exists():
             continue
         traj = label_trajectory(run.path, load_human_data(run.path, data_arg, cache))
         out.append({"seed": run.seed, "summary": summary_text(traj),
@@ -201,7 +154,8 @@ def build_report(run: str | Path, data_arg: str | None = None, top: int = 10,
     """The report page of a run directory (every seed) or of one seed directory."""
     import jinja2
 
-    seeds = [read_seed(p) for p in seed_dirs(run, seed)]
+    loaded = load_run(run)
+    seeds = [loaded.select(seed)] if seed is not None else list(loaded.seeds.values())
     first = seeds[0]
     cache: dict[str, FeatureData | None] = {}
     data = load_human_data(first.path, data_arg, cache)
@@ -216,26 +170,3 @@ def build_report(run: str | Path, data_arg: str | None = None, top: int = 10,
         curves=_png_uri(plot_curves(seeds)) if any(r.history for r in seeds) else None,
         ulabels=ulabel_section(seeds, data_arg, epochs, cache), errors=error_section(seeds, data, top),
         config_seed=first.seed, config=config_section(first))
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise SelfMMError("--top must be at least 1")
-    html = build_report(args.run, args.data, args.top, args.epochs, args.seed)
-    out = Path(args.out) if args.out else Path(args.run) / "report.html"
-    write_text(out, html)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("report", help="write a self-contained HTML report of a run")
-    p.add_argument("run", help="a run directory (every seed) or one seed directory")
-    p.add_argument("--data", help="feature file for transcripts and human unimodal labels "
-                   "(default: the file the run was trained on)")
-    p.add_argument("--out", help="output file (default: RUN/report.html)")
-    p.add_argument("--top", type=int, default=10, help="test clips with the largest errors to show")
-    p.add_argument("--epochs", type=int, nargs="+", metavar="E",
-                   help="epochs of the u-label distributions (as in `selfmm labels`)")
-    p.add_argument("--seed", type=int, help="only this seed of a run directory")
-    p.set_defaults(func=cmd_report)

@@ -1,9 +1,10 @@
-"""Results over seeds: per-seed metrics, mean and standard deviation, as files and as a table."""
+"""Results over seeds: per-seed metrics, mean and standard deviation, as files and as tables."""
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ import numpy as np
 
 from .io import write_json, write_text
 
+PerSeed = dict[int, dict[str, float]]
 
-def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+
+def summarize(per_seed: PerSeed) -> dict[str, dict[str, float]]:
     """Mean and standard deviation (population, ddof=0, as MMSA) of every metric over seeds."""
     names = list(next(iter(per_seed.values())))
     values = {k: np.array([m[k] for m in per_seed.values()], dtype=np.float64) for k in names}
@@ -25,22 +28,32 @@ def display(value: float) -> str:
     return f"{round(value * 100, 2):.2f}"
 
 
-def table(per_seed: dict[int, dict[str, float]], title: str = "") -> str:
-    """A fixed-width text table: one row per seed, then mean and std."""
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str = "",
+                 left: int = 1, rule: bool = True) -> str:
+    """A fixed-width text table; the first `left` columns are left-aligned, the rest right."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    lines = [title] if title else []
+    lines.append(line(header))
+    if rule:
+        lines.append(line(["-" * w for w in widths]))
+    return "\n".join(lines + [line(r) for r in rows])
+
+
+def table(per_seed: PerSeed, title: str = "") -> str:
+    """One row per seed, then mean and std (x100)."""
     summary = summarize(per_seed)
     names = list(summary["mean"])
     rows = [[str(seed)] + [display(m[k]) for k in names] for seed, m in per_seed.items()]
-    rows.append(["mean"] + [display(summary["mean"][k]) for k in names])
-    rows.append(["std"] + [display(summary["std"][k]) for k in names])
-    header = ["seed"] + names
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))  # noqa: E731
-    lines = ([title] if title else []) + [fmt(header), fmt(["-" * w for w in widths])]
-    lines += [fmt(r) for r in rows]
-    return "\n".join(lines)
+    rows += [[stat] + [display(summary[stat][k]) for k in names] for stat in ("mean", "std")]
+    return format_table(["seed", *names], rows, title)
 
 
-def csv_text(per_seed: dict[int, dict[str, float]]) -> str:
+def csv_text(per_seed: PerSeed) -> str:
     summary = summarize(per_seed)
     names = list(summary["mean"])
     buffer = io.StringIO()
@@ -53,9 +66,10 @@ def csv_text(per_seed: dict[int, dict[str, float]]) -> str:
     return buffer.getvalue()
 
 
-def write(out: Path, config: dict[str, Any], per_seed: dict[int, dict[str, float]]) -> None:
+def write_results(out: Path, config: dict[str, Any], per_seed: PerSeed,
+                  provenance: dict[str, Any] | None = None) -> None:
     """`results.json` and `results.csv`, each written whole or not at all."""
     write_json(out / "results.json", {"config": config,
                                       "seeds": {str(s): m for s, m in per_seed.items()},
-                                      **summarize(per_seed)})
+                                      **summarize(per_seed), "provenance": provenance})
     write_text(out / "results.csv", csv_text(per_seed))

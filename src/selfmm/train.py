@@ -1,49 +1,61 @@
-"""Training and evaluation of one seed (SPEC 5): the loop, selection, checkpoints, outputs.
+"""Training and evaluation of one seed (SPEC 5): the loop, selection, checkpoints, testing.
 
-Layout of a seed's directory:
-  config.json             resolved configuration, data widths, seed
-  encoder/                the encoder's config and tokenizer (the run needs no hub to reload)
-  best.safetensors        weights with the lowest validation loss
-  checkpoint-epochNNNN.pt everything needed to resume (the two newest are kept)
-  history.json            losses per epoch
-  ulabels.npz             u-labels of every training clip after every epoch
-  test_predictions.csv    all four heads per test clip
-  metrics.json            test metrics of the best weights; its presence marks the seed done
+`fit_seed` trains any model that follows the protocol below with the ULGM, the tanh weights,
+gradient accumulation, early stopping, checkpoints and exact resume, into a seed directory
+(layout in selfmm.runs):
+
+    class MyModel(torch.nn.Module):
+        feature_dims = {"m": 64, "t": 32, "a": 16, "v": 16}  # widths of F_m, F_t, F_a, F_v
+        def __init__(self, data: DataSpec, cfg: Config): ...
+        def forward(self, batch: Batch) -> SelfMMOutput: ...
+        # optional: parameter_groups(lr, weight_decay) -> Adam parameter groups
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
-from .config import Config, from_dict
+from .configuration import Config
 from .data.batch import Batch, Collator
-from .data.mmsa import FeatureData, Split
-from .encoder import load_tokenizer
+from .data.mmsa import DataSpec, FeatureData, Split
+from .encoder import load_encoder, load_tokenizer
 from .errors import SelfMMError
-from .io import atomic_writer, write_bytes, write_json
+from .io import write_bytes, write_json
 from .metrics import regression_metrics
-from .model import Heads, SelfMM
-from .ulgm import UnimodalLabelGenerator
+from .model import Heads, SelfMM, SelfMMOutput
+from .runs import (
+    BEST_WEIGHTS,
+    ENCODER,
+    HISTORY,
+    METRICS,
+    PREDICTIONS,
+    ULABELS,
+    read_json,
+    write_predictions,
+    write_seed_config,
+    write_ulabels,
+)
+from .ulgm import MODALITIES, UnimodalLabelGenerator
 
-MODALITIES = ("m", "t", "a", "v")
 # Gathers (indexes, features) from every process before the ULGM sees them; the identity
 # when training in one process (see selfmm.distributed).
 Gather = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# Builds the model of a seed from what the data tells (called after seeding).
+ModelBuilder = Callable[[DataSpec], torch.nn.Module]
 
 
 class NumericalError(SelfMMError):
@@ -56,6 +68,12 @@ class Predictions:
     labels: np.ndarray  # (N,)
     heads: dict[str, np.ndarray]  # m, t, a, v -> (N,)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per clip: id, label, pred_m, pred_t, pred_a, pred_v."""
+        return [{"id": clip, "label": float(self.labels[j]),
+                 **{f"pred_{s}": float(self.heads[s][j]) for s in MODALITIES}}
+                for j, clip in enumerate(self.ids)]
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -63,17 +81,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    name = str(name) if name is not None else "auto"
+    if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SelfMMError(f"--device {name}: CUDA is not available on this machine")
-    if name.startswith("cuda"):
+        raise SelfMMError(f"device {name}: CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SelfMMError(f"device {name!r}: not a device name (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda":
         # TF32 tensor cores (Ampere and newer) for the float32 matmuls and cuDNN calls that
         # autocast leaves in float32; their ~1e-3 relative rounding is finer than bf16's.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return torch.device(name)
+    return device
 
 
 def check_text(text_bert: np.ndarray, encoder_config: Any, where: str) -> None:
@@ -90,20 +113,44 @@ def check_text(text_bert: np.ndarray, encoder_config: Any, where: str) -> None:
                           f"{positions} positions; tokenize with a maximum length of {positions}")
 
 
-def build_model(cfg: Config, data: FeatureData, encoder: torch.nn.Module) -> SelfMM:
-    for name, split in data.splits.items():
-        check_text(split.text_bert, encoder.config, f"{data.path}: split {name!r}: key 'text_bert'")
-    return SelfMM(encoder, data.audio_dim, data.vision_dim, cfg.model)
+def selfmm_builder(cfg: Config) -> ModelBuilder:
+    """Self-MM (SPEC 3) with the configured pretrained encoder."""
+    return lambda spec: SelfMM(load_encoder(cfg.model.text_model), spec.audio_dim, spec.vision_dim,
+                               cfg.model)
 
 
-def make_optimizer(model: SelfMM, cfg: Config) -> torch.optim.Adam:
+def class_path(cls: type) -> str:
+    """`module:QualName`, what a run records to rebuild its model."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def check_model(model: Any) -> None:
+    """A model must be a torch Module with feature_dims for m, t, a and v."""
+    name = class_path(type(model))
+    if not isinstance(model, torch.nn.Module):
+        raise SelfMMError(f"model {name} is not a torch.nn.Module")
+    dims = getattr(model, "feature_dims", None)
+    if not isinstance(dims, dict) or set(dims) != set(MODALITIES) or not all(
+            isinstance(d, int) and d > 0 for d in dims.values()):
+        raise SelfMMError(f"model {name}: feature_dims must map each of m, t, a, v to a positive "
+                          f"width, got {dims!r}")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Adam:
+    """Adam with the model's own parameter groups (SPEC 5's five for Self-MM), or one group
+    with `lr_other` and `weight_decay_other` for a model without `parameter_groups`."""
     o = cfg.optim
-    lr = {"text": o.lr_text, "audio": o.lr_audio, "video": o.lr_video, "other": o.lr_other}
-    wd = {"text": o.weight_decay_text, "audio": o.weight_decay_audio,
-          "video": o.weight_decay_video, "other": o.weight_decay_other}
+    if hasattr(model, "parameter_groups"):
+        lr = {"text": o.lr_text, "audio": o.lr_audio, "vision": o.lr_vision, "other": o.lr_other}
+        wd = {"text": o.weight_decay_text, "audio": o.weight_decay_audio,
+              "vision": o.weight_decay_vision, "other": o.weight_decay_other}
+        groups = model.parameter_groups(lr, wd)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": o.lr_other,
+                   "weight_decay": o.weight_decay_other, "name": "other"}]
     # The fused kernel updates all tensors in one pass: ~6x faster than the default per-tensor
     # loop on the CPU over MiniLM's 23M weights, equal to it within float32 rounding.
-    optimizer = torch.optim.Adam(model.parameter_groups(lr, wd), fused=True)
+    optimizer = torch.optim.Adam(groups, fused=True)
     buffers: dict[torch.nn.Parameter, torch.Tensor] = {}
 
     def densify(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -143,6 +190,15 @@ def autocast(device: torch.device):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def forward(model: torch.nn.Module, batch: Batch, text_cache: torch.Tensor | None = None) -> SelfMMOutput:
+    """The model's output for a batch; a cached frozen encoder's [CLS] vectors replace its own."""
+    out = model(batch) if text_cache is None else model(batch, text_cache[batch.index])
+    if not isinstance(out, SelfMMOutput):
+        raise SelfMMError(f"model {class_path(type(model))}: forward returned "
+                          f"{type(out).__name__}, not a selfmm.SelfMMOutput")
+    return out
+
+
 def task_losses(pred: Heads, labels: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
                 tasks: str) -> dict[str, torch.Tensor]:
     """SPEC 4's loss terms: plain L1 for m; per-sample weighted L1 for each active unimodal task."""
@@ -164,16 +220,26 @@ def encode_all_text(model: SelfMM, split: Split, batch_size: int, device: torch.
     return torch.cat(out) if out else torch.zeros(0, model.text_head.layer_1.in_features, device=device)
 
 
+def text_caches(model: torch.nn.Module, cfg: Config, data: FeatureData,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Self-MM's frozen encoder runs once per clip; its vectors stand in for it every epoch."""
+    if not (isinstance(model, SelfMM) and cfg.model.freeze_encoder):
+        return {}
+    # Each loader draws a seed from the CPU generator; fork it, so that a resumed run
+    # continues from exactly the random state its checkpoint restored.
+    with torch.random.fork_rng(devices=[]):
+        return {name: encode_all_text(model, split, 64, device) for name, split in data.splits.items()}
+
+
 @torch.inference_mode()
-def predict(model: SelfMM, split: Split, device: torch.device, batch_size: int = 64,
+def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 64,
             text_cache: torch.Tensor | None = None) -> Predictions:
     model.eval()
     heads: dict[str, list[np.ndarray]] = {s: [] for s in MODALITIES}
     for batch in eval_loader(split, batch_size, pin=device.type == "cuda"):
         batch = batch.to(device, non_blocking=True)
-        cached = None if text_cache is None else text_cache[batch.index]
         with autocast(device):
-            out = model(batch, text_vector=cached)
+            out = forward(model, batch, text_cache)
         for s in MODALITIES:
             heads[s].append(getattr(out.predictions, s).float().cpu().numpy())
     return Predictions(
@@ -188,18 +254,23 @@ def valid_loss(p: Predictions) -> float:
     return float(np.mean(np.abs(p.heads["m"] - p.labels))) if len(p.labels) else 0.0
 
 
-def train_epoch(model: SelfMM, optimizer: torch.optim.Optimizer, loader: DataLoader,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                 ulgm: UnimodalLabelGenerator, epoch: int, cfg: Config, device: torch.device,
                 text_cache: torch.Tensor | None = None, gather: Gather | None = None,
-                progress: Callable | None = None) -> float:
-    """One pass over the training data in SPEC 4's order; returns the mean loss per batch."""
+                progress: str | None = None) -> float:
+    """One pass over the training data in SPEC 4's order; returns the mean loss per batch.
+    `progress`: the description of a progress bar, or None for none."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     steps, total = len(loader), 0.0
-    for i, batch in enumerate(progress(loader) if progress else loader):
+    # The batches pass through the bar's iterator even when it is hidden: CPU matrix kernels
+    # round differently with where tensors land in memory, and a run must come out the same
+    # bit for bit with the bar shown or not.
+    batches = tqdm(loader, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
+    for i, batch in enumerate(batches):
         batch: Batch = batch.to(device, non_blocking=True)
         with autocast(device):
-            out = model(batch, None if text_cache is None else text_cache[batch.index])
+            out = forward(model, batch, text_cache)
         labels = {s: ulgm.labels[s][batch.index] for s in MODALITIES}
         losses = task_losses(out.predictions, labels, ulgm.weights(batch.index), cfg.train.tasks)
         loss = sum(losses.values())
@@ -208,7 +279,7 @@ def train_epoch(model: SelfMM, optimizer: torch.optim.Optimizer, loader: DataLoa
         if not torch.isfinite(loss) or bad_reps:
             what = "loss" if not torch.isfinite(loss) else f"representation {', '.join(bad_reps)}"
             bad = ", ".join(f"{s}={v.item():.4g}" for s, v in losses.items())
-            lrs = ", ".join(f"{g['name']}={g['lr']:.1e}" for g in optimizer.param_groups)
+            lrs = ", ".join(f"{g.get('name', i)}={g['lr']:.1e}" for i, g in enumerate(optimizer.param_groups))
             raise NumericalError(f"epoch {epoch}, batch {i + 1}/{steps}: {what} is not finite "
                                  f"(per head: {bad}; learning rates: {lrs}); "
                                  "the last good checkpoint is kept")
@@ -252,26 +323,86 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_ulabels(path: Path, ids: list[str], history: list[dict[str, torch.Tensor]]) -> None:
-    """u-labels after initialisation (row 0) and after every epoch (row e): compact npz."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, ids=np.asarray(ids),
-                        m=history[0]["m"].numpy(),
-                        **{s: np.stack([h[s].numpy() for h in history]) for s in "tav"})
-    write_bytes(path, buffer.getvalue())
+@dataclass
+class TrainingState:
+    """Everything an epoch changes, and so everything a checkpoint holds."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ulgm: UnimodalLabelGenerator
+    epoch: int = 0  # the last finished epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    label_history: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    best_valid: float = math.inf
+    best_epoch: int = 0
+
+    @classmethod
+    def start(cls, model: torch.nn.Module, cfg: Config, train: Split, device: torch.device) -> TrainingState:
+        ulgm = UnimodalLabelGenerator(
+            num_samples=len(train), dims=model.feature_dims, H=cfg.labels.H,
+            exclude_zero=cfg.labels.exclude_zero, centres=cfg.labels.centres).to(device)
+        ulgm.init_labels(torch.arange(len(train), device=device), torch.as_tensor(train.labels, device=device))
+        state = cls(model, make_optimizer(model, cfg), ulgm)
+        state.label_history.append(state.current_labels())
+        return state
+
+    def current_labels(self) -> dict[str, torch.Tensor]:
+        return {s: self.ulgm.labels[s].cpu().clone() for s in MODALITIES}
+
+    def keep_training(self, cfg: Config) -> bool:
+        """Early stopping (SPEC 5) and the optional epoch limit, for the next epoch."""
+        upcoming = self.epoch + 1
+        return (upcoming - self.best_epoch <= cfg.train.early_stop
+                and not 0 < cfg.train.max_epochs < upcoming)
+
+    def end_epoch(self, train_loss: float, valid: float, seconds: float) -> bool:
+        """Record a finished epoch; whether its validation loss is the best so far."""
+        self.epoch += 1
+        self.history.append({"epoch": self.epoch, "train_loss": train_loss, "valid_loss": valid,
+                             "seconds": seconds})
+        self.label_history.append(self.current_labels())
+        improved = valid <= self.best_valid - 1e-6
+        if improved:
+            self.best_valid, self.best_epoch = valid, self.epoch
+        return improved
+
+    def checkpoint(self, cfg: Config) -> dict[str, Any]:
+        return {"epoch": self.epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "ulgm": self.ulgm.state_dict(),
+                "rng": _rng_state(), "history": self.history, "best_valid": self.best_valid,
+                "best_epoch": self.best_epoch, "label_history": self.label_history,
+                "config": cfg.to_dict()}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.ulgm.load_state_dict(saved["ulgm"])
+        _set_rng_state(saved["rng"])
+        self.epoch, self.history = saved["epoch"], saved["history"]
+        self.best_valid, self.best_epoch = saved["best_valid"], saved["best_epoch"]
+        self.label_history = saved["label_history"]
 
 
-def _write_predictions(path: Path, p: Predictions) -> None:
-    with atomic_writer(path, "w") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "label", "pred_m", "pred_t", "pred_a", "pred_v"])
-        for j, clip in enumerate(p.ids):
-            writer.writerow([clip, f"{p.labels[j]:.6g}", *(f"{p.heads[s][j]:.6g}" for s in MODALITIES)])
+def _weights(model: torch.nn.Module) -> bytes:
+    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
-def save_encoder_files(name: str, encoder: torch.nn.Module, directory: Path) -> None:
-    """The encoder's config, and its tokenizer when it has one, so the run reloads offline."""
-    encoder.config.save_pretrained(str(directory))
+def save_epoch(out: Path, state: TrainingState, improved: bool, train_ids: list[str], cfg: Config) -> None:
+    """What an epoch leaves in the seed directory; the checkpoint last, so that it never
+    claims an epoch whose other files were not written."""
+    if improved:
+        write_bytes(out / BEST_WEIGHTS, _weights(state.model))
+    write_json(out / HISTORY, state.history)
+    write_ulabels(out / ULABELS, train_ids, state.label_history)
+    checkpoint.save(checkpoint.epoch_path(out, state.epoch), state.checkpoint(cfg))
+    checkpoint.prune(out)
+
+
+def save_encoder_files(model: torch.nn.Module, name: str, directory: Path) -> None:
+    """Self-MM's encoder config, and its tokenizer when it has one, so the run reloads offline."""
+    if not isinstance(model, SelfMM):
+        return
+    model.text_encoder.config.save_pretrained(str(directory))
     try:
         load_tokenizer(name).save_pretrained(str(directory))
     except (SelfMMError, OSError, ValueError):
@@ -280,151 +411,76 @@ def save_encoder_files(name: str, encoder: torch.nn.Module, directory: Path) -> 
         pass
 
 
-def run_config(cfg: Config, data: FeatureData, seed: int) -> dict[str, Any]:
-    return {"config": cfg.to_dict(), "seed": seed,
-            "data": {"path": data.path, "audio_dim": data.audio_dim, "vision_dim": data.vision_dim,
-                     "aligned": data.aligned, "train_size": len(data.splits["train"])}}
-
-
 def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,
-             encoder_factory: Callable[[], torch.nn.Module], *, resume: bool = False,
+             build: ModelBuilder, *, resume: bool = False,
              dist: distributed.Context = distributed.Context(),
-             progress: Callable[[str], Callable] | None = None, log: Callable[[str], None] = print,
-             on_epoch: Callable[[int, float], None] | None = None) -> dict[str, float]:
+             progress: bool = False, log: Callable[[str], None] = print,
+             on_epoch: Callable[[int, float], None] | None = None,
+             provenance: dict[str, Any] | None = None) -> dict[str, float]:
     """Train one seed into `out` and return the test metrics of its best weights.
 
-    `on_epoch(epoch, valid_loss)` runs once the epoch's validation loss is known, before its
-    checkpoint is written; an exception it raises (e.g. a tuner's prune signal) stops the run.
-    Under torch.distributed (`dist`), every rank trains its shard and keeps the same ULGM state;
-    only the main rank writes files, and only it evaluates on the test split.
+    `build(data.spec)` makes the model after seeding; `provenance` (see selfmm.provenance) goes
+    into the seed's config.json. `on_epoch(epoch, valid_loss)` runs once the epoch's
+    validation loss is known, before its checkpoint is written; an exception it raises (e.g. a
+    tuner's prune signal) stops the run. Under torch.distributed (`dist`), every rank trains
+    its shard and keeps the same ULGM state; only the main rank writes files and tests.
     """
-    is_main = dist.is_main
     for name in ("train", "valid"):
         if len(data.splits[name]) == 0:
             raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs train and valid clips")
     out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())["test"]
+    if resume and (out / METRICS).exists():
+        return read_json(out / METRICS)["test"]
     seed_everything(seed)
-    model = build_model(cfg, data, encoder_factory()).to(device)
-    optimizer = make_optimizer(model, cfg)
+    model = build(data.spec).to(device)
+    check_model(model)
+    if isinstance(model, SelfMM):
+        for name, split in data.splits.items():
+            check_text(split.text_bert, model.text_encoder.config, f"{data.path}: split {name!r}: key 'text_bert'")
     train = data.splits["train"]
-    m = cfg.model
-    ulgm = UnimodalLabelGenerator(
-        num_samples=len(train),
-        dims={"m": m.post_fusion_dim, "t": m.post_text_dim, "a": m.post_audio_dim, "v": m.post_video_dim},
-        H=cfg.labels.H, exclude_zero=cfg.labels.exclude_zero, centres=cfg.labels.centres,
-    ).to(device)
-    ulgm.init_labels(torch.arange(len(train), device=device), torch.as_tensor(train.labels, device=device))
-    if is_main:
-        write_json(out / "config.json", run_config(cfg, data, seed))
-        save_encoder_files(cfg.model.text_model, model.text_encoder, out / "encoder")
-    history: list[dict[str, float]] = []
-    label_history = [{s: ulgm.labels[s].cpu().clone() for s in MODALITIES}]
-    start, best_valid, best_epoch = 1, math.inf, 0
-
+    state = TrainingState.start(model, cfg, train, device)
+    if dist.is_main:
+        write_seed_config(out, config=cfg.to_dict(), seed=seed, data={"path": data.path, **data.spec.to_dict()},
+                          model_class=class_path(type(model)), provenance=provenance)
+        save_encoder_files(model, cfg.model.text_model, out / ENCODER)
     if resume:
-        state, problems = checkpoint.load_newest(out)
+        saved, problems = checkpoint.load_newest(out)
         for line in problems:
             log(f"skipping {line}")
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            ulgm.load_state_dict(state["ulgm"])
-            _set_rng_state(state["rng"])
-            history, best_valid, best_epoch = state["history"], state["best_valid"], state["best_epoch"]
-            label_history = state["label_history"]
-            start = state["epoch"] + 1
-            log(f"seed {seed}: resuming after epoch {state['epoch']}")
+        if saved is not None:
+            state.restore(saved)
+            log(f"seed {seed}: resuming after epoch {state.epoch}")
 
-    # Every unimodal head is unused when its task is off; DDP must be told.
-    net = distributed.wrap(model, dist, find_unused=cfg.train.tasks != "MTAV")
+    # Unimodal heads are unused when their task is off, and a model of the user's own may hold
+    # weights a batch does not reach; DDP must be told.
+    net = distributed.wrap(model, dist, find_unused=cfg.train.tasks != "MTAV" or not isinstance(model, SelfMM))
     gather = distributed.make_gather(dist)
-    caches = {}
-    if cfg.model.freeze_encoder:
-        # Each loader draws a seed from the CPU generator; fork it, so that a resumed run
-        # continues from exactly the random state its checkpoint restored.
-        with torch.random.fork_rng(devices=[]):
-            caches = {name: encode_all_text(model, split, 64, device) for name, split in data.splits.items()}
-
-    epoch = start
-    while epoch - best_epoch <= cfg.train.early_stop and not (0 < cfg.train.max_epochs < epoch):
-        t0 = time.perf_counter()
+    caches = text_caches(model, cfg, data, device)
+    while state.keep_training(cfg):
+        epoch, t0 = state.epoch + 1, time.perf_counter()
         loader = train_loader(train, cfg, seed, epoch, pin=device.type == "cuda", dist=dist)
-        bar = progress(f"seed {seed} epoch {epoch}") if progress else None
-        train_loss = train_epoch(net, optimizer, loader, ulgm, epoch, cfg, device,
-                                 caches.get("train"), gather, bar)
+        train_loss = train_epoch(net, state.optimizer, loader, state.ulgm, epoch, cfg, device,
+                                 caches.get("train"), gather, f"seed {seed} epoch {epoch}" if progress else None)
         valid = valid_loss(predict(model, data.splits["valid"], device, text_cache=caches.get("valid")))
-        history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid,
-                        "seconds": time.perf_counter() - t0})
-        label_history.append({s: ulgm.labels[s].cpu().clone() for s in MODALITIES})
+        improved = state.end_epoch(train_loss, valid, time.perf_counter() - t0)
         if on_epoch is not None:
             on_epoch(epoch, valid)
-        improved = valid <= best_valid - 1e-6
-        if improved:
-            best_valid, best_epoch = valid, epoch
         log(f"seed {seed} epoch {epoch}: train loss {train_loss:.4f}, valid loss {valid:.4f}"
-            + (" (best)" if improved else f" (best {best_valid:.4f} at epoch {best_epoch})"))
-        if is_main:
-            if improved:
-                write_bytes(out / "best.safetensors", save_safetensors(
-                    {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
-            write_json(out / "history.json", history)
-            _write_ulabels(out / "ulabels.npz", list(train.ids), label_history)
-            checkpoint.save(checkpoint.epoch_path(out, epoch), {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ulgm": ulgm.state_dict(), "rng": _rng_state(), "history": history,
-                "best_valid": best_valid, "best_epoch": best_epoch, "label_history": label_history,
-                "config": cfg.to_dict(),
-            })
-            checkpoint.prune(out)
-        epoch += 1
-
-    if not is_main:
+            + (" (best)" if improved else f" (best {state.best_valid:.4f} at epoch {state.best_epoch})"))
+        if dist.is_main:
+            save_epoch(out, state, improved, list(train.ids), cfg)
+    if not dist.is_main:
         return {}
-    metrics, preds = evaluate_run(out, data, "test", device, model=model, cfg=cfg, caches=caches)
-    if is_main:
-        _write_predictions(out / "test_predictions.csv", preds)
-        write_json(out / "metrics.json", {"seed": seed, "best_epoch": best_epoch,
-                                          "best_valid_loss": best_valid, "test": metrics})
+    return test_seed(out, seed, model, data, cfg, device, caches, state)
+
+
+def test_seed(out: Path, seed: int, model: torch.nn.Module, data: FeatureData, cfg: Config,
+              device: torch.device, caches: dict[str, torch.Tensor], state: TrainingState) -> dict[str, float]:
+    """The best weights on the test split: predictions, metrics.json (which marks the seed done)."""
+    model.load_state_dict(load_file(str(out / BEST_WEIGHTS)))
+    preds = predict(model, data.splits["test"], device, text_cache=caches.get("test"))
+    metrics = regression_metrics(preds.heads["m"], preds.labels, cfg.dataset)
+    write_predictions(out / PREDICTIONS, preds.rows())
+    write_json(out / METRICS, {"seed": seed, "best_epoch": state.best_epoch,
+                               "best_valid_loss": state.best_valid, "test": metrics})
     return metrics
-
-
-def load_run(run: Path, device: torch.device) -> tuple[Config, SelfMM, dict[str, Any]]:
-    """Rebuild a trained model from its seed directory: config, encoder config, best weights."""
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        saved = json.loads((run / "config.json").read_text())
-        enc_cfg = AutoConfig.from_pretrained(str(run / "encoder"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SelfMMError(f"{run} is not a selfmm run directory (config.json, encoder/): {exc}") from None
-    cfg = from_dict(saved["config"])
-    encoder = AutoModel.from_config(enc_cfg)
-    model = SelfMM(encoder, saved["data"]["audio_dim"], saved["data"]["vision_dim"], cfg.model)
-    weights = run / "best.safetensors"
-    if not weights.exists():
-        raise SelfMMError(f"{weights} does not exist: the run never finished an epoch")
-    model.load_state_dict(load_file(str(weights)))
-    return cfg, model.to(device), saved
-
-
-def evaluate_run(run: Path, data: FeatureData, split: str, device: torch.device,
-                 model: SelfMM | None = None, cfg: Config | None = None,
-                 caches: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, float], Predictions]:
-    """Metrics of the run's best weights on `split` of `data` (reloaded from disk)."""
-    if model is None or cfg is None:
-        cfg, model, saved = load_run(run, device)
-        for key in ("audio_dim", "vision_dim"):
-            if saved["data"][key] != getattr(data, key):
-                raise SelfMMError(f"{data.path}: {key} is {getattr(data, key)}, but the run at {run} "
-                                  f"was trained with {saved['data'][key]}")
-    else:
-        model.load_state_dict(load_file(str(run / "best.safetensors")))
-    if split not in data.splits:
-        raise SelfMMError(f"{data.path}: no split {split!r}")
-    preds = predict(model, data.splits[split], device,
-                    text_cache=(caches or {}).get(split) if caches else None)
-    return regression_metrics(preds.heads["m"], preds.labels, cfg.dataset), preds
-
-

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import resource
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from selfmm.data.batch import Collator
 from selfmm.data.mmsa import SPLITS, FeatureData
+
 
 def tiny_split(n: int = 3, *, aligned: bool = False, seed: int = 0) -> dict:
     """A valid MMSA split of `n` clips, small enough that thousands of corruptions stay fast."""

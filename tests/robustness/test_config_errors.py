@@ -11,7 +11,7 @@ import time
 import pytest
 
 from selfmm.cli import main
-from selfmm.config import valid_keys
+from selfmm.configuration import valid_keys
 
 
 def train(tmp_path, *extra: str) -> list[str]:
@@ -45,7 +45,7 @@ def refused(tmp_path, capsys, argv: list[str]) -> str:
     ("accumulation_steps=-4", "must be >= 1"),
     ("max_epochs=-1", "must be >= 0"),
     ("tasks=MXY", "must be one of M, MT, MA"),
-    ("centres=approx", "must be 'incremental' or 'full'"),
+    ("centres=approx", "must be one of incremental, full"),
     ("text_model=", "a non-empty hub name or path"),
     ("lr_text", "--set expects key=value"),
 ])

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from selfmm import checkpoint, cli, train
-from selfmm.cli import main
+from selfmm import checkpoint, train
+from selfmm.cli import common, main
 from selfmm.ulgm import UnimodalLabelGenerator
 
 
@@ -34,7 +34,7 @@ def test_nan_in_one_head_stops_with_a_diagnostic_and_keeps_the_checkpoint(tmp_pa
         return losses
 
     data = synth_path("mosi", scale=0.02)
-    batches = -(-len(cli.load_data(str(data), "mosi").splits["train"]) // 8)
+    batches = -(-len(common.load_features(str(data), "mosi").splits["train"]) // 8)
     monkeypatch.setattr(train, "task_losses", poisoned)
     out = tmp_path / "run"
     assert run(out, data, tiny_bert) == 2
@@ -57,14 +57,14 @@ def test_nan_in_one_head_stops_with_a_diagnostic_and_keeps_the_checkpoint(tmp_pa
 
 def test_inf_frames_reaching_the_model_stop_the_run(tmp_path, synth_path, tiny_bert, capsys, monkeypatch):
     """The loader repairs non-finite frames; bypass it to show the loop's own guard."""
-    real = cli.load_data
+    real = common.load_features
 
     def with_inf(*args, **kwargs):
         data = real(*args, **kwargs)
         data.splits["train"].audio[:, 0, :] = np.inf
         return data
 
-    monkeypatch.setattr(cli, "load_data", with_inf)
+    monkeypatch.setattr(common, "load_features", with_inf)
     assert run(tmp_path / "run", synth_path("mosi", scale=0.02), tiny_bert) == 2
     err = capsys.readouterr().err
     assert "epoch 1, batch 1/" in err and "is not finite" in err and "learning rates" in err

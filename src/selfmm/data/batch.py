@@ -24,7 +24,7 @@ class Batch:
     vision_lengths: torch.Tensor  # (B,) int64
     labels: torch.Tensor  # (B,) float32 m-labels
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         moved = {
             f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)
         }
@@ -33,7 +33,7 @@ class Batch:
         moved["vision_lengths"] = self.vision_lengths
         return Batch(**moved)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
     def __len__(self) -> int:

@@ -17,16 +17,19 @@ every page. Labels and lengths are small and are read into memory; the 3-d array
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, write_json
+from .layout import SPLITS, UNIMODAL_KEYS
+
+if TYPE_CHECKING:
+    from .mmsa import FeatureData, Split
 
 MANIFEST = "manifest.json"
 FORMAT = "selfmm-cache"
@@ -42,10 +45,8 @@ def default_out(source: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(source)}.selfmm-cache")
 
 
-def _split_arrays(split: Any, aligned: bool) -> dict[str, np.ndarray]:
+def _split_arrays(split: Split, aligned: bool) -> dict[str, np.ndarray]:
     """One split's arrays under MMSA's key names, ready for `_build_split` to validate again."""
-    from .mmsa import UNIMODAL_KEYS
-
     arrays = {"text_bert": split.text_bert, "audio": split.audio, "vision": split.vision,
               "regression_labels": split.labels}
     if not aligned:
@@ -58,12 +59,13 @@ def _split_arrays(split: Any, aligned: bool) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_cache(source: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                label_range: tuple[float, float] | None = None, force: bool = False) -> Path:
-    """Validate `source` with `load_features` and write its cache folder; returns the folder."""
-    from .mmsa import SPLITS, load_features
-
+def write_cache(data: FeatureData, out: str | os.PathLike | None = None, *,
+                force: bool = False) -> Path:
+    """Write the cache folder of loaded, validated `data`; returns the folder."""
+    source = data.path
     out = Path(out) if out is not None else default_out(source)
+    if Path(source).resolve() == out.resolve():
+        raise SelfMMError(f"{source} is already a cache")
     if (out / MANIFEST).exists():
         if not force:
             raise SelfMMError(f"{out} already holds a cache; pass --force to rewrite it")
@@ -71,9 +73,6 @@ def write_cache(source: str | os.PathLike, out: str | os.PathLike | None = None,
         (out / MANIFEST).unlink()
     elif out.exists() and not out.is_dir():
         raise SelfMMError(f"{out} exists and is not a folder")
-    data = load_features(source, label_range=label_range)
-    if Path(data.path).resolve() == out.resolve():
-        raise SelfMMError(f"{source} is already a cache")
     out.mkdir(parents=True, exist_ok=True)
     splits: dict[str, dict[str, Any]] = {}
     for name in SPLITS:
@@ -116,8 +115,6 @@ def _check_manifest(root: Path, manifest: Any, splits: tuple[str, ...]) -> None:
 
 def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The split dicts of a cache folder (3-d arrays memory-mapped, read-only) and its repairs."""
-    from .mmsa import SPLITS
-
     root = Path(path)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -153,33 +150,3 @@ def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list
         raw.update(strings)  # id, raw_text, extraction_flags
         layout[name] = raw
     return layout, list(manifest["repairs"])
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    import warnings
-
-    from ..config import LABEL_RANGE
-
-    if not Path(args.file).is_file():
-        raise SelfMMError(f"{args.file} is not a feature file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the repairs are reported below
-        out = write_cache(args.file, args.out, force=args.force,
-                          label_range=LABEL_RANGE.get(args.dataset) if args.dataset else None)
-    manifest = json.loads((out / MANIFEST).read_text())
-    size = sum(f.stat().st_size for f in out.iterdir())
-    for line in manifest["repairs"]:
-        print(f"repaired {line}")
-    print(f"wrote {out} ({size / 1e6:.1f} MB); pass it as --data to train or evaluate")
-    return 0
-
-
-def add_commands(subparsers: Any) -> None:
-    from ..config import DATASETS
-
-    p = subparsers.add_parser("cache", help="convert a feature file into a memory-mapped cache folder")
-    p.add_argument("file", help="MMSA feature file (.pkl)")
-    p.add_argument("--out", help="cache folder (default: FILE.selfmm-cache)")
-    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
-    p.add_argument("--force", action="store_true", help="rewrite an existing cache")
-    p.set_defaults(func=cmd_cache)

@@ -8,6 +8,7 @@ reported naming the file, the split, the key and the offending shape or value.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -20,12 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..configuration import LABEL_RANGE
 from ..errors import DataError
-
-SPLITS = ("train", "valid", "test")
-REQUIRED_KEYS = ("text_bert", "audio", "vision", "regression_labels")
-UNIMODAL_KEYS = {"t": "regression_labels_T", "a": "regression_labels_A", "v": "regression_labels_V"}
-LENGTH_KEYS = ("audio_lengths", "vision_lengths")
+from .cache import read_cache
+from .layout import LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS
 
 
 @dataclass
@@ -47,6 +46,27 @@ class Split:
         return int(self.labels.shape[0])
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know of its data to be built: widths and lengths. A run records it,
+    so the model can be rebuilt without the data (unknown values of imported runs are None)."""
+
+    audio_dim: int
+    vision_dim: int
+    text_len: int | None = None
+    audio_len: int | None = None
+    vision_len: int | None = None
+    aligned: bool | None = None
+    train_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> DataSpec:
+        return cls(**{f.name: obj.get(f.name) for f in dataclasses.fields(cls)})
+
+
 @dataclass
 class FeatureData:
     path: str
@@ -58,6 +78,13 @@ class FeatureData:
     audio_len: int
     vision_len: int
     repairs: list[str] = field(default_factory=list)
+    # The files each modality's override came from (text_file/audio_file/vision_file -> path).
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(self.audio_dim, self.vision_dim, self.text_len, self.audio_len,
+                        self.vision_len, self.aligned, len(self.splits["train"]))
 
 
 # --- restricted unpickling ---------------------------------------------------------------
@@ -575,28 +602,32 @@ _OVERRIDES = {
 
 def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     """A pickle's split dicts, or a cache folder's (see data/cache.py) with its recorded repairs."""
+    if not os.path.exists(path):
+        raise DataError(f"data file {path} does not exist")
     if os.path.isdir(path):
-        from .cache import read_cache
-
         return read_cache(path)
     return _load_layout(path), None
 
 
 def load_features(
     path: str | os.PathLike,
+    dataset: str | None = None,
     *,
-    label_range: tuple[float, float] | None = None,
     text_file: str | os.PathLike | None = None,
     audio_file: str | os.PathLike | None = None,
     vision_file: str | os.PathLike | None = None,
 ) -> FeatureData:
     """Load and validate an MMSA feature file (one unpickling per file) or a cache folder.
 
-    Override files replace one modality's arrays per split. NaN and +-inf inside audio and
-    vision frames are set to 0, with one warning for the whole file and a line in `repairs`;
-    a cache was repaired when written, and lists those repairs without warning again.
+    With `dataset` (mosi, mosei, sims, simsv2) every label must lie in its range. Override
+    files replace one modality's arrays per split (MMSA's feature_T/A/V). NaN and +-inf inside
+    audio and vision frames are set to 0, with one warning for the whole file and a line in
+    `repairs`; a cache was repaired when written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
+    if dataset is not None and dataset not in LABEL_RANGE:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(LABEL_RANGE)}")
+    label_range = LABEL_RANGE.get(dataset) if dataset else None
     main, cached_repairs = _load_any(source)
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
@@ -664,4 +695,5 @@ def load_features(
         audio_len=max(int(s.audio.shape[1]) for s in splits.values()),
         vision_len=max(int(s.vision.shape[1]) for s in splits.values()),
         repairs=repairs,
+        overrides={arg: os.fspath(p) for arg, p in overrides.items() if p is not None},
     )

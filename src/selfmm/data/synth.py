@@ -19,6 +19,7 @@ import numpy as np
 from ..encoder import load_tokenizer
 from ..errors import ConfigError
 from ..io import atomic_writer
+from .layout import SPLITS
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ PROFILES: dict[str, Profile] = {
     # SIMS: five annotators each scoring -1, 0 or 1, so labels are multiples of 0.2.
     "sims": Profile((1368, 456, 457), 39, 400, 55, 33, 709, 1.0, 5, 1),
 }
-SPLITS = ("train", "valid", "test")
 
 # The m-label mix of the hidden unimodal labels; text heaviest, as in the real data.
 MIX = {"t": 0.5, "a": 0.25, "v": 0.25}

@@ -13,7 +13,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..data.layout import SPLITS
+from ..encoder import load_tokenizer
 from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, write_json
 from .audio import AUDIO_DIM, AUDIO_FEATURES, AUDIO_FPS
@@ -21,7 +24,6 @@ from .clip import FLAGS, empty_split, extract_media, flag_string, tokenize, writ
 from .media import check_dependencies
 from .visual import VISION_DIM, VISION_FEATURES, VISION_FPS
 
-SPLITS = ("train", "valid", "test")
 EXTENSIONS = ("mp4", "avi", "mkv", "mov", "webm")
 REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 UNIMODAL_COLUMNS = ("label_T", "label_A", "label_V")
@@ -179,8 +181,6 @@ def extract_dataset(
     left out and listed in the report; it is an error when every clip fails, or any with
     `strict`.
     """
-    from ..encoder import load_tokenizer
-
     check_dependencies()
     video_dir, out = Path(video_dir), Path(out)
     if not video_dir.is_dir():
@@ -261,8 +261,6 @@ def extract_dataset(
 
 
 def _run(todo, failures: dict[str, str], workers: int | None, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress or not todo)
     try:

@@ -1,9 +1,9 @@
 """Typed configuration: one frozen dataclass per concern, per-dataset defaults in one table.
 
 What the data tells (feature widths, number of clips) is read from the data, never written here.
-Overrides come from a JSON file and then `key=value` strings; a key is a field name
-(`lr_audio`) or a dotted path (`optim.lr_audio`). Unknown keys, wrong types and values out of
-range are errors that list what is valid.
+Each field carries its validity rule beside it (`setting(default, rule)`). Overrides are flat
+keys (`lr_audio`) or dotted paths (`optim.lr_audio`); unknown keys, wrong types and values out
+of range are errors that say what is valid.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,65 +30,94 @@ DEFAULT_TEXT_MODEL = {
 }
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 
+# --- validity rules: value -> None when valid, else what a valid value is ----------------------
+
+Rule = Callable[[Any], "str | None"]
+
+
+def one_of(*choices: str) -> Rule:
+    return lambda v: None if v in choices else f"one of {', '.join(choices)}"
+
+
+def at_least(low: int | float) -> Rule:
+    return lambda v: None if v >= low else f">= {low}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "> 0"
+
+
+def probability(v: float) -> str | None:
+    return None if 0 <= v < 1 else "in [0, 1)"
+
+
+def non_empty(v: str) -> str | None:
+    return None if v else "a non-empty hub name or path"
+
+
+def setting(default: Any, rule: Rule | None = None) -> Any:
+    """A dataclass field with its validity rule beside it."""
+    return field(default=default, metadata={"rule": rule})
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     """SPEC 3. Widths of the inputs come from the data; `text_out` from the encoder's config."""
 
-    text_model: str = "bert-base-uncased"
-    freeze_encoder: bool = False
-    audio_hidden: int = 16
-    vision_hidden: int = 32
-    audio_out: int = 16
-    video_out: int = 32
-    post_fusion_dim: int = 128
-    post_text_dim: int = 32
-    post_audio_dim: int = 16
-    post_video_dim: int = 32
-    post_fusion_dropout: float = 0.0
-    post_text_dropout: float = 0.1
-    post_audio_dropout: float = 0.1
-    post_video_dropout: float = 0.0
+    text_model: str = setting("bert-base-uncased", non_empty)
+    freeze_encoder: bool = setting(False)
+    audio_hidden: int = setting(16, at_least(1))
+    vision_hidden: int = setting(32, at_least(1))
+    audio_out: int = setting(16, at_least(1))
+    vision_out: int = setting(32, at_least(1))
+    post_fusion_dim: int = setting(128, at_least(1))
+    post_text_dim: int = setting(32, at_least(1))
+    post_audio_dim: int = setting(16, at_least(1))
+    post_vision_dim: int = setting(32, at_least(1))
+    post_fusion_dropout: float = setting(0.0, probability)
+    post_text_dropout: float = setting(0.1, probability)
+    post_audio_dropout: float = setting(0.1, probability)
+    post_vision_dropout: float = setting(0.0, probability)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """SPEC 5: Adam with five parameter groups; the encoder's biases and LayerNorms undecayed."""
 
-    batch_size: int = 16
-    lr_text: float = 5e-5
-    lr_audio: float = 5e-3
-    lr_video: float = 5e-3
-    lr_other: float = 1e-3
-    weight_decay_text: float = 1e-3
-    weight_decay_audio: float = 1e-3
-    weight_decay_video: float = 1e-3
-    weight_decay_other: float = 1e-3
+    batch_size: int = setting(16, at_least(1))
+    lr_text: float = setting(5e-5, positive)
+    lr_audio: float = setting(5e-3, positive)
+    lr_vision: float = setting(5e-3, positive)
+    lr_other: float = setting(1e-3, positive)
+    weight_decay_text: float = setting(1e-3, at_least(0))
+    weight_decay_audio: float = setting(1e-3, at_least(0))
+    weight_decay_vision: float = setting(1e-3, at_least(0))
+    weight_decay_other: float = setting(1e-3, at_least(0))
     # One optimizer step per this many batches (MMSA's `update_epochs`); the epoch's last
     # partial window is stepped too.
-    accumulation_steps: int = 4
+    accumulation_steps: int = setting(4, at_least(1))
 
 
 @dataclass(frozen=True)
 class LabelConfig:
     """SPEC 4: the unimodal label generator."""
 
-    H: float = 3.0
-    exclude_zero: bool = True
-    centres: str = "incremental"
+    H: float = setting(3.0, positive)
+    exclude_zero: bool = setting(True)
+    centres: str = setting("incremental", one_of("incremental", "full"))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    tasks: str = "MTAV"
-    early_stop: int = 8
-    max_epochs: int = 0  # 0: no limit, early stopping alone ends training (as MMSA)
-    num_workers: int = 0
+    tasks: str = setting("MTAV", one_of(*TASKS))
+    early_stop: int = setting(8, at_least(1))
+    max_epochs: int = setting(0, at_least(0))  # 0: no limit, early stopping alone ends training (as MMSA)
+    num_workers: int = setting(0, at_least(0))
 
 
 @dataclass(frozen=True)
 class Config:
-    dataset: str = "mosi"
+    dataset: str = setting("mosi", one_of(*DATASETS))
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
@@ -102,17 +132,17 @@ class Config:
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mosi": {},
     "mosei": {
-        "batch_size": 32, "lr_video": 1e-4,
-        "weight_decay_audio": 0.0, "weight_decay_video": 0.0, "weight_decay_other": 1e-2,
+        "batch_size": 32, "lr_vision": 1e-4,
+        "weight_decay_audio": 0.0, "weight_decay_vision": 0.0, "weight_decay_other": 1e-2,
         "post_fusion_dropout": 0.1, "post_text_dropout": 0.0, "post_audio_dropout": 0.0,
     },
     "sims": {
-        "batch_size": 32, "weight_decay_audio": 1e-2, "weight_decay_video": 1e-2,
+        "batch_size": 32, "weight_decay_audio": 1e-2, "weight_decay_vision": 1e-2,
         "vision_hidden": 64, "post_text_dim": 64, "H": 1.0,
     },
     "simsv2": {
-        "lr_audio": 1e-3, "lr_video": 1e-3,
-        "weight_decay_text": 1e-2, "weight_decay_audio": 0.0, "weight_decay_video": 0.0,
+        "lr_audio": 1e-3, "lr_vision": 1e-3,
+        "weight_decay_text": 1e-2, "weight_decay_audio": 0.0, "weight_decay_vision": 0.0,
         "vision_hidden": 64, "post_text_dim": 64, "post_audio_dim": 32,
         "post_text_dropout": 0.0,
     },
@@ -122,57 +152,45 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 TUNING_SPACE: dict[str, tuple[Any, ...]] = {
     "batch_size": (16, 32),
     "lr_audio": (1e-4, 1e-3, 5e-3),
-    "lr_video": (1e-4, 1e-3, 5e-3),
+    "lr_vision": (1e-4, 1e-3, 5e-3),
     "lr_other": (1e-4, 1e-3),
     "weight_decay_text": (1e-3, 1e-2),
     "weight_decay_audio": (0.0, 1e-3, 1e-2),
-    "weight_decay_video": (0.0, 1e-3, 1e-2),
+    "weight_decay_vision": (0.0, 1e-3, 1e-2),
     "weight_decay_other": (1e-3, 1e-2),
     "audio_hidden": (16, 32),
     "vision_hidden": (32, 64),
     "post_fusion_dim": (64, 128),
     "post_text_dim": (32, 64),
     "post_audio_dim": (16, 32),
-    "post_video_dim": (16, 32),
+    "post_vision_dim": (16, 32),
     "post_fusion_dropout": (0.0, 0.1),
     "post_text_dropout": (0.0, 0.1),
     "post_audio_dropout": (0.0, 0.1),
-    "post_video_dropout": (0.0, 0.1),
+    "post_vision_dropout": (0.0, 0.1),
 }
 
-_SECTIONS = ("model", "optim", "labels", "train")
+SECTIONS = ("model", "optim", "labels", "train")
 
 
-def _check(key: str, value: Any) -> str | None:
-    """Return what the valid range is when `value` is outside it, else None."""
-    if key == "dataset":
-        return None if value in DATASETS else f"one of {', '.join(DATASETS)}"
-    if key == "tasks":
-        return None if value in TASKS else f"one of {', '.join(TASKS)}"
-    if key == "centres":
-        return None if value in ("incremental", "full") else "'incremental' or 'full'"
-    if key.startswith("lr_") or key == "H":
-        return None if value > 0 else "> 0"
-    if key.startswith("weight_decay_"):
-        return None if value >= 0 else ">= 0"
-    if key.endswith("_dropout"):
-        return None if 0 <= value < 1 else "in [0, 1)"
-    if key in ("max_epochs", "num_workers"):
-        return None if value >= 0 else ">= 0"
-    if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
-        return ">= 1"
-    if key == "text_model" and not value:
-        return "a non-empty hub name or path"
-    return None
+@dataclass(frozen=True)
+class _Field:
+    section: str | None  # None: a top-level field of Config
+    type: type
+    rule: Rule | None
 
 
-def _field_index() -> dict[str, tuple[str | None, type]]:
-    """Flat key -> (section or None for top level, type)."""
-    index: dict[str, tuple[str | None, type]] = {"dataset": (None, str)}
-    for section in _SECTIONS:
-        cls = typing.get_type_hints(Config)[section]
-        for name, tp in typing.get_type_hints(cls).items():
-            index[name] = (section, tp)
+def _field_index() -> dict[str, _Field]:
+    """Flat key -> where it lives, its type and its rule."""
+    index: dict[str, _Field] = {}
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            section_hints = typing.get_type_hints(hints[f.name])
+            for g in dataclasses.fields(hints[f.name]):
+                index[g.name] = _Field(f.name, section_hints[g.name], g.metadata.get("rule"))
+        else:
+            index[f.name] = _Field(None, hints[f.name], f.metadata.get("rule"))
     return index
 
 
@@ -222,17 +240,15 @@ def with_values(cfg: Config, values: dict[str, Any]) -> Config:
     """Return `cfg` with `values` (flat or dotted keys) applied, every key and value checked."""
     per_section: dict[str | None, dict[str, Any]] = {}
     for key, raw in values.items():
-        name = key.split(".", 1)[1] if "." in key else key
-        if name not in FIELDS or ("." in key and key.split(".", 1)[0] != FIELDS[name][0]):
-            raise ConfigError(
-                f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}"
-            )
-        section, tp = FIELDS[name]
-        value = _coerce(key, raw, tp)
-        problem = _check(name, value)
+        section, _, name = key.rpartition(".")
+        spec = FIELDS.get(name)
+        if spec is None or (section and section != spec.section):
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+        value = _coerce(key, raw, spec.type)
+        problem = spec.rule(value) if spec.rule else None
         if problem:
             raise ConfigError(f"config key {key!r}: {value!r} is out of range; must be {problem}")
-        per_section.setdefault(section, {})[name] = value
+        per_section.setdefault(spec.section, {})[name] = value
     top = per_section.pop(None, {})
     changes = {s: replace(getattr(cfg, s), **v) for s, v in per_section.items()}
     return replace(cfg, **top, **changes)
@@ -261,30 +277,25 @@ def flatten(obj: dict[str, Any]) -> dict[str, Any]:
     """Nested `Config.to_dict()` form (or an already flat dict) -> flat keys."""
     flat: dict[str, Any] = {}
     for key, value in obj.items():
-        if key in _SECTIONS and isinstance(value, dict):
+        if key in SECTIONS and isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
     return flat
 
 
-def read_config_file(path: str | Path, dataset: str | None = None) -> dict[str, Any]:
-    """Flat key -> value from a JSON config file written by `selfmm tune` or by hand, or from
-    MMSA's config_regression.json (its self_mm section for `dataset`, see selfmm.interop)."""
+def read_json_object(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A JSON file whose top level is an object, or a ConfigError naming the file."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path}: not readable JSON: {exc}") from None
+        raise ConfigError(f"{what} {path}: not readable JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise ConfigError(f"config file {path}: expected a JSON object at the top level")
-    from .interop import is_mmsa_config, translate_mmsa_config
-
-    if is_mmsa_config(obj):
-        return translate_mmsa_config(obj, dataset, source=str(path))
-    return flatten(obj)
+        raise ConfigError(f"{what} {path}: expected a JSON object at the top level")
+    return obj
 
 
 def from_dict(obj: dict[str, Any]) -> Config:
@@ -294,27 +305,15 @@ def from_dict(obj: dict[str, Any]) -> Config:
     return with_values(defaults_for(str(dataset)), flat)
 
 
-def resolve(dataset: str, config_file: str | None = None, assignments: list[str] = ()) -> Config:
-    """Dataset defaults, then the config file, then `--set` assignments."""
+def resolve(dataset: str, values: dict[str, Any] | None = None,
+            assignments: list[str] = ()) -> Config:
+    """Dataset defaults, then `values` (flat keys, e.g. from a config file), then `key=value`
+    assignments. A config file's own `dataset` key never overrides the dataset asked for."""
     cfg = defaults_for(dataset)
-    if config_file:
-        values = read_config_file(config_file, dataset=dataset)
-        values.pop("dataset", None)
-        cfg = with_values(cfg, values)
-    return with_values(cfg, parse_assignments(list(assignments)))
-
-
-def section_of(name: str) -> str | None:
-    return FIELDS[name][0]
+    values = {k: v for k, v in (values or {}).items() if k != "dataset"}
+    return with_values(with_values(cfg, values), parse_assignments(list(assignments)))
 
 
 def get(cfg: Config, name: str) -> Any:
-    section = section_of(name)
+    section = FIELDS[name].section
     return getattr(cfg if section is None else getattr(cfg, section), name)
-
-
-__all__ = [
-    "Config", "ModelConfig", "OptimConfig", "LabelConfig", "TrainConfig", "DATASETS", "TASKS",
-    "LABEL_RANGE", "DATASET_DEFAULTS", "TUNING_SPACE", "DEFAULT_SEEDS", "defaults_for", "resolve",
-    "with_values", "from_dict", "parse_assignments", "valid_keys",
-]

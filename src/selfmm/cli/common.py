@@ -1,0 +1,54 @@
+"""What several commands share: reading the data and the configuration from their flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..api import config
+from ..configuration import Config, parse_assignments
+from ..data.mmsa import FeatureData, load_features
+from ..encoder import load_encoder_config
+from ..errors import SelfMMError
+from ..rundir import RunDirectory
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Dataset defaults, then --config, then --set, then the flags that name a setting."""
+    overrides: dict[str, object] = dict(parse_assignments(args.set))
+    flags = {"text_model": args.text_model, "tasks": args.tasks, "max_epochs": args.max_epochs}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.freeze_encoder:
+        overrides["freeze_encoder"] = True
+    return config(args.dataset, args.config, **overrides)
+
+
+def data_from_args(args: argparse.Namespace, dataset: str | None) -> FeatureData:
+    return load_features(args.data, dataset, text_file=args.text_file, audio_file=args.audio_file,
+                         vision_file=args.vision_file)
+
+
+def training_inputs(args: argparse.Namespace, out: RunDirectory | None = None) -> tuple[Config, FeatureData]:
+    """The configuration and the data of a training command, cheapest checks first: settings,
+    the output directory, that the data files exist, that the text model loads; then the data."""
+    cfg = config_from_args(args)
+    if out is not None:
+        out.check()
+    for path in (args.data, args.text_file, args.audio_file, args.vision_file):
+        if path is not None and not Path(path).exists():
+            raise SelfMMError(f"data file {path} does not exist")
+    load_encoder_config(cfg.model.text_model)
+    return cfg, data_from_args(args, cfg.dataset)
+
+
+def read_transcript(value: str) -> str:
+    """`value` itself, or the content of the file it names."""
+    path = Path(value)
+    try:
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+    except OSError:  # a long sentence is not a valid path on every system
+        pass
+    except UnicodeDecodeError as exc:
+        raise SelfMMError(f"{path}: the transcript file is not UTF-8 text") from exc
+    return value.strip()

