@@ -13,11 +13,14 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import SelfMMError
+
+if TYPE_CHECKING:
+    from .extract.audio import AudioFeatureSet
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 SPLIT_CHOICES = ("train", "valid", "test", "all")
@@ -28,7 +31,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 NEUTRAL_DIVISOR = 10
 WIDTH_HINT = ("a checkpoint trained on benchmark features (COVAREP/Facet/OpenFace) needs "
               "benchmark-style features, and clips from `selfmm extract` need a run trained on a "
-              "file made by `selfmm extract-dataset`")
+              "file made by `selfmm extract-dataset` with the same --audio-features")
 
 
 @dataclass
@@ -124,10 +127,17 @@ def parse_input(value: str) -> tuple[str, Path, str | None]:
 
 
 class Predictor:
-    """A trained run, loaded once, that scores splits, feature files and videos."""
+    """A trained run, loaded once, that scores splits, feature files and videos.
+
+    Videos are extracted with the run's audio feature set (recorded at training). For a run
+    that records none (trained on benchmark files, or before selfmm recorded the set),
+    `audio_features` names the set its training file was extracted with; for any other run it
+    may only repeat the run's own set.
+    """
 
     def __init__(self, run: str | os.PathLike, *, seed: int | None = None, device: str = "auto",
-                 text_model: str | None = None) -> None:
+                 text_model: str | None = None, audio_features: str | None = None) -> None:
+        from .data.mmsa import UNKNOWN_FEATURES
         from .train import load_run, resolve_device
 
         self.run = find_seed_dir(Path(run), seed)
@@ -135,6 +145,17 @@ class Predictor:
         self.cfg, self.model, saved = load_run(self.run, self.device)
         self.audio_dim = int(saved["data"]["audio_dim"])
         self.vision_dim = int(saved["data"]["vision_dim"])
+        self.audio_features = str(saved["data"].get("audio_features", UNKNOWN_FEATURES))
+        if audio_features is not None:
+            from .extract.audio import audio_set
+
+            audio_set(audio_features)
+            if self.audio_features not in (UNKNOWN_FEATURES, audio_features):
+                raise SelfMMError(
+                    f"audio features {audio_features} asked for, but the run {self.run} was trained "
+                    f"on {self.audio_features} audio features; its videos are extracted with "
+                    f"{self.audio_features} (leave --audio-features out)")
+        self.video_audio_features = audio_features or self.audio_features
         self.band = neutral_band(self.cfg.dataset)
         self.text_model = text_model
         self._tokenizer = None
@@ -173,6 +194,41 @@ class Predictor:
                                   f"{self.run} was trained on {want}-wide {modality} features; "
                                   + WIDTH_HINT)
 
+    def check_features(self, name: str, audio_features: str, audio_dim: int, vision_dim: int) -> None:
+        """Refuse features of another audio set than the run's (when both are recorded) or of
+        other widths."""
+        from .data.mmsa import UNKNOWN_FEATURES
+
+        if UNKNOWN_FEATURES not in (audio_features, self.audio_features) \
+                and audio_features != self.audio_features:
+            raise SelfMMError(f"{name}: audio features are {audio_features}, but the run {self.run} "
+                              f"was trained on {self.audio_features} audio features; extract the "
+                              f"clips again with --audio-features {self.audio_features}")
+        self.check_widths(name, audio_dim, vision_dim)
+
+    def _video_audio_set(self, name: str) -> AudioFeatureSet:
+        """The acoustic set to extract a video with, once it is known to fit the run."""
+        from .data.mmsa import UNKNOWN_FEATURES
+        from .extract import AUDIO_SETS, DEFAULT_AUDIO_FEATURES, VISION_DIM
+
+        chosen = self.video_audio_features
+        if chosen == UNKNOWN_FEATURES:
+            fits = [s.name for s in AUDIO_SETS.values() if s.dim == self.audio_dim]
+            # A run on benchmark widths: the width message says what is wrong.
+            self.check_widths(name, AUDIO_SETS[fits[0] if fits else DEFAULT_AUDIO_FEATURES].dim,
+                              VISION_DIM)
+            raise SelfMMError(
+                f"{name}: the run {self.run} records no audio feature set (its training file "
+                f"records none); its {self.audio_dim}-wide audio fits --audio-features "
+                f"{' or '.join(fits)}: pass it if that is how its training file was extracted "
+                "(files from `selfmm extract-dataset` before it recorded the set are librosa)")
+        if chosen not in AUDIO_SETS:
+            raise SelfMMError(f"{name}: the run {self.run} was trained on {chosen} audio features, "
+                              f"which this selfmm cannot extract (it knows {', '.join(AUDIO_SETS)})")
+        acoustic = AUDIO_SETS[chosen]
+        self.check_widths(name, acoustic.dim, VISION_DIM)
+        return acoustic
+
     def _check_tokens(self, name: str, text_bert: np.ndarray) -> None:
         from .train import check_text
 
@@ -198,18 +254,19 @@ class Predictor:
 
         name = os.fspath(path)
         data = load_features(path)
-        self.check_widths(name, data.audio_dim, data.vision_dim)
+        self.check_features(name, data.audio_features, data.audio_dim, data.vision_dim)
         names = [s for s, part in data.splits.items() if len(part)] if split == "all" else [split]
         return [score for s in names for score in self.score_split(data.splits[s], name)]
 
     def score_video(self, path: str | os.PathLike, transcript: str) -> list[ClipScore]:
-        """Extract one video's features (the `video` extra) and score it."""
-        from .extract import AUDIO_DIM, VISION_DIM, extract_clip
+        """Extract one video's features (the `video` extra) with the run's audio feature set
+        and score it."""
+        from .extract import extract_clip
 
         name = os.fspath(path)
         # Before the costly extraction: a run on benchmark features cannot take these.
-        self.check_widths(name, AUDIO_DIM, VISION_DIM)
-        clip = extract_clip(path, transcript, self.tokenizer)
+        acoustic = self._video_audio_set(name)
+        clip = extract_clip(path, transcript, self.tokenizer, audio_features=acoustic.name)
         return self.score_split(_split_of_clip(clip, f"{Path(path).stem}$_$0"), name)
 
 
@@ -223,6 +280,8 @@ def format_table(scores: list[ClipScore], band: float) -> str:
 
 
 def add_commands(subparsers) -> None:
+    from .extract.commands import add_audio_features
+
     p = subparsers.add_parser(
         "predict", help="score videos or feature files with a trained run",
         description="Print, per clip, the multimodal sentiment score, its class and the text, "
@@ -238,6 +297,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--split", default="all", choices=SPLIT_CHOICES,
                    help="split of feature files to score (default: every non-empty split)")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
+    add_audio_features(
+        p, None, "acoustic set for video inputs (default: the run's; needed only for a run "
+        "whose training file records none)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
     p.set_defaults(func=run_predict)
@@ -251,7 +313,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if len(args.transcript) != videos:
         raise SelfMMError(f"{videos} video input(s) but {len(args.transcript)} --transcript; "
                           "give one --transcript per video, in the order of the videos")
-    predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model)
+    predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model,
+                          audio_features=args.audio_features)
     transcripts = iter(args.transcript)
     scores: list[ClipScore] = []
     for kind, path, split in inputs:

@@ -283,7 +283,8 @@ def save_encoder_files(name: str, encoder: torch.nn.Module, directory: Path) -> 
 def run_config(cfg: Config, data: FeatureData, seed: int) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "seed": seed,
             "data": {"path": data.path, "audio_dim": data.audio_dim, "vision_dim": data.vision_dim,
-                     "aligned": data.aligned, "train_size": len(data.splits["train"])}}
+                     "audio_features": data.audio_features, "aligned": data.aligned,
+                     "train_size": len(data.splits["train"])}}
 
 
 def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,

@@ -7,7 +7,8 @@ them between processes). `load_features` opens a cache folder wherever it accept
 Layout of FILE.selfmm-cache/:
   <split>.<key>.npy       one array per split and key, MMSA's key names, as validated
   <split>.strings.json    {"id": [...], "raw_text": [...], "extraction_flags": [...]}
-  manifest.json           format, version, source, shapes and dtypes, the repairs made;
+  manifest.json           format, version, source, shapes and dtypes, the repairs made, the
+                          file's `extraction` entry (its audio feature set) when it has one;
                           written last, so its presence marks a complete cache
 
 The cache holds what `load_features` validated and repaired (non-finite audio/vision values
@@ -61,7 +62,7 @@ def _split_arrays(split: Any, aligned: bool) -> dict[str, np.ndarray]:
 def write_cache(source: str | os.PathLike, out: str | os.PathLike | None = None, *,
                 label_range: tuple[float, float] | None = None, force: bool = False) -> Path:
     """Validate `source` with `load_features` and write its cache folder; returns the folder."""
-    from .mmsa import SPLITS, load_features
+    from .mmsa import EXTRACTION_KEY, SPLITS, UNKNOWN_FEATURES, load_features
 
     out = Path(out) if out is not None else default_out(source)
     if (out / MANIFEST).exists():
@@ -87,11 +88,14 @@ def write_cache(source: str | os.PathLike, out: str | os.PathLike | None = None,
         write_json(out / f"{name}.strings.json", {"id": split.ids, "raw_text": split.raw_text,
                                                   "extraction_flags": split.flags})
         splits[name] = entry
-    write_json(out / MANIFEST, {
+    manifest = {
         "format": FORMAT, "version": VERSION, "source": os.path.abspath(source),
         "source_bytes": os.path.getsize(source), "aligned": data.aligned,
         "repairs": data.repairs, "splits": splits,
-    })
+    }
+    if data.audio_features != UNKNOWN_FEATURES:
+        manifest[EXTRACTION_KEY] = {"audio_features": data.audio_features}
+    write_json(out / MANIFEST, manifest)
     return out
 
 
@@ -115,8 +119,9 @@ def _check_manifest(root: Path, manifest: Any, splits: tuple[str, ...]) -> None:
 
 
 def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """The split dicts of a cache folder (3-d arrays memory-mapped, read-only) and its repairs."""
-    from .mmsa import SPLITS
+    """The split dicts of a cache folder (3-d arrays memory-mapped, read-only) and its repairs;
+    the file's EXTRACTION_KEY entry comes beside the splits, as in a pickle."""
+    from .mmsa import EXTRACTION_KEY, SPLITS
 
     root = Path(path)
     try:
@@ -152,6 +157,8 @@ def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list
             raise DataError(f"{root}/{name}.strings.json: unreadable: {exc}") from None
         raw.update(strings)  # id, raw_text, extraction_flags
         layout[name] = raw
+    if EXTRACTION_KEY in manifest:
+        layout[EXTRACTION_KEY] = manifest[EXTRACTION_KEY]
     return layout, list(manifest["repairs"])
 
 

@@ -26,6 +26,10 @@ SPLITS = ("train", "valid", "test")
 REQUIRED_KEYS = ("text_bert", "audio", "vision", "regression_labels")
 UNIMODAL_KEYS = {"t": "regression_labels_T", "a": "regression_labels_A", "v": "regression_labels_V"}
 LENGTH_KEYS = ("audio_lengths", "vision_lengths")
+# A top-level key beside the splits in files made by `selfmm extract`/`extract-dataset`:
+# {"audio_features": set name}. MMSA's loader reads only the splits, so it ignores this key.
+EXTRACTION_KEY = "extraction"
+UNKNOWN_FEATURES = "unknown"  # the audio set of a file that records none (benchmark files)
 
 
 @dataclass
@@ -58,6 +62,8 @@ class FeatureData:
     audio_len: int
     vision_len: int
     repairs: list[str] = field(default_factory=list)
+    # The acoustic feature set named in the file (egemaps, compare, librosa), or UNKNOWN_FEATURES.
+    audio_features: str = UNKNOWN_FEATURES
 
 
 # --- restricted unpickling ---------------------------------------------------------------
@@ -573,6 +579,18 @@ _OVERRIDES = {
 }
 
 
+def _audio_features(layout: dict[str, Any], source: str) -> str:
+    """The audio feature set a file records under EXTRACTION_KEY, or UNKNOWN_FEATURES."""
+    meta = layout.get(EXTRACTION_KEY)
+    if meta is None:
+        return UNKNOWN_FEATURES
+    name = meta.get("audio_features") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose 'audio_features' names "
+                        f"the audio feature set, got {str(meta)[:100]}")
+    return name
+
+
 def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     """A pickle's split dicts, or a cache folder's (see data/cache.py) with its recorded repairs."""
     if os.path.isdir(path):
@@ -592,12 +610,14 @@ def load_features(
 ) -> FeatureData:
     """Load and validate an MMSA feature file (one unpickling per file) or a cache folder.
 
-    Override files replace one modality's arrays per split. NaN and +-inf inside audio and
+    Override files replace one modality's arrays per split (an audio override brings its audio
+    feature set too). NaN and +-inf inside audio and
     vision frames are set to 0, with one warning for the whole file and a line in `repairs`;
     a cache was repaired when written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
     main, cached_repairs = _load_any(source)
+    audio_features = _audio_features(main, source)
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
@@ -608,6 +628,8 @@ def load_features(
         over_source = os.fspath(override)
         over, over_repairs = _load_any(over_source)
         required, *optional = _OVERRIDES[arg]
+        if arg == "audio_file":
+            audio_features = _audio_features(over, over_source)
         for split in SPLITS:
             if required not in over[split]:
                 raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
@@ -664,4 +686,5 @@ def load_features(
         audio_len=max(int(s.audio.shape[1]) for s in splits.values()),
         vision_len=max(int(s.vision.shape[1]) for s in splits.values()),
         repairs=repairs,
+        audio_features=audio_features,
     )

@@ -14,8 +14,9 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "extract",
         help="features of one video clip, written as a one-clip MMSA feature file",
-        description="Compute text tokens, acoustic frames (librosa) and visual frames (OpenCV "
-        "face) of one clip. The file holds the clip as the only row of the test split.",
+        description="Compute text tokens, acoustic frames (openSMILE eGeMAPS by default) and "
+        "visual frames (OpenCV face) of one clip. The file holds the clip as the only row of the "
+        "test split.",
     )
     p.add_argument("video", help="the video file (anything FFmpeg reads: mp4, mkv, avi, ...)")
     p.add_argument(
@@ -44,13 +45,27 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=run_extract_dataset)
 
 
+def add_audio_features(p: argparse.ArgumentParser, default: str | None, text: str) -> None:
+    from .audio import AUDIO_SETS
+
+    p.add_argument("--audio-features", choices=list(AUDIO_SETS), default=default, help=text)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    from .audio import DEFAULT_AUDIO_FEATURES
+
+    add_audio_features(
+        p, DEFAULT_AUDIO_FEATURES,
+        "acoustic set: egemaps (openSMILE eGeMAPSv02, 25 values / 10 ms; default), compare "
+        "(openSMILE ComParE_2016, 65 / 10 ms) or librosa (34 / 20 ms)",
+    )
     p.add_argument(
         "--text-model", default="minilm",
         help="tokenizer: 'minilm' (bert-base-uncased vocabulary, offline), a hub name or a path",
     )
     p.add_argument("--text-len", type=int, default=50, help="tokens per clip (default 50)")
-    p.add_argument("--audio-len", type=int, default=None, help="pad/truncate audio to N frames")
+    p.add_argument("--audio-len", type=int, default=None,
+                   help="pad/truncate audio to N frames of the chosen set")
     p.add_argument("--vision-len", type=int, default=None, help="pad/truncate vision to N frames")
 
 
@@ -86,11 +101,12 @@ def run_extract(args: argparse.Namespace) -> int:
     clip = extract_clip(
         video, read_transcript(args.transcript), tokenizer,
         text_len=args.text_len, audio_len=args.audio_len, vision_len=args.vision_len,
+        audio_features=args.audio_features,
     )
     write_clip(out, clip, clip_id=f"{video.stem}$_$0")
     flags = flag_string(clip.flags)
     print(
-        f"{out}: audio {clip.audio_length} frames x {clip.audio.shape[1]}, "
+        f"{out}: audio ({clip.audio_features}) {clip.audio_length} frames x {clip.audio.shape[1]}, "
         f"vision {clip.vision_length} frames x {clip.vision.shape[1]}"
         + (f", flags: {flags}" if flags else "")
     )
@@ -106,7 +122,7 @@ def run_extract_dataset(args: argparse.Namespace) -> int:
         args.video_dir, args.labels, args.out,
         tokenizer_name=args.text_model, workers=args.workers, text_len=args.text_len,
         audio_len=args.audio_len, vision_len=args.vision_len,
-        progress=not args.no_progress, strict=args.strict,
+        progress=not args.no_progress, strict=args.strict, audio_features=args.audio_features,
     )
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     flags = ", ".join(f"{name} {n}" for name, n in report.flag_counts.items() if n)
