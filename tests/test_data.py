@@ -123,14 +123,15 @@ def test_audio_feature_set_is_read_and_follows_the_audio(tmp_path):
     from selfmm.data.cache import write_cache
 
     assert load_features(_file(tmp_path)).audio_features == "unknown"  # benchmark files
-    tagged = {split: _tiny() for split in SPLITS} | {"extraction": {"audio_features": "egemaps"}}
-    data = load_features(_write(tmp_path / "tagged.pkl", tagged))
+    layout = {split: _tiny() for split in SPLITS} | {"extraction": {"audio_features": "egemaps"}}
+    tagged = _write(tmp_path / "tagged.pkl", layout)
+    data = load_features(tagged)
     assert data.audio_features == "egemaps" and data.audio_dim == 5
     # An audio override brings its own set (or none); other overrides keep the main file's.
-    assert load_features(tmp_path / "tagged.pkl", audio_file=_file(tmp_path, "a.pkl")).audio_features == "unknown"
-    assert load_features(_file(tmp_path), audio_file=tmp_path / "tagged.pkl").audio_features == "egemaps"
-    assert load_features(tmp_path / "tagged.pkl", vision_file=_file(tmp_path, "v.pkl")).audio_features == "egemaps"
-    cache = write_cache(tmp_path / "tagged.pkl", tmp_path / "tagged.cache")
+    assert load_features(tagged, audio_file=_file(tmp_path, "a.pkl")).audio_features == "unknown"
+    assert load_features(_file(tmp_path), audio_file=tagged).audio_features == "egemaps"
+    assert load_features(tagged, vision_file=_file(tmp_path, "v.pkl")).audio_features == "egemaps"
+    cache = write_cache(tagged, tmp_path / "tagged.cache")
     assert load_features(cache).audio_features == "egemaps"
     assert load_features(write_cache(_file(tmp_path), tmp_path / "plain.cache")).audio_features == "unknown"
 

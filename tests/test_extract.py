@@ -6,6 +6,7 @@ import argparse
 import csv
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -195,6 +196,14 @@ def test_cut_file_gives_its_first_part_and_a_flag(media, tokenizer):
     assert not extract_clip(media["face"], "x", tokenizer).flags["damaged"]
 
 
+def test_missing_opensmile_names_the_extra(media, monkeypatch):
+    monkeypatch.setitem(sys.modules, "opensmile", None)  # as if not installed
+    for name in ("egemaps", "compare"):
+        with pytest.raises(SelfMMError, match=r"needs opensmile: pip install 'selfmm\[video\]'"):
+            extract_media(media["face"], name)
+    assert extract_media(media["face"], "librosa").audio.shape[1] == LIBROSA.dim
+
+
 def test_missing_file_is_a_clear_error(tmp_path, tokenizer):
     with pytest.raises(DataError, match="no such video file"):
         extract_clip(tmp_path / "nope.mp4", "x", tokenizer)
@@ -227,8 +236,8 @@ def test_extract_command(media, tmp_path, capsys):
     transcript.write_text("the film was wonderful\n", encoding="utf-8")
     out = tmp_path / "clip.pkl"
     args = parser().parse_args(
-        ["extract", str(media["face"]), "--transcript", str(transcript), "--out", str(out), "--text-len", "16",
-         "--audio-features", "compare"]
+        ["extract", str(media["face"]), "--transcript", str(transcript), "--out", str(out),
+         "--text-len", "16", "--audio-features", "compare"]
     )
     assert args.func(args) == 0
     with open(out, "rb") as handle:
@@ -366,7 +375,8 @@ def test_extract_dataset_resumes_across_feature_sets(media, tmp_path, monkeypatc
     assert report.extracted == 2 and first["train"]["audio"].shape[2] == EGEMAPS.dim
     report, other = run("librosa")
     assert (report.extracted, report.reused) == (2, 0)
-    assert other["extraction"] == {"audio_features": "librosa"} and other["train"]["audio"].shape[2] == LIBROSA.dim
+    assert other["extraction"] == {"audio_features": "librosa"}
+    assert other["train"]["audio"].shape[2] == LIBROSA.dim
     calls = []
     monkeypatch.setattr(dataset_module, "extract_media", lambda p, s: calls.append(s))
     report, again = run("egemaps")
