@@ -127,6 +127,7 @@ def test_audio_feature_set_is_read_and_follows_the_audio(tmp_path):
     tagged = _write(tmp_path / "tagged.pkl", layout)
     data = load_features(tagged)
     assert data.audio_features == "egemaps" and data.audio_dim == 5
+    assert "audio 20 x 5 (egemaps)," in summarize(data)
     # An audio override brings its own set (or none); other overrides keep the main file's.
     assert load_features(tagged, audio_file=_file(tmp_path, "a.pkl")).audio_features == "unknown"
     assert load_features(_file(tmp_path), audio_file=tagged).audio_features == "egemaps"
