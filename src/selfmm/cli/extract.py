@@ -30,10 +30,11 @@ def extract(args: argparse.Namespace) -> int:
     if out.resolve() == video.resolve():
         raise SelfMMError(f"--out {out} would overwrite the video")
     clip = extract_clip(video, read_transcript(args.transcript), load_tokenizer(args.text_model),
-                        text_len=args.text_len, audio_len=args.audio_len, vision_len=args.vision_len)
+                        text_len=args.text_len, audio_len=args.audio_len, vision_len=args.vision_len,
+                        audio_features=args.audio_features)
     write_clip(out, clip, clip_id=f"{video.stem}$_$0")
     flags = flag_string(clip.flags)
-    print(f"{out}: audio {clip.audio_length} frames x {clip.audio.shape[1]}, "
+    print(f"{out}: audio ({clip.audio_features}) {clip.audio_length} frames x {clip.audio.shape[1]}, "
           f"vision {clip.vision_length} frames x {clip.vision.shape[1]}"
           + (f", flags: {flags}" if flags else ""))
     return 0
@@ -43,7 +44,8 @@ def extract_dataset(args: argparse.Namespace) -> int:
     _positive(args, "text_len", "audio_len", "vision_len", "workers")
     report = extract_all(args.video_dir, args.labels, args.out, tokenizer_name=args.text_model,
                          workers=args.workers, text_len=args.text_len, audio_len=args.audio_len,
-                         vision_len=args.vision_len, progress=not args.no_progress, strict=args.strict)
+                         vision_len=args.vision_len, progress=not args.no_progress, strict=args.strict,
+                         audio_features=args.audio_features)
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     flags = ", ".join(f"{name} {n}" for name, n in report.flag_counts.items() if n)
     print(f"{report.out}: {counts} (extracted {report.extracted}, reused {report.reused})"
@@ -61,7 +63,8 @@ def predict(args: argparse.Namespace) -> int:
     if len(args.transcript) != videos:
         raise SelfMMError(f"{videos} video input(s) but {len(args.transcript)} --transcript; "
                           "give one --transcript per video, in the order of the videos")
-    predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model)
+    predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model,
+                          audio_features=args.audio_features)
     transcripts = iter(args.transcript)
     scores: list[ClipScore] = []
     for kind, path, split in inputs:

@@ -11,6 +11,7 @@ import argparse
 from .. import __version__
 from ..configuration import DATASETS, DEFAULT_SEEDS, TASKS
 from ..data.layout import SPLITS
+from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: cuda when available)"
 
@@ -152,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     # --- your own videos ---
     p = _command(sub, "extract", "extract:extract",
                  "features of one video clip, written as a one-clip MMSA feature file",
-                 description="Compute text tokens, acoustic frames (librosa) and visual frames "
-                 "(OpenCV face) of one clip. The file holds the clip as the only row of the test split.")
+                 description="Compute text tokens, acoustic frames (openSMILE or librosa) and visual "
+                 "frames (OpenCV face) of one clip. The file holds the clip as the only row of the test split.")
     p.add_argument("video", help="the video file (anything FFmpeg reads: mp4, mkv, avi, ...)")
     p.add_argument("--transcript", required=True,
                    help="what is said in the clip: the text itself, or the path of a UTF-8 text file")
@@ -188,12 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=(*SPLITS, "all"),
                    help="split of feature files to score (default: every non-empty split)")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
+    p.add_argument("--audio-features", choices=list(AUDIO_SETS),
+                   help="acoustic set for video inputs (default: the run's; needed only for a run "
+                   "whose training file records none)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
     return parser
 
 
 def _extraction_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audio-features", choices=list(AUDIO_SETS), default=DEFAULT_AUDIO_FEATURES,
+                   help="acoustic set: egemaps (openSMILE eGeMAPSv02, 25 values / 10 ms; default), "
+                   "compare (openSMILE ComParE_2016, 65 / 10 ms) or librosa (34 / 20 ms)")
     p.add_argument("--text-model", default="minilm",
                    help="tokenizer: 'minilm' (bert-base-uncased vocabulary, offline), a hub name or a path")
     p.add_argument("--text-len", type=int, default=50, help="tokens per clip (default 50)")

@@ -7,7 +7,8 @@ them between processes). `load_features` opens a cache folder wherever it accept
 Layout of FILE.selfmm-cache/:
   <split>.<key>.npy       one array per split and key, MMSA's key names, as validated
   <split>.strings.json    {"id": [...], "raw_text": [...], "extraction_flags": [...]}
-  manifest.json           format, version, source, shapes and dtypes, the repairs made;
+  manifest.json           format, version, source, shapes and dtypes, the repairs made, the
+                          file's `extraction` entry (its audio feature set) when it has one;
                           written last, so its presence marks a complete cache
 
 The cache holds what `load_features` validated and repaired (non-finite audio/vision values
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, write_json
-from .layout import SPLITS, UNIMODAL_KEYS
+from .layout import EXTRACTION_KEY, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
 
 if TYPE_CHECKING:
     from .mmsa import FeatureData, Split
@@ -86,11 +87,14 @@ def write_cache(data: FeatureData, out: str | os.PathLike | None = None, *,
         write_json(out / f"{name}.strings.json", {"id": split.ids, "raw_text": split.raw_text,
                                                   "extraction_flags": split.flags})
         splits[name] = entry
-    write_json(out / MANIFEST, {
+    manifest = {
         "format": FORMAT, "version": VERSION, "source": os.path.abspath(source),
         "source_bytes": os.path.getsize(source), "aligned": data.aligned,
         "repairs": data.repairs, "splits": splits,
-    })
+    }
+    if data.audio_features != UNKNOWN_FEATURES:
+        manifest[EXTRACTION_KEY] = {"audio_features": data.audio_features}
+    write_json(out / MANIFEST, manifest)
     return out
 
 
@@ -114,7 +118,8 @@ def _check_manifest(root: Path, manifest: Any, splits: tuple[str, ...]) -> None:
 
 
 def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """The split dicts of a cache folder (3-d arrays memory-mapped, read-only) and its repairs."""
+    """The split dicts of a cache folder (3-d arrays memory-mapped, read-only) and its repairs;
+    the file's EXTRACTION_KEY entry comes beside the splits, as in a pickle."""
     root = Path(path)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
@@ -149,4 +154,6 @@ def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list
             raise DataError(f"{root}/{name}.strings.json: unreadable: {exc}") from None
         raw.update(strings)  # id, raw_text, extraction_flags
         layout[name] = raw
+    if EXTRACTION_KEY in manifest:
+        layout[EXTRACTION_KEY] = manifest[EXTRACTION_KEY]
     return layout, list(manifest["repairs"])

@@ -24,7 +24,7 @@ import numpy as np
 from ..configuration import LABEL_RANGE
 from ..errors import DataError
 from .cache import read_cache
-from .layout import LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS
+from .layout import EXTRACTION_KEY, LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
 
 
 @dataclass
@@ -58,13 +58,14 @@ class DataSpec:
     vision_len: int | None = None
     aligned: bool | None = None
     train_size: int | None = None
+    audio_features: str = UNKNOWN_FEATURES  # the acoustic feature set (egemaps, ...), if known
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> DataSpec:
-        return cls(**{f.name: obj.get(f.name) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if obj.get(f.name) is not None})
 
 
 @dataclass
@@ -80,11 +81,13 @@ class FeatureData:
     repairs: list[str] = field(default_factory=list)
     # The files each modality's override came from (text_file/audio_file/vision_file -> path).
     overrides: dict[str, str] = field(default_factory=dict)
+    # The acoustic feature set named in the file (egemaps, compare, librosa), or UNKNOWN_FEATURES.
+    audio_features: str = UNKNOWN_FEATURES
 
     @property
     def spec(self) -> DataSpec:
         return DataSpec(self.audio_dim, self.vision_dim, self.text_len, self.audio_len,
-                        self.vision_len, self.aligned, len(self.splits["train"]))
+                        self.vision_len, self.aligned, len(self.splits["train"]), self.audio_features)
 
 
 # --- restricted unpickling ---------------------------------------------------------------
@@ -600,6 +603,18 @@ _OVERRIDES = {
 }
 
 
+def _audio_features(layout: dict[str, Any], source: str) -> str:
+    """The audio feature set a file records under EXTRACTION_KEY, or UNKNOWN_FEATURES."""
+    meta = layout.get(EXTRACTION_KEY)
+    if meta is None:
+        return UNKNOWN_FEATURES
+    name = meta.get("audio_features") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose 'audio_features' names "
+                        f"the audio feature set, got {str(meta)[:100]}")
+    return name
+
+
 def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     """A pickle's split dicts, or a cache folder's (see data/cache.py) with its recorded repairs."""
     if not os.path.exists(path):
@@ -620,15 +635,17 @@ def load_features(
     """Load and validate an MMSA feature file (one unpickling per file) or a cache folder.
 
     With `dataset` (mosi, mosei, sims, simsv2) every label must lie in its range. Override
-    files replace one modality's arrays per split (MMSA's feature_T/A/V). NaN and +-inf inside
-    audio and vision frames are set to 0, with one warning for the whole file and a line in
-    `repairs`; a cache was repaired when written, and lists those repairs without warning again.
+    files replace one modality's arrays per split (MMSA's feature_T/A/V; an audio override
+    brings its audio feature set too). NaN and +-inf inside audio and vision frames are set to
+    0, with one warning for the whole file and a line in `repairs`; a cache was repaired when
+    written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
     if dataset is not None and dataset not in LABEL_RANGE:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(LABEL_RANGE)}")
     label_range = LABEL_RANGE.get(dataset) if dataset else None
     main, cached_repairs = _load_any(source)
+    audio_features = _audio_features(main, source)
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
@@ -639,6 +656,8 @@ def load_features(
         over_source = os.fspath(override)
         over, over_repairs = _load_any(over_source)
         required, *optional = _OVERRIDES[arg]
+        if arg == "audio_file":
+            audio_features = _audio_features(over, over_source)
         for split in SPLITS:
             if required not in over[split]:
                 raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
@@ -696,4 +715,5 @@ def load_features(
         vision_len=max(int(s.vision.shape[1]) for s in splits.values()),
         repairs=repairs,
         overrides={arg: os.fspath(p) for arg, p in overrides.items() if p is not None},
+        audio_features=audio_features,
     )

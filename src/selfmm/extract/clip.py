@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..data.mmsa import EXTRACTION_KEY
 from ..io import atomic_writer
-from .audio import AUDIO_DIM, AUDIO_FPS, audio_features
-from .media import decode
+from .audio import DEFAULT_AUDIO_FEATURES, acoustic_frames, audio_set
+from .media import check_dependencies, decode
 from .visual import VISION_DIM, VISION_FPS, FaceDescriber
 
 FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged")
@@ -21,24 +23,32 @@ FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged")
 class MediaFeatures:
     """The text-independent part of a clip: unpadded frames and flags."""
 
-    audio: np.ndarray  # (La, AUDIO_DIM) float32
+    audio: np.ndarray  # (La, Da) float32, Da the width of the audio feature set
     vision: np.ndarray  # (Lv, VISION_DIM) float32
     flags: dict[str, bool]
-    audio_fps: float = AUDIO_FPS
+    audio_features: str = DEFAULT_AUDIO_FEATURES  # the acoustic set's name
     vision_fps: float = VISION_FPS
+
+    @property
+    def audio_fps(self) -> float:
+        return audio_set(self.audio_features).fps
 
 
 @dataclass
 class ClipFeatures:
     text_bert: np.ndarray  # (3, Lt) float32: input ids, attention mask, token type ids
-    audio: np.ndarray  # (La, AUDIO_DIM) float32, zero rows past audio_length
+    audio: np.ndarray  # (La, Da) float32, zero rows past audio_length
     vision: np.ndarray  # (Lv, VISION_DIM) float32, zero rows past vision_length
     audio_length: int
     vision_length: int
     flags: dict[str, bool] = field(default_factory=dict)
-    audio_fps: float = AUDIO_FPS
+    audio_features: str = DEFAULT_AUDIO_FEATURES
     vision_fps: float = VISION_FPS
     raw_text: str = ""
+
+    @property
+    def audio_fps(self) -> float:
+        return audio_set(self.audio_features).fps
 
 
 _describer: FaceDescriber | None = None
@@ -51,28 +61,37 @@ def _face_describer() -> FaceDescriber:
     return _describer
 
 
-def extract_media(video_path: str | os.PathLike) -> MediaFeatures:
-    """Decode `video_path` and compute its acoustic and visual frames.
+def extract_media(video_path: str | os.PathLike,
+                  audio_features: str = DEFAULT_AUDIO_FEATURES) -> MediaFeatures:
+    """Decode `video_path` and compute its acoustic frames (set `audio_features`) and
+    visual frames.
 
     A file without an audio stream, with silent audio, without a video stream or without a
     detectable face gives zero frames of that modality and sets the matching flag. A file that
     cannot be opened raises DataError.
     """
+    acoustic = audio_set(audio_features)
+    check_dependencies((acoustic.module, acoustic.package))
     decoded = decode(video_path, VISION_FPS)
     flags = dict.fromkeys(FLAGS, False)
     flags["damaged"] = decoded.damaged
-    if decoded.audio is None or decoded.audio.size == 0:
-        flags["no_audio"] = True
-        audio = np.zeros((0, AUDIO_DIM), np.float32)
-    else:
-        audio, flags["silent"] = audio_features(decoded.audio)
-    if not decoded.has_video or not decoded.frames:
-        flags["no_video"] = True
-        vision = np.zeros((0, VISION_DIM), np.float32)
-    else:
-        vision = _face_describer().describe(decoded.frames)
+    flags["no_audio"] = decoded.audio is None or decoded.audio.size == 0
+    flags["no_video"] = not decoded.has_video or not decoded.frames
+    with ThreadPoolExecutor(1) as pool:
+        # openSMILE (through ctypes) and OpenCV release the GIL, so the acoustic frames are
+        # computed while faces are detected: on a free core they add no time to the clip.
+        acoustic_job = (None if flags["no_audio"]
+                        else pool.submit(acoustic_frames, decoded.audio, acoustic.name))
+        if flags["no_video"]:
+            vision = np.zeros((0, VISION_DIM), np.float32)
+        else:
+            vision = _face_describer().describe(decoded.frames)
+        if acoustic_job is None:
+            audio = np.zeros((0, acoustic.dim), np.float32)
+        else:
+            audio, flags["silent"] = acoustic_job.result()
     flags["no_face"] = vision.shape[0] == 0
-    return MediaFeatures(audio=audio, vision=vision, flags=flags)
+    return MediaFeatures(audio=audio, vision=vision, flags=flags, audio_features=acoustic.name)
 
 
 def tokenize(tokenizer, texts: list[str], text_len: int) -> np.ndarray:
@@ -103,10 +122,12 @@ def extract_clip(
     text_len: int = 50,
     audio_len: int | None = None,
     vision_len: int | None = None,
+    audio_features: str = DEFAULT_AUDIO_FEATURES,
 ) -> ClipFeatures:
-    """All three inputs of one clip. Without audio_len/vision_len a modality is padded to its
-    own frame count (at least 1 row, so that a flagged clip still has a valid array)."""
-    media = extract_media(video_path)
+    """All three inputs of one clip, its audio as acoustic set `audio_features`. Without
+    audio_len/vision_len a modality is padded to its own frame count (at least 1 row, so that a
+    flagged clip still has a valid array); audio_len counts frames of the chosen set."""
+    media = extract_media(video_path, audio_features)
     return _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len)
 
 
@@ -120,7 +141,7 @@ def _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len) -> 
         audio_length=la,
         vision_length=lv,
         flags=dict(media.flags),
-        audio_fps=media.audio_fps,
+        audio_features=media.audio_features,
         vision_fps=media.vision_fps,
         raw_text=transcript,
     )
@@ -131,10 +152,16 @@ def flag_string(flags: dict[str, bool]) -> str:
     return ",".join(name for name in FLAGS if flags.get(name))
 
 
-def empty_split(text_len: int, audio_len: int, vision_len: int) -> dict[str, np.ndarray]:
+def extraction_metadata(audio_features: str) -> dict[str, str]:
+    """The file's EXTRACTION_KEY entry: the acoustic set, which our loader reads and the run
+    records (MMSA's loader reads only the splits)."""
+    return {"audio_features": audio_features}
+
+
+def empty_split(text_len: int, audio_len: int, vision_len: int, audio_dim: int) -> dict[str, np.ndarray]:
     return {
         "text_bert": np.zeros((0, 3, text_len), np.float32),
-        "audio": np.zeros((0, audio_len, AUDIO_DIM), np.float32),
+        "audio": np.zeros((0, audio_len, audio_dim), np.float32),
         "vision": np.zeros((0, vision_len, VISION_DIM), np.float32),
         "audio_lengths": np.zeros(0, np.int64),
         "vision_lengths": np.zeros(0, np.int64),
@@ -169,10 +196,12 @@ def write_clip(path: str | os.PathLike, clip: ClipFeatures, clip_id: str | None 
     """Write one clip as an MMSA feature file: the clip is the only row of "test" (label 0.0);
     "train" and "valid" have 0 rows of the same widths and lengths."""
     clip_id = clip_id or f"{Path(path).stem}$_$0"
-    empty = empty_split(clip.text_bert.shape[1], clip.audio.shape[0], clip.vision.shape[0])
+    empty = empty_split(clip.text_bert.shape[1], clip.audio.shape[0], clip.vision.shape[0],
+                        clip.audio.shape[1])
     data = {
         "train": empty,
         "valid": {k: v.copy() for k, v in empty.items()},
         "test": clip_split(clip, clip_id),
+        EXTRACTION_KEY: extraction_metadata(clip.audio_features),
     }
     write_pickle(path, data)

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.layout import SPLITS
+from ..data.layout import EXTRACTION_KEY, SPLITS
 from ..encoder import load_tokenizer
 from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, write_json
-from .audio import AUDIO_DIM, AUDIO_FEATURES, AUDIO_FPS
-from .clip import FLAGS, empty_split, extract_media, flag_string, tokenize, write_pickle
+from .audio import DEFAULT_AUDIO_FEATURES, audio_set
+from .clip import FLAGS, empty_split, extract_media, extraction_metadata, flag_string, tokenize, write_pickle
 from .media import check_dependencies
 from .visual import VISION_DIM, VISION_FEATURES, VISION_FPS
 
@@ -117,14 +117,15 @@ def find_video(video_dir: str | os.PathLike, video_id: str, clip_id: str) -> Pat
     return None
 
 
-def _part_path(parts: Path, clip_id: str) -> Path:
+def _part_path(parts: Path, clip_id: str, audio_features: str) -> Path:
+    """One part per clip and audio set: switching sets keeps the other set's parts."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", clip_id)[:80]
-    return parts / f"{safe}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}.npz"
+    return parts / f"{safe}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}.{audio_features}.npz"
 
 
-def _cache_key(video: Path) -> str:
+def _cache_key(video: Path, audio_features: str) -> str:
     stat = video.stat()
-    return f"{FEATURE_VERSION}|{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{FEATURE_VERSION}|{audio_features}|{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def _read_part(part: Path, key: str | None = None) -> dict[str, np.ndarray] | None:
@@ -139,10 +140,10 @@ def _read_part(part: Path, key: str | None = None) -> dict[str, np.ndarray] | No
     return data
 
 
-def _extract_part(video: str, part: str, key: str) -> str | None:
+def _extract_part(video: str, part: str, key: str, audio_features: str) -> str | None:
     """Worker: extract one clip into its part file. Returns None, or the failure message."""
     try:
-        media = extract_media(video)
+        media = extract_media(video, audio_features)
     except SelfMMError as exc:
         return str(exc)
     except Exception as exc:  # a file that breaks a library must not stop the whole dataset
@@ -171,17 +172,21 @@ def extract_dataset(
     vision_len: int | None = None,
     progress: bool = True,
     strict: bool = False,
+    audio_features: str = DEFAULT_AUDIO_FEATURES,
 ) -> DatasetReport:
     """Extract every clip of `labels_csv` and write an MMSA feature file at `out`.
 
     Each clip's frames are cached in OUT.parts/ as soon as they are computed, so a rerun after
     an interruption only extracts what is missing (a part is recomputed when its video's size
     or mtime changed). Audio and vision are padded to the longest clip of the whole dataset,
-    or to audio_len / vision_len (longer clips truncated). A clip that cannot be decoded is
+    or to audio_len / vision_len (longer clips truncated; audio_len counts frames of the
+    acoustic set `audio_features`, 100 per second for egemaps and compare, 50 for librosa;
+    each set keeps its own parts, so a run never mixes sets). A clip that cannot be decoded is
     left out and listed in the report; it is an error when every clip fails, or any with
     `strict`.
     """
-    check_dependencies()
+    acoustic = audio_set(audio_features)
+    check_dependencies((acoustic.module, acoustic.package))
     video_dir, out = Path(video_dir), Path(out)
     if not video_dir.is_dir():
         raise DataError(f"{video_dir}: no such video folder")
@@ -201,14 +206,14 @@ def extract_dataset(
                 f"(ext: {', '.join(EXTENSIONS)})"
             )
             continue
-        key = _cache_key(video)
-        part = _part_path(parts, row.id)
+        key = _cache_key(video, acoustic.name)
+        part = _part_path(parts, row.id, acoustic.name)
         if _read_part(part, key) is not None:
             reused += 1
         else:
             todo.append((row, video, part, key))
 
-    _run(todo, failures, workers, progress)
+    _run(todo, failures, workers, progress, acoustic.name)
 
     ok = [row for row in rows if row.id not in failures]
     if not ok:
@@ -218,17 +223,19 @@ def extract_dataset(
         listed = "; ".join(f"{i}: {m}" for i, m in failures.items())
         raise DataError(f"{len(failures)} clip(s) failed: {listed}")
 
-    loaded = {row.id: _read_part(_part_path(parts, row.id)) for row in ok}
+    loaded = {row.id: _read_part(_part_path(parts, row.id, acoustic.name)) for row in ok}
     la = audio_len or max(1, max(p["audio"].shape[0] for p in loaded.values()))
     lv = vision_len or max(1, max(p["vision"].shape[0] for p in loaded.values()))
     unimodal = [c for c in UNIMODAL_COLUMNS if c in rows[0].unimodal]
     data, flag_counts = {}, dict.fromkeys(FLAGS, 0)
     for split in SPLITS:
         members = [row for row in ok if row.mode == split]
-        data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal)
+        data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
+                                    acoustic.dim)
         for row in members:
             for name, value in zip(FLAGS, loaded[row.id]["flags"]):
                 flag_counts[name] += int(value)
+    data[EXTRACTION_KEY] = extraction_metadata(acoustic.name)
     write_pickle(out, data)
     report = DatasetReport(
         out=out,
@@ -247,9 +254,10 @@ def extract_dataset(
             "text_len": text_len,
             "audio_len": la,
             "vision_len": lv,
-            "audio_fps": AUDIO_FPS,
+            "audio_fps": acoustic.fps,
             "vision_fps": VISION_FPS,
-            "audio_features": list(AUDIO_FEATURES),
+            "audio_feature_set": acoustic.name,
+            "audio_features": list(acoustic.columns),
             "vision_features": list(VISION_FEATURES),
             "feature_version": FEATURE_VERSION,
             "counts": report.counts,
@@ -260,13 +268,14 @@ def extract_dataset(
     return report
 
 
-def _run(todo, failures: dict[str, str], workers: int | None, progress: bool) -> None:
+def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
+         audio_features: str) -> None:
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress or not todo)
     try:
         if workers == 1:
             for row, video, part, key in todo:
-                error = _extract_part(str(video), str(part), key)
+                error = _extract_part(str(video), str(part), key, audio_features)
                 if error:
                     failures[row.id] = error
                 bar.update()
@@ -275,7 +284,7 @@ def _run(todo, failures: dict[str, str], workers: int | None, progress: bool) ->
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init)
         try:
             futures = {
-                pool.submit(_extract_part, str(video), str(part), key): row
+                pool.submit(_extract_part, str(video), str(part), key, audio_features): row
                 for row, video, part, key in todo
             }
             for future in as_completed(futures):
@@ -291,14 +300,15 @@ def _run(todo, failures: dict[str, str], workers: int | None, progress: bool) ->
         bar.close()
 
 
-def _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal) -> dict[str, np.ndarray]:
+def _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
+                  audio_dim: int) -> dict[str, np.ndarray]:
     if not members:
-        split = empty_split(text_len, la, lv)
+        split = empty_split(text_len, la, lv, audio_dim)
         for column in unimodal:
             split[f"regression_labels_{column[-1]}"] = np.zeros(0, np.float32)
         return split
     n = len(members)
-    audio = np.zeros((n, la, AUDIO_DIM), np.float32)
+    audio = np.zeros((n, la, audio_dim), np.float32)
     vision = np.zeros((n, lv, VISION_DIM), np.float32)
     audio_lengths = np.zeros(n, np.int64)
     vision_lengths = np.zeros(n, np.int64)

@@ -37,10 +37,11 @@ class DecodedClip:
         return self.declared_seconds - self.decoded_seconds > max(0.5, 0.1 * self.declared_seconds)
 
 
-def check_dependencies() -> None:
-    """Raise SelfMMError naming the extra to install when PyAV, librosa or OpenCV is missing."""
+def check_dependencies(*extra: tuple[str, str]) -> None:
+    """Raise SelfMMError naming the extra to install when PyAV, OpenCV or one of `extra`
+    ((import name, pip package) pairs: what the chosen acoustic set needs) is missing."""
     missing = []
-    for module, package in (("av", "av"), ("librosa", "librosa"), ("cv2", "opencv-python-headless")):
+    for module, package in (("av", "av"), ("cv2", "opencv-python-headless"), *extra):
         try:
             importlib.import_module(module)
         except ImportError:
