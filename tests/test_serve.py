@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("av")
 pytest.importorskip("fastapi")
 pytest.importorskip("python_multipart")
+httpx = pytest.importorskip("httpx")  # the TestClient's, and the live server's client
 
 from fastapi.testclient import TestClient  # noqa: E402
 from media import make_corrupt, make_video  # noqa: E402
@@ -391,8 +392,6 @@ def live_server(trained, tmp_path):
                               env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
         deadline = time.monotonic() + 90
         while True:
             assert server.poll() is None, (tmp_path / "server.log").read_text()
@@ -417,7 +416,6 @@ def live_server(trained, tmp_path):
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 def test_page_in_chromium(live_server, trained, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    import httpx
 
     transcript = "what a great and happy day"
     with open(trained["clip"], "rb") as handle:
