@@ -16,6 +16,9 @@ from ..errors import SelfMMError
 from .parser import build_parser
 
 EXIT_USAGE = 2
+# Packages of the optional extras, for a one-line answer when a command needs one.
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "av": "video",
+          "cv2": "video", "librosa": "video", "opensmile": "video"}
 
 
 def _quiet_libraries() -> None:
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
             return dispatch(args)
     except SelfMMError as exc:
         print(f"selfmm: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        if exc.name not in EXTRAS:
+            raise
+        print(f"selfmm: error: {args.command} needs the package {exc.name}: "
+              f"pip install 'selfmm[{EXTRAS[exc.name]}]'", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         # The environment failed us (a full disk, a vanished directory): one line, not a trace.

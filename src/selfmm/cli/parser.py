@@ -194,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose training file records none)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
+
+    p = _command(sub, "serve", "serve:serve", "serve a trained run over HTTP: an API and a web page",
+                 description="Load a run once and serve GET /health, GET /info, POST /predict "
+                 "(multipart: video, transcript), a page at / and API docs at /docs. Binds "
+                 "127.0.0.1; any other --host needs --token (or SELFMM_TOKEN). Needs the `serve` "
+                 "and `video` extras.")
+    p.add_argument("--run", required=True, help="a seed directory or a run directory")
+    p.add_argument("--seed", type=int, help="default: the seed with the lowest validation loss")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; anything but loopback needs a token")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--workers", type=int, help="scoring processes, each holding the model; default min(4, cores)")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest video upload (default 200)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="longest video (default 120)")
+    p.add_argument("--token", help="required on every path but /health; default $SELFMM_TOKEN")
+    p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     return parser
 
 
