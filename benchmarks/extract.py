@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # media.py: the synthetic clips of the 
 sys.path.insert(0, str(ROOT / "src"))
 
 from media import make_video  # noqa: E402
-
 from selfmm.extract import AUDIO_SETS, VISION_FPS, acoustic_frames, extract_media  # noqa: E402
 from selfmm.extract.clip import _face_describer  # noqa: E402
 from selfmm.extract.media import decode  # noqa: E402

@@ -136,10 +136,10 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
     for i in range(warmup + batches):
         clock = time.perf_counter()
 
-        def lap(phase: str) -> None:
+        def lap(phase: str, timed: bool = i >= warmup) -> None:
             nonlocal clock
             now = time.perf_counter()
-            if i >= warmup:
+            if timed:
                 times[phase] += now - clock
             clock = now
 
@@ -168,7 +168,7 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
         lap("encoder")
         torch.autograd.backward([audio, vision], [leaves[1].grad, leaves[2].grad])
         lap("lstms")
-        features = {s: f.detach() for s, f in zip("mtav", (f_m, f_t, f_a, f_v))}
+        features = {s: f.detach() for s, f in zip("mtav", (f_m, f_t, f_a, f_v), strict=True)}
         ulgm.step(batch.index, features, epoch=2)  # epoch 2: label updates included
         lap("ulgm")
         if (i + 1) % cfg.optim.accumulation_steps == 0:
@@ -337,7 +337,7 @@ def render(results: dict[str, Any]) -> str:
         t = results["train"]
         lines.append("")
         lines.append(f"whole epochs through fit_seed ({t['train_clips']} training clips)")
-        for e, (sps, sec) in enumerate(zip(t["samples_per_s"], t["epoch_seconds"]), start=1):
+        for e, (sps, sec) in enumerate(zip(t["samples_per_s"], t["epoch_seconds"], strict=True), start=1):
             save = t["checkpoint_seconds"][e - 1] if e <= len(t["checkpoint_seconds"]) else float("nan")
             lines.append(f"  epoch {e}: {sps:6.1f} samples/s in the training loop; "
                          f"{sec:6.1f} s with validation; checkpoint {save:5.2f} s")

@@ -91,7 +91,7 @@ def make_video(
             wave = tone(seconds, freq) if audio == "tone" else np.zeros(
                 int(seconds * AUDIO_RATE), np.float32)
             chunk = 1024
-            for k, start in enumerate(range(0, wave.size, chunk)):
+            for start in range(0, wave.size, chunk):
                 block = wave[start : start + chunk][None]
                 frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
                 frame.sample_rate = AUDIO_RATE

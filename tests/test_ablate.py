@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import shutil
 
 import pytest
 
@@ -14,17 +17,18 @@ from selfmm.metrics import METRIC_NAMES
 
 @pytest.fixture(scope="module")
 def ablation(tiny_bert, synth_path, tmp_path_factory):
+    """Combinations M and MTA, one seed; each test that changes the run works on a copy."""
     out = tmp_path_factory.mktemp("ablate") / "run"
     base = ["ablate", "--dataset", "mosi", "--data", str(synth_path(aligned=True)),
             "--text-model", str(tiny_bert), "--max-epochs", "1", "--seeds", "7",
             "--device", "cpu", "--out", str(out)]
-    return base, out
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(base + ["--combos", "M", "MTA"]) == 0
+    return base, out, printed.getvalue()
 
 
-def test_ablate_trains_each_combination_and_prints_every_metric(ablation, capsys):
-    base, out = ablation
-    assert main(base + ["--combos", "M", "MTA"]) == 0
-    table = capsys.readouterr().out
+def test_ablate_trains_each_combination_and_prints_every_metric(ablation):
+    base, out, table = ablation
     for name in METRIC_NAMES["mosi"]:
         assert name in table
     rows = [line.split() for line in table.splitlines()[3:]]
@@ -46,8 +50,11 @@ def test_ablate_trains_each_combination_and_prints_every_metric(ablation, capsys
     assert [r[0] for r in lines[1:]] == ["M", "MTA"]
 
 
-def test_ablate_resume_keeps_finished_combinations(ablation, capsys):
-    base, out = ablation
+def test_ablate_resume_keeps_finished_combinations(ablation, capsys, tmp_path):
+    base, original, _ = ablation
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    base = base[:-1] + [str(out)]
     before = (out / "M" / "seed-7" / "metrics.json").read_text()
     mtime = (out / "M" / "seed-7" / "best.safetensors").stat().st_mtime_ns
     assert main(base + ["--combos", "M", "MV", "--resume"]) == 0
@@ -64,7 +71,7 @@ def test_ablate_resume_keeps_finished_combinations(ablation, capsys):
     (["--tasks", "MT"], "--combos, not --tasks"),
 ])
 def test_ablate_refuses(ablation, capsys, extra, message):
-    base, _ = ablation
+    base, _, _ = ablation
     assert main(base + extra) == 2
     assert message in capsys.readouterr().err
 
@@ -77,7 +84,7 @@ def test_ablation_table_shape():
 
 
 def test_a_combination_is_the_same_training_as_selfmm_train(ablation, tmp_path):
-    base, out = ablation
+    base, out, _ = ablation
     train = ["train"] + base[1:-1] + [str(tmp_path / "train"), "--tasks", "MTA"]
     assert main(train) == 0
     ablated = json.loads((out / "MTA" / "seed-7" / "metrics.json").read_text())

@@ -120,7 +120,7 @@ def test_optimizer_steps_equal_with_sparse_and_dense_embedding_gradients(tiny_be
     runs = []
     for dense in (False, True):
         # Under torch.distributed the gradient stays dense; pretend, to get the dense path here.
-        monkeypatch.setattr(bert, "_distributed", lambda: dense)
+        monkeypatch.setattr(bert, "_distributed", lambda dense=dense: dense)
         seed_everything(5)
         model = SelfMM(AutoModel.from_pretrained(tiny_bert), data.audio_dim, data.vision_dim, cfg.model)
         optimizer = make_optimizer(model, cfg)

@@ -70,7 +70,7 @@ def test_loads_every_profile(synth_path, profile, aligned):
     assert (data.audio_dim, data.vision_dim, data.text_len) == (prof.audio_dim, prof.vision_dim, prof.text_len)
     expected = (prof.text_len, prof.text_len) if aligned else (prof.audio_len, prof.vision_len)
     assert (data.audio_len, data.vision_len) == expected
-    for name, size in zip(SPLITS, prof.sizes):
+    for name, size in zip(SPLITS, prof.sizes, strict=True):
         split = data.splits[name]
         assert split.name == name and len(split) == max(8, round(size * scale))
         assert split.text_bert.shape == (len(split), 3, prof.text_len)

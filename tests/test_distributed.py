@@ -20,7 +20,7 @@ def test_sharded_batches_partition_the_single_process_order():
     single = list(ShardedBatchSampler(37, 8, torch.Generator().manual_seed(3)))
     shards = [list(ShardedBatchSampler(37, 4, torch.Generator().manual_seed(3), r, 2)) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == len(single) == 5
-    for whole, a, b in zip(single, *shards):
+    for whole, a, b in zip(single, *shards, strict=True):
         assert a + b == whole
     # Same order as a RandomSampler drawing from the same generator.
     flat = [i for batch in single for i in batch]

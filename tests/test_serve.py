@@ -23,8 +23,8 @@ pytest.importorskip("python_multipart")
 httpx = pytest.importorskip("httpx")  # the TestClient's, and the live server's client
 
 from fastapi.testclient import TestClient  # noqa: E402
-from media import make_corrupt, make_video  # noqa: E402
 
+from media import make_corrupt, make_video  # noqa: E402
 from selfmm import serve as serve_module  # noqa: E402
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402

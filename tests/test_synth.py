@@ -64,7 +64,7 @@ def test_layout_sizes_widths_lengths(profile, aligned):
     prof = PROFILES[profile]
     assert list(data) == list(SPLITS)
     la, lv = (prof.text_len, prof.text_len) if aligned else (prof.audio_len, prof.vision_len)
-    for name, size in zip(SPLITS, prof.sizes):
+    for name, size in zip(SPLITS, prof.sizes, strict=True):
         split = data[name]
         n = max(8, round(size * scale))
         assert split["text_bert"].shape == (n, 3, prof.text_len) and split["text_bert"].dtype == np.float32
@@ -133,7 +133,7 @@ def test_text_is_english_that_follows_the_text_label():
     split = _data("mosi", 0.3)["train"]
     tokenizer = load_tokenizer("minilm")
     texts = tokenizer.batch_decode(split["text_bert"][:, 0].astype(np.int64), skip_special_tokens=True)
-    for raw, decoded in zip(split["raw_text"][:20], texts):
+    for raw, decoded in zip(split["raw_text"][:20], texts, strict=False):
         assert decoded == raw or raw.startswith(decoded)  # lower-case single-token words round-trip
     words = [set(t.replace(",", " ").split()) for t in texts]
     score = np.array([len(w & POSITIVE) - len(w & NEGATIVE) for w in words])

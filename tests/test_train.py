@@ -52,7 +52,7 @@ def test_dynamic_padding_matches_full_padding(tiny_bert, data):
     assert cut.audio.shape[1] < full.audio.shape[1] or cut.text.shape[2] < full.text.shape[2]
     with torch.no_grad():
         a, b = model(cut), model(full)
-    for x, y in zip(a.predictions + a.features, b.predictions + b.features):
+    for x, y in zip(a.predictions + a.features, b.predictions + b.features, strict=True):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
 

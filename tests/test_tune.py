@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
+from pathlib import Path
 
 import optuna
 import pytest
@@ -18,22 +22,28 @@ from selfmm.train import fit_seed, selfmm_builder
 
 
 @pytest.fixture(scope="module")
-def tuning(tiny_bert, synth_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tune") / "run"
-    base = ["tune", "--dataset", "mosi", "--data", str(synth_path(aligned=True)),
+def arguments(tiny_bert, synth_path, tmp_path_factory) -> list[str]:
+    """`selfmm tune` on a tiny encoder, one epoch per trial; --out last."""
+    return ["tune", "--dataset", "mosi", "--data", str(synth_path(aligned=True)),
             "--text-model", str(tiny_bert), "--max-epochs", "1", "--device", "cpu",
-            "--sampler-seed", "0", "--out", str(out)]
-    return base, out
+            "--sampler-seed", "0", "--out", str(tmp_path_factory.mktemp("tune") / "run")]
+
+
+@pytest.fixture(scope="module")
+def tuning(arguments):
+    """A search of two trials; each test that changes it works on a copy."""
+    base, out = arguments, Path(arguments[-1])
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(base + ["--trials", "2"]) == 0
+    return base, out, printed.getvalue()
 
 
 def load(out, name="selfmm-mosi"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
-def test_tune_scores_trials_by_validation_loss_and_writes_the_best_config(tuning, capsys):
-    base, out = tuning
-    assert main(base + ["--trials", "2"]) == 0
-    printed = capsys.readouterr().out
+def test_tune_scores_trials_by_validation_loss_and_writes_the_best_config(tuning):
+    base, out, printed = tuning
     study = load(out)
     assert len(study.trials) == 2
     best = study.best_trial
@@ -51,24 +61,26 @@ def test_tune_scores_trials_by_validation_loss_and_writes_the_best_config(tuning
     assert cfg.train.max_epochs == 1 and cfg.model.text_model.endswith("tiny-bert0")
 
 
-def test_tune_rerun_continues_the_same_study(tuning):
-    base, out = tuning
-    assert main(base + ["--trials", "1"]) == 0
+def test_tune_rerun_continues_the_same_study(tuning, tmp_path):
+    base, original, _ = tuning
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    assert main(base[:-1] + [str(out), "--trials", "1"]) == 0
     study = load(out)
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert (out / "trial-2" / "metrics.json").exists()
 
 
 def test_tune_refuses_another_base_config_for_the_same_study(tuning, capsys):
-    base, _ = tuning
+    base, _, _ = tuning
     assert main(base + ["--trials", "1", "--set", "H=2"]) == 2
     assert "another base configuration" in capsys.readouterr().err
 
 
-def test_tune_prunes_a_trial_worse_than_the_shared_study(tuning, tmp_path):
+def test_tune_prunes_a_trial_worse_than_the_shared_study(arguments, tmp_path):
     """A study shared through a storage URL already holds a finished trial from elsewhere with
     validation loss 0 at epoch 1; our trial cannot beat it and is pruned after epoch 1."""
-    base, _ = tuning
+    base = arguments
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     study = optuna.create_study(study_name="shared", storage=storage, direction="minimize")
     params = {k: v[0] for k, v in TUNING_SPACE.items()}
@@ -102,8 +114,8 @@ def test_on_epoch_exception_stops_fit_seed(tiny_bert, synth_path, tmp_path):
     assert not (tmp_path / "seed" / "metrics.json").exists()
 
 
-def test_tune_refuses_a_directory_of_another_kind(tuning, tmp_path, capsys):
-    base, _ = tuning
+def test_tune_refuses_a_directory_of_another_kind(arguments, tmp_path, capsys):
+    base = arguments
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text("{}")
     assert main(base[:-1] + [str(tmp_path / "other"), "--trials", "1"]) == 2

@@ -38,6 +38,9 @@ class Context:
         return self.rank == 0
 
 
+ONE_PROCESS = Context()
+
+
 def init_from_env(device_type: str) -> Context:
     """Join the process group that torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -97,7 +100,7 @@ def _all_gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
 
 
 def make_gather(ctx: Context):

@@ -35,7 +35,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: st
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
 
     lines = [title] if title else []
     lines.append(line(header))

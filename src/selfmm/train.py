@@ -176,7 +176,7 @@ def eval_loader(split: Split, batch_size: int, num_workers: int = 0, pin: bool =
 
 
 def train_loader(split: Split, cfg: Config, seed: int, epoch: int, pin: bool = False,
-                 dist: distributed.Context = distributed.Context()) -> DataLoader:
+                 dist: distributed.Context = distributed.ONE_PROCESS) -> DataLoader:
     # The order of epoch e is a function of (seed, e) alone, so a resumed run sees the same.
     generator = torch.Generator().manual_seed(seed * 10007 + epoch)
     sampler = distributed.ShardedBatchSampler(len(split), cfg.optim.batch_size, generator,
@@ -413,7 +413,7 @@ def save_encoder_files(model: torch.nn.Module, name: str, directory: Path) -> No
 
 def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,
              build: ModelBuilder, *, resume: bool = False,
-             dist: distributed.Context = distributed.Context(),
+             dist: distributed.Context = distributed.ONE_PROCESS,
              progress: bool = False, log: Callable[[str], None] = print,
              on_epoch: Callable[[int, float], None] | None = None,
              provenance: dict[str, Any] | None = None) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slow") and here in Path(item.fspath).parents:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many corrupted files the loader fuzzing tried, per strategy, when it ran."""
+    fuzz = next((m for name, m in list(sys.modules.items()) if name.endswith("test_fuzz_loader")), None)
+    cases = getattr(fuzz, "FUZZ_CASES", None)
+    if cases:
+        strategies = dict.fromkeys(s for s, _ in cases)
+        terminalreporter.write_line(f"loader fuzzing: {sum(cases.values())} cases (strategy: refused/loaded): "
+                                    + ", ".join(f"{s}: {cases.get((s, 'error'), 0)}/{cases.get((s, 'loaded'), 0)}"
+                                                for s in strategies))
 
 
 @pytest.fixture(autouse=True)

@@ -65,7 +65,8 @@ def offline(tmp_path):
 
 
 def test_sitecustomize_blocks(offline):
-    done = subprocess.run([sys.executable, "-c", "import urllib.request as u; u.urlopen('http://example.com', timeout=5)"],
+    fetch = "import urllib.request as u; u.urlopen('http://example.com', timeout=5)"
+    done = subprocess.run([sys.executable, "-c", fetch],
                           env={**os.environ, "PYTHONPATH": str(Path(offline.log).parent / "site"),
                                "SELFMM_TEST_CONNECT_LOG": str(offline.log)}, capture_output=True, text=True)
     assert done.returncode != 0 and "network disabled by the test" in done.stderr

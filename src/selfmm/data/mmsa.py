@@ -155,8 +155,8 @@ def _check_structure(handle: Any, size: int, source: str) -> None:
                 raise DataError(f"{source}: truncated pickle (unexpected end of file)")
             (length,) = struct.unpack(fmt, head)
             if length < 0 or length > size - handle.tell():
-                raise DataError(f"{source}: truncated pickle: {op.name} at byte {pos} declares {length} bytes, but only "
-                                f"{size - handle.tell()} remain in the file")
+                raise DataError(f"{source}: truncated pickle: {op.name} at byte {pos} declares {length} "
+                                f"bytes, but only {size - handle.tell()} remain in the file")
             handle.seek(length, os.SEEK_CUR)
         elif op.arg is not None:
             try:
@@ -463,7 +463,8 @@ def _as_token_ids(value: Any, where: str) -> np.ndarray:
             raise DataError(f"{where}: key 'text_bert' holds {value}, not a token id (0 <= id < 2**31)")
         for row, what in ((1, "attention mask"), (2, "token type ids")):
             if arr[:, row].max() > 1:
-                raise DataError(f"{where}: key 'text_bert' {what} (row {row}) holds {arr[:, row].max()}; must be 0 or 1")
+                raise DataError(f"{where}: key 'text_bert' {what} (row {row}) holds {arr[:, row].max()}; "
+                                "must be 0 or 1")
     return arr
 
 

@@ -58,7 +58,7 @@ def _split_lines(split: Split, edges: np.ndarray) -> list[str]:
     )
     counts, _ = np.histogram(labels, bins=edges)
     scale = BAR_WIDTH / max(1, counts.max())
-    for low, high, count in zip(edges[:-1], edges[1:], counts):
+    for low, high, count in zip(edges[:-1], edges[1:], counts, strict=True):
         centre = round((low + high) / 2, 6) + 0.0  # never print "-0.0"
         lines.append(f"  {centre:+5.1f} | {'#' * round(count * scale):<{BAR_WIDTH}} {count}")
     return lines

@@ -66,8 +66,10 @@ SENTIMENT_WORDS: tuple[tuple[str, ...], ...] = (
     ("good", "enjoyable", "fun", "charming", "great"),
     ("excellent", "amazing", "wonderful", "fantastic", "brilliant", "superb", "outstanding"),
 )
-INTENSIFIERS = {1: ("kind of", "a bit", "somewhat", ""), 2: ("really", "very", "pretty", ""), 3: ("really", "so", "just", "")}
-NOUNS = ("movie", "acting", "plot", "story", "ending", "soundtrack", "characters", "dialogue", "cast", "film", "script", "music")
+INTENSIFIERS = {1: ("kind of", "a bit", "somewhat", ""), 2: ("really", "very", "pretty", ""),
+                3: ("really", "so", "just", "")}
+NOUNS = ("movie", "acting", "plot", "story", "ending", "soundtrack", "characters", "dialogue", "cast", "film",
+         "script", "music")
 TEMPLATES = (
     "i thought the {noun} was {adj}",
     "the {noun} was {adj}",
@@ -91,7 +93,8 @@ FILLERS = (
 )
 
 
-def make_synthetic(profile: str, *, scale: float = 1.0, seed: int = 0, aligned: bool = False) -> dict[str, dict[str, Any]]:
+def make_synthetic(profile: str, *, scale: float = 1.0, seed: int = 0,
+                   aligned: bool = False) -> dict[str, dict[str, Any]]:
     """The feature-file dict {"train", "valid", "test"} of a profile; deterministic from `seed`.
 
     `scale` multiplies the clip counts only (at least 8 per split); shapes stay those of the
@@ -107,7 +110,7 @@ def make_synthetic(profile: str, *, scale: float = 1.0, seed: int = 0, aligned: 
     directions = {"a": _direction(rng, prof.audio_dim), "v": _direction(rng, prof.vision_dim)}
     return {
         split: _make_split(prof, split, index, max(8, round(size * scale)), seed, aligned, directions)
-        for index, (split, size) in enumerate(zip(SPLITS, prof.sizes), start=1)
+        for index, (split, size) in enumerate(zip(SPLITS, prof.sizes, strict=True), start=1)
     }
 
 
@@ -229,7 +232,8 @@ def _make_split(
     # A few -inf values inside valid audio frames, which the loader must repair.
     for row in np.flatnonzero((audio_rng.random(n) < NEG_INF_RATE) & (audio_lengths > 0)):
         hits = audio_rng.integers(1, 4)
-        audio[row, audio_rng.integers(0, audio_lengths[row], hits), audio_rng.integers(0, prof.audio_dim, hits)] = -np.inf
+        frames, columns = audio_rng.integers(0, audio_lengths[row], hits), audio_rng.integers(0, prof.audio_dim, hits)
+        audio[row, frames, columns] = -np.inf
 
     sign = np.sign(m_label).astype(np.int64)
     data: dict[str, Any] = {

@@ -233,7 +233,7 @@ def extract_dataset(
         data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
                                     acoustic.dim)
         for row in members:
-            for name, value in zip(FLAGS, loaded[row.id]["flags"]):
+            for name, value in zip(FLAGS, loaded[row.id]["flags"], strict=True):
                 flag_counts[name] += int(value)
     data[EXTRACTION_KEY] = extraction_metadata(acoustic.name)
     write_pickle(out, data)
@@ -319,7 +319,7 @@ def _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
         audio[i, : len(a)] = a
         vision[i, : len(v)] = v
         audio_lengths[i], vision_lengths[i] = len(a), len(v)
-        flags.append(flag_string(dict(zip(FLAGS, part["flags"].tolist()))))
+        flags.append(flag_string(dict(zip(FLAGS, part["flags"].tolist(), strict=True))))
     split = {
         "text_bert": tokenize(tokenizer, [row.text for row in members], text_len),
         "audio": audio,
