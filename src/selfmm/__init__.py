@@ -26,6 +26,7 @@ _EXPORTS = {
     "config": "selfmm.api",
     "fit": "selfmm.api",
     "load_run": "selfmm.api",
+    "reproduce": "selfmm.api",
     "Run": "selfmm.api",
     "SeedRun": "selfmm.api",
     "Config": "selfmm.configuration",
@@ -53,7 +54,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ does this
-    from .api import Run, SeedRun, config, fit, load_run
+    from .api import Run, SeedRun, config, fit, load_run, reproduce
     from .configuration import Config
     from .data.batch import Batch
     from .data.mmsa import DataSpec, FeatureData, load_features

@@ -24,13 +24,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import distributed, provenance
-from .configuration import DEFAULT_SEEDS, Config, from_dict, resolve
+from .configuration import DEFAULT_SEEDS, DEFAULT_TEXT_MODEL, Config, from_dict, resolve
 from .data.mmsa import DataSpec, FeatureData
 from .encoder import load_encoder_config
 from .errors import SelfMMError
 from .interop import read_config_file
 from .metrics import regression_metrics
 from .model import SelfMM
+from .reproduction import check_labels, compare
+from .reproduction import write as write_reproduction
 from .results import write_results
 from .rundir import RunDirectory
 from .runs import (
@@ -106,6 +108,35 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     finally:
         distributed.shutdown(dist)
     return load_run(out, model=model) if dist.is_main else Run(out, {}, None)
+
+
+def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
+              text_model: str | None = None, device: str = "auto", max_epochs: int | None = None,
+              resume: bool = False, progress: bool = True, invocation: str | None = None) -> dict[str, Any]:
+    """The paper's protocol: the published configuration of `dataset` (SPEC 3), seeds 1111-1115
+    (SPEC 5), then the comparison with the published numbers (SPEC 7), written beside the run
+    as OUT/reproduction.md and OUT/reproduction.json with the run's provenance; returns it.
+
+    Other seeds, another text model or `max_epochs` (a quick look) are allowed and flagged as
+    not the protocol. `resume=True` continues an interrupted reproduction.
+    """
+    check_labels(data, dataset)
+    overrides: dict[str, Any] = {}
+    notes = []
+    if text_model is not None:
+        overrides["text_model"] = text_model
+        if text_model != DEFAULT_TEXT_MODEL[dataset]:
+            notes.append(f"text model {text_model} instead of {DEFAULT_TEXT_MODEL[dataset]}")
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+        notes.append(f"at most {max_epochs} epoch(s) instead of early stopping alone")
+    run = fit(config(dataset, **overrides), data, out, seeds, device=device, resume=resume,
+              progress=progress, invocation=invocation)
+    if run.results is None:  # a torchrun process other than rank 0
+        return {}
+    comparison = compare(run.results["seeds"], dataset, protocol=not notes, notes=notes)
+    write_reproduction(out, comparison, run.results["provenance"])
+    return comparison
 
 
 # ---------------------------------------------------------------------------------------------

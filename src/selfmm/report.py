@@ -23,8 +23,9 @@ from .analysis import chosen_epochs, figures, label_trajectory, load_human_data,
 from .api import SeedRun, load_run
 from .configuration import flatten
 from .data.mmsa import FeatureData
+from .reproduction import table as reproduction_table
 from .results import display, summarize
-from .runs import HEADS, ULABELS, read_predictions
+from .runs import HEADS, ULABELS, read_json, read_predictions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -149,6 +150,16 @@ def ulabel_section(seeds: list[SeedRun], data_arg: str | None, epochs: list[int]
     return out
 
 
+def reproduction_section(run: Path) -> dict[str, Any] | None:
+    """The table of `selfmm reproduce` (reproduction.json beside the run), as reproduction.md has it."""
+    saved = read_json(run / "reproduction.json", None)
+    if saved is None:
+        return None
+    header, rows = reproduction_table(saved)
+    return {"protocol": saved["protocol"], "notes": saved["notes"], "seeds": saved["seeds"],
+            "level": f"{saved['confidence']:.0%}", "table": Table(header, rows, numeric_from=1)}
+
+
 def build_report(run: str | Path, data_arg: str | None = None, top: int = 10,
                  epochs: list[int] | None = None, seed: int | None = None) -> str:
     """The report page of a run directory (every seed) or of one seed directory."""
@@ -167,6 +178,7 @@ def build_report(run: str | Path, data_arg: str | None = None, top: int = 10,
         seeds=[r.seed for r in seeds], version=__version__,
         when=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         metrics=metrics_section(seeds), unfinished=[r.seed for r in seeds if not r.metrics],
+        reproduction=reproduction_section(Path(run)),
         curves=_png_uri(plot_curves(seeds)) if any(r.history for r in seeds) else None,
         ulabels=ulabel_section(seeds, data_arg, epochs, cache), errors=error_section(seeds, data, top),
         config_seed=first.seed, config=config_section(first))

@@ -61,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
+    p = _command(sub, "reproduce", "train:reproduce", "the paper's protocol, with the published numbers "
+                 "beside ours", description="Train with the published configuration of --dataset and seeds "
+                 "1111-1115, then write OUT/reproduction.md and OUT/reproduction.json: per metric our mean, "
+                 "std (ddof=1) and 95%% t-interval beside the paper's and MMSA's values. Another --text-model, "
+                 "--seeds or --max-epochs is allowed and flagged as not the protocol.")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
+    p.add_argument("--seeds", type=int, nargs="+", help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
+    p.add_argument("--text-model", help="default: the dataset's published encoder (bert-base-uncased, "
+                   "bert-base-chinese); 'minilm' for the offline one")
+    p.add_argument("--max-epochs", type=int, help="a quick look: at most this many epochs (not the protocol)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--resume", action="store_true", help="continue the reproduction in --out")
+
     p = _command(sub, "evaluate", "train:evaluate", "reload a trained run and compute its metrics")
     p.add_argument("--run", required=True, help="a seed directory (DIR/seed-N) or a run directory")
     add_data_arguments(p)

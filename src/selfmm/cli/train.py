@@ -10,6 +10,9 @@ from pathlib import Path
 from ..ablate import ablate as run_ablation
 from ..ablate import ablation_table
 from ..api import fit, load_run
+from ..api import reproduce as run_reproduction
+from ..configuration import DEFAULT_TEXT_MODEL
+from ..encoder import load_encoder_config
 from ..errors import SelfMMError
 from ..results import table
 from ..rundir import RunDirectory
@@ -30,6 +33,18 @@ def train(args: argparse.Namespace) -> int:
         if processes:
             title += f", {processes} processes"
         print(table(per_seed, f"{title}: {args.out}"))
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    RunDirectory(args.out, resume=args.resume).check()
+    load_encoder_config(args.text_model or DEFAULT_TEXT_MODEL[args.dataset])
+    data = data_from_args(args, args.dataset)
+    comparison = run_reproduction(args.dataset, data, args.out, args.seeds, text_model=args.text_model,
+                                  device=args.device, max_epochs=args.max_epochs, resume=args.resume,
+                                  invocation=args.invocation)
+    if comparison:
+        print((Path(args.out) / "reproduction.md").read_text(), end="")
     return 0
 
 

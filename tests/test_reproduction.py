@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
 from selfmm.errors import SelfMMError
 from selfmm.metrics import METRIC_NAMES
-from selfmm.reproduce import PROTOCOL_SEEDS, PUBLISHED, compare, render_markdown, write
+from selfmm.reproduction import PROTOCOL_SEEDS, PUBLISHED, compare, render_markdown, write
 
 OFFSETS = (-0.04, -0.02, 0.0, 0.02, 0.04)  # around a centre: mean = centre, ddof=1 std = sqrt(0.001)
 
@@ -147,3 +148,90 @@ def test_write_keeps_provenance_beside_the_table(tmp_path) -> None:
     assert saved["provenance"] == provenance and saved["metrics"] == json.loads(json.dumps(c["metrics"]))
     assert (tmp_path / "reproduction.md").read_text() == text
     assert "## Provenance" in text and "  - torch: 2.13.0" in text and "- data_sha256: 5da0b844" in text
+
+
+# --- `selfmm reproduce` on the synthetic benchmark ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reproduced(tiny_bert, synth_path, tmp_path_factory):
+    from selfmm.cli import main
+
+    out = tmp_path_factory.mktemp("reproduce") / "run"
+    data = synth_path("mosi", scale=0.03, aligned=True)
+    argv = ["reproduce", "--dataset", "mosi", "--data", str(data), "--out", str(out), "--text-model",
+            str(tiny_bert), "--max-epochs", "1", "--seeds", "1", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    return argv, out, data
+
+
+def test_reproduce_writes_a_self_contained_record(reproduced, capsys):
+    import hashlib
+    from pathlib import Path
+
+    _, out, data = reproduced
+    saved = json.loads((out / "reproduction.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert saved["seeds"] == [1, 2] and saved["protocol"] is False
+    assert any("at most 1 epoch" in note for note in saved["notes"])
+    assert saved["metrics"]["MAE"]["per_seed"] == {s: results["seeds"][s]["MAE"] for s in ("1", "2")}
+    provenance = saved["provenance"]
+    assert provenance == results["provenance"]
+    assert provenance["data"]["file"]["sha256"] == hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    assert provenance["invocation"].startswith("selfmm reproduce --dataset mosi")
+    text = (out / "reproduction.md").read_text()
+    assert "**Not the published protocol**" in text and "## Provenance" in text and "sha256" in text
+
+
+def test_reproduce_resumes(reproduced, tmp_path):
+    from selfmm.cli import main
+
+    argv, original, _ = reproduced
+    out = tmp_path / "run"
+    shutil.copytree(original, out)
+    # Interrupted during seed 2's test: its metrics and the run's summaries are not written yet.
+    for name in ("seed-2/metrics.json", "results.json", "reproduction.json", "reproduction.md"):
+        (out / name).unlink()
+    kept = (out / "seed-1" / "best.safetensors").stat().st_mtime_ns
+    assert main(argv[:argv.index("--out") + 1] + [str(out)] + argv[argv.index("--out") + 2:] + ["--resume"]) == 0
+    assert (out / "seed-1" / "best.safetensors").stat().st_mtime_ns == kept
+    before = json.loads((original / "reproduction.json").read_text())
+    after = json.loads((out / "reproduction.json").read_text())
+    assert after["metrics"] == before["metrics"]
+
+
+def test_report_shows_the_reproduction_table(reproduced, tmp_path):
+    from selfmm.report import build_report
+
+    _, out, _ = reproduced
+    html = build_report(out)
+    assert '<table id="reproduction">' in html and "Not the published protocol" in html
+
+
+def test_reproduce_refuses_a_dataset_the_file_does_not_fit(tiny_bert, synth_path, tmp_path, capsys):
+    from selfmm.cli import main
+
+    def refused(dataset: str, profile: str) -> str:
+        argv = ["reproduce", "--dataset", dataset, "--data", str(synth_path(profile, scale=0.03)),
+                "--out", str(tmp_path / dataset), "--text-model", str(tiny_bert), "--max-epochs", "1"]
+        assert main(argv) == 2
+        assert not (tmp_path / dataset).exists()
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert "every label lies within [-1, 1], as in SIMS, not in mosi's [-3, 3]" in refused("mosi", "sims")
+    assert "outside the label range [-1, 1]" in refused("sims", "mosi")
+
+
+def test_python_reproduce_returns_the_record(tiny_bert, synth_path, tmp_path):
+    import warnings
+
+    import selfmm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = selfmm.load_features(synth_path("sims", scale=0.03), "sims")
+    result = selfmm.reproduce("sims", data, tmp_path / "run", seeds=[3], text_model=str(tiny_bert),
+                              max_epochs=1, device="cpu", progress=False)
+    saved = json.loads((tmp_path / "run" / "reproduction.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "provenance"} == json.loads(json.dumps(result))
+    assert set(result["sources"]) == {"paper", "mmsa"} and result["metrics"]["Mult_acc_2"]["n"] == 1

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import t as student_t
 
+from .configuration import LABEL_RANGE
+from .data.mmsa import FeatureData
 from .errors import SelfMMError
 from .io import write_json, write_text
 from .metrics import METRIC_NAMES
@@ -81,6 +83,19 @@ PUBLISHED: dict[str, dict[str, Published]] = {
             "MAE": 0.3106, "Corr": 0.6952}),
     },
 }
+
+
+def check_labels(data: FeatureData, dataset: str) -> None:
+    """The file's labels must fit the dataset named: inside its range, and, for the [-3, 3]
+    datasets, beyond [-1, 1] somewhere (a file whose labels all lie within +-1 is SIMS-like)."""
+    low, high = LABEL_RANGE[dataset]
+    labels = np.concatenate([np.asarray(s.labels) for s in data.splits.values()])
+    if labels.size and (labels.min() < low or labels.max() > high):
+        raise SelfMMError(f"{data.path}: labels run from {labels.min():g} to {labels.max():g}, outside "
+                          f"{dataset}'s range [{low:g}, {high:g}]: not a {dataset} file")
+    if high > 1 and labels.size and np.abs(labels).max() <= 1:
+        raise SelfMMError(f"{data.path}: every label lies within [-1, 1], as in SIMS, not in {dataset}'s "
+                          f"[{low:g}, {high:g}]: not a {dataset} file")
 
 
 def compare(per_seed: Mapping[int, Mapping[str, float]], dataset: str, protocol: bool = True,
@@ -188,24 +203,10 @@ def render_markdown(comparison: Mapping[str, Any], provenance: Mapping[str, Any]
               f"standard deviation over seeds (ddof=1); the interval is the {level} t-interval of the mean; "
               "diff is ours minus the published value; inside says whether the published value lies in "
               "the interval.", ""]
-    header = ["metric", "n", "mean", "std", f"{level} interval"]
-    for src in sources.values():
-        header += [src["label"], "diff", "inside"]
+    header, rows = table(comparison)
     align = ["---", "---:", "---:", "---:", ":---:"] + ["---:", "---:", ":---:"] * len(sources)
     lines += [_row(header), _row(align)]
-    for name, m in metrics.items():
-        interval = m["interval"]
-        cells = [name, str(m["n"]), _shown(m["mean"]), _shown(m["std"]),
-                 f"{display(interval[0])} to {display(interval[1])}" if interval else "n/a"]
-        for key in sources:
-            p = m["published"][key]
-            if p["value"] is None:
-                cells += ["not reported", "", ""]
-            else:
-                inside = {True: "yes", False: "**no**", None: "n/a"}[p["inside"]]
-                diff = "n/a" if p["difference"] is None else _signed(p["difference"])
-                cells += [display(p["value"]), diff, inside]
-        lines.append(_row(cells))
+    lines += [_row(["**no**" if cell == "no" else cell for cell in row]) for row in rows]
     lines += ["", "## In words", ""]
     lines += [f"- {m['published'][key]['sentence']}" for m in metrics.values() for key in sources]
     lines += ["", "## Per seed", "", _row(["seed", *metrics]), _row(["---"] + ["---:"] * len(metrics))]
@@ -215,6 +216,29 @@ def render_markdown(comparison: Mapping[str, Any], provenance: Mapping[str, Any]
     if provenance:
         lines += ["", "## Provenance", "", *_bullets(provenance)]
     return "\n".join(lines) + "\n"
+
+
+def table(comparison: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison, x100 as the field prints it: per metric n, mean, std,
+    interval, then per source its value, the difference and whether it lies inside."""
+    sources, level = comparison["sources"], f"{comparison['confidence']:.0%}"
+    header = ["metric", "n", "mean", "std", f"{level} interval"]
+    for src in sources.values():
+        header += [src["label"], "diff", "inside"]
+    rows = []
+    for name, m in comparison["metrics"].items():
+        interval = m["interval"]
+        cells = [name, str(m["n"]), _shown(m["mean"]), _shown(m["std"]),
+                 f"{display(interval[0])} to {display(interval[1])}" if interval else "n/a"]
+        for key in sources:
+            p = m["published"][key]
+            if p["value"] is None:
+                cells += ["not reported", "", ""]
+            else:
+                diff = "n/a" if p["difference"] is None else _signed(p["difference"])
+                cells += [display(p["value"]), diff, {True: "yes", False: "no", None: "n/a"}[p["inside"]]]
+        rows.append(cells)
+    return header, rows
 
 
 def write(out: str | Path, comparison: Mapping[str, Any], provenance: Mapping[str, Any] | None = None) -> str:
