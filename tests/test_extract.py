@@ -248,7 +248,8 @@ def test_extract_command(media, tmp_path, capsys):
     assert parser().parse_args(["extract", "v.mp4", "--transcript", "x"]).audio_features == "egemaps"
     with pytest.raises(SystemExit):
         parser().parse_args(["extract", "v.mp4", "--transcript", "x", "--audio-features", "covarep"])
-    args = parser().parse_args(["extract", str(media["garbage"]), "--transcript", "hi", "--out", str(out)])
+    args = parser().parse_args(["extract", str(media["garbage"]), "--transcript", "hi", "--out",
+                                str(tmp_path / "garbage.pkl")])
     with pytest.raises(SelfMMError, match="garbage"):
         dispatch(args)
 

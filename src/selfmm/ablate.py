@@ -17,12 +17,12 @@ from .configuration import TASKS, Config, with_values
 from .data.mmsa import FeatureData
 from .errors import SelfMMError
 from .io import write_json, write_text
+from .model import SelfMM
+from .provenance import data_provenance
 from .results import PerSeed, display, format_table, summarize
+from .resume import check_resume
 from .rundir import RunDirectory
-from .runs import CONFIG, read_json
-
-# Settings a resumed ablation may change: they bound or feed the loop, not what it learns.
-_RESUMABLE = ("max_epochs", "num_workers")
+from .train import class_path
 
 
 def ablation_table(results: dict[str, PerSeed], title: str = "") -> str:
@@ -56,18 +56,6 @@ def write_ablation(out: Path, config: dict, results: dict[str, PerSeed]) -> None
     write_text(out / "ablation.csv", ablation_csv(results))
 
 
-def _check_same_config(combo_dir: Path, expected: dict) -> None:
-    """A resumed combination must have been started with the configuration asked for now."""
-    for seed_config in sorted(combo_dir.glob(f"seed-*/{CONFIG}")):
-        before = read_json(seed_config)["config"]
-        changed = sorted(f"{section}.{k}" for section, values in expected.items()
-                         if isinstance(values, dict) for k in values
-                         if k not in _RESUMABLE and before.get(section, {}).get(k) != values[k])
-        if changed or before.get("dataset") != expected["dataset"]:
-            raise SelfMMError(f"{seed_config.parent} was trained with a different configuration "
-                              f"({', '.join(changed) or 'dataset'}); use another --out")
-
-
 def ablate(cfg: Config, data: FeatureData, out: str | Path, combos: list[str] = TASKS,
            seeds: list[int] | None = None, *, device: str = "auto", resume: bool = False,
            progress: bool = True, invocation: str | None = None) -> dict[str, PerSeed]:
@@ -77,12 +65,18 @@ def ablate(cfg: Config, data: FeatureData, out: str | Path, combos: list[str] = 
     if unknown:
         raise SelfMMError(f"task combinations {', '.join(unknown)}: each must be one of {', '.join(TASKS)}")
     run_dir = RunDirectory(out, resume=resume)
+    run_dir.check()
+    if resume:
+        # Every combination before any trains: a mismatch in the last one must not come after
+        # hours of work on the first.
+        record = data_provenance(data.path, data.overrides)
+        for tasks in combos:
+            check_resume(Path(out) / tasks, with_values(cfg, {"tasks": tasks}).to_dict(),
+                         data.spec.to_dict(), record, class_path(SelfMM))
     results: dict[str, PerSeed] = {}
     with run_dir as path:
         for tasks in combos:
             combo_cfg = with_values(cfg, {"tasks": tasks})
-            if resume:
-                _check_same_config(path / tasks, combo_cfg.to_dict())
             print(f"ablation {tasks}", file=sys.stderr)
             run = fit(combo_cfg, data, path / tasks, seeds, device=device, resume=resume,
                       progress=progress, invocation=invocation)

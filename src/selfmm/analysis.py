@@ -21,7 +21,8 @@ from .data.mmsa import FeatureData, load_features
 from .errors import SelfMMError
 from .io import write_bytes, write_text
 from .metrics import pearson
-from .runs import CONFIG, read_json, read_ulabels
+from .provenance import file_digest
+from .runs import read_seed_config, read_ulabels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,7 +66,7 @@ class Agreement:
 def label_trajectory(seed_dir: str | Path, data: FeatureData | None = None) -> LabelTrajectory:
     """Read a seed directory's u-labels; with `data`, attach its human unimodal labels by clip id."""
     seed_dir = Path(seed_dir)
-    saved = read_json(seed_dir / CONFIG)
+    saved = read_seed_config(seed_dir)
     labels = read_ulabels(seed_dir)
     ids = [str(i) for i in labels["ids"]]
     m = labels["m"].astype(np.float64)
@@ -295,16 +296,24 @@ def write_analysis(traj: LabelTrajectory, out: Path, epochs: list[int]) -> str:
 
 def load_human_data(seed_dir: Path, data_path: str | None, cache: dict[str, FeatureData | None]
                     ) -> FeatureData | None:
-    """The feature file for human labels and transcripts: `data_path`, else the path the run
-    recorded. A recorded file that has since moved only costs the comparison (a warning)."""
-    saved = read_json(seed_dir / CONFIG)
+    """The feature file for human labels and transcripts: `data_path`, else the file the run
+    recorded, by its resolved path, and only while it holds the bytes the run was trained on
+    (its SHA-256): a file of the same name elsewhere or rewritten since is not the run's data.
+    A recorded file that has moved or changed only costs the comparison (a warning)."""
+    saved = read_seed_config(seed_dir)
+    recorded = ((saved.get("provenance") or {}).get("data") or {}).get("file") or {}
     path = data_path or saved["data"].get("path")
+    if path is not None and data_path is None and not Path(path).is_absolute():
+        # Runs made before paths were recorded resolved: their provenance holds it.
+        path = recorded.get("path") or path
     if path is None:
         return None
     if path not in cache:
-        if data_path is None and not Path(path).exists():
-            warnings.warn(f"the run's data file {path} is gone; give the data file to compare with "
-                          "human unimodal labels", stacklevel=2)
+        changed = data_path is None and Path(path).exists() and recorded.get("sha256") not in (
+            None, file_digest(path)["sha256"])
+        if data_path is None and (changed or not Path(path).exists()):
+            warnings.warn(f"the run's data file {path} {'has changed since training' if changed else 'is gone'}; "
+                          "give the data file to compare with human unimodal labels", stacklevel=2)
             cache[path] = None
         else:
             with warnings.catch_warnings():

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import distributed, provenance
-from .configuration import DEFAULT_SEEDS, DEFAULT_TEXT_MODEL, Config, from_dict, resolve
+from .configuration import DEFAULT_SEEDS, DEFAULT_TEXT_MODEL, Config, check_seeds, from_dict, resolve
 from .data.mmsa import DataSpec, FeatureData
 from .encoder import load_encoder_config
 from .errors import SelfMMError
@@ -34,16 +34,17 @@ from .model import SelfMM
 from .reproduction import check_labels, compare
 from .reproduction import write as write_reproduction
 from .results import write_results
+from .resume import check_resume
 from .rundir import RunDirectory
 from .runs import (
     BEST_WEIGHTS,
     CONFIG,
     ENCODER,
-    HISTORY,
-    METRICS,
-    RESULTS,
     best_seed_dir,
-    read_json,
+    read_history,
+    read_metrics,
+    read_results,
+    read_seed_config,
     read_ulabels,
     seed_dirs,
 )
@@ -74,8 +75,7 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     """
     out = Path(out)
     seeds = list(seeds) if seeds is not None else list(DEFAULT_SEEDS)
-    if len(set(seeds)) != len(seeds):
-        raise SelfMMError(f"seeds {seeds}: each seed once")
+    check_seeds(seeds)
     torch_device = resolve_device(device)
     run_dir = RunDirectory(out, resume=resume)
     run_dir.check()  # every rank, before rank 0 creates the directory
@@ -92,6 +92,9 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
                                invocation or _api_call(out, seeds, device, resume, model))
     if dist.enabled:
         record["processes"] = dist.world_size
+    if resume:
+        check_resume(out, cfg.to_dict(), data.spec.to_dict(), record["data"],
+                     class_path(model or SelfMM))
 
     log = (lambda s: print(s, file=sys.stderr)) if dist.is_main else (lambda s: None)
     per_seed: dict[int, dict[str, float]] = {}
@@ -166,7 +169,10 @@ class SeedRun:
 
     @cached_property
     def config(self) -> Config:
-        return from_dict(self.saved["config"])
+        try:
+            return from_dict(self.saved["config"])
+        except SelfMMError as exc:
+            raise SelfMMError(f"{self.path / CONFIG}: {exc}") from None
 
     @property
     def spec(self) -> DataSpec:
@@ -175,11 +181,11 @@ class SeedRun:
     @cached_property
     def metrics(self) -> dict[str, Any] | None:
         """metrics.json (best epoch, best validation loss, test metrics); None while unfinished."""
-        return read_json(self.path / METRICS, None)
+        return read_metrics(self.path)
 
     @cached_property
     def history(self) -> list[dict[str, float]]:
-        return read_json(self.path / HISTORY, [])
+        return read_history(self.path)
 
     @cached_property
     def ulabels(self) -> dict[str, np.ndarray]:
@@ -272,7 +278,7 @@ def load_run(path: str | Path, *, model: type[torch.nn.Module] | None = None) ->
     path = Path(path)
     seeds: dict[int, SeedRun] = {}
     for directory in seed_dirs(path):
-        saved = read_json(directory / CONFIG)
+        saved = read_seed_config(directory)
         recorded = saved.get("model_class") or class_path(SelfMM)
         cls = model or (SelfMM if recorded == class_path(SelfMM) else None)
         if cls is None:
@@ -283,6 +289,6 @@ def load_run(path: str | Path, *, model: type[torch.nn.Module] | None = None) ->
                               f"({type(exc).__name__}: {exc}); pass model= to load_run to rebuild it",
                               stacklevel=2)
         seeds[int(saved["seed"])] = SeedRun(directory, int(saved["seed"]), saved, cls)
-    results = read_json(path / RESULTS, None) if not (path / CONFIG).exists() else None
+    results = read_results(path, None) if not (path / CONFIG).exists() else None
     return Run(path, seeds, results)
 

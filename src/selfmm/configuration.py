@@ -29,6 +29,15 @@ DEFAULT_TEXT_MODEL = {
     "simsv2": "bert-base-chinese",
 }
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+# Seeds must fit every generator they seed unchanged (numpy's legacy seed takes 32 bits) and
+# name a folder (seed-N): non-negative, below 2^32.
+SEED_LIMIT = 2**32
+# Worker processes of any kind (data loading, extraction, serving): more than this is never
+# faster here, and a mistyped 100000 forks until the kernel kills the process.
+MAX_WORKERS = 64
+# A configuration file is a few kilobytes and a few levels deep (MMSA's: four).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 16
 
 # --- validity rules: value -> None when valid, else what a valid value is ----------------------
 
@@ -49,6 +58,10 @@ def positive(v: float) -> str | None:
 
 def probability(v: float) -> str | None:
     return None if 0 <= v < 1 else "in [0, 1)"
+
+
+def between(low: int, high: int) -> Rule:
+    return lambda v: None if low <= v <= high else f"in [{low}, {high}]"
 
 
 def non_empty(v: str) -> str | None:
@@ -112,7 +125,7 @@ class TrainConfig:
     tasks: str = setting("MTAV", one_of(*TASKS))
     early_stop: int = setting(8, at_least(1))
     max_epochs: int = setting(0, at_least(0))  # 0: no limit, early stopping alone ends training (as MMSA)
-    num_workers: int = setting(0, at_least(0))
+    num_workers: int = setting(0, between(0, MAX_WORKERS))
 
 
 @dataclass(frozen=True)
@@ -201,9 +214,9 @@ def valid_keys() -> list[str]:
     return sorted(FIELDS)
 
 
-def _coerce(key: str, raw: Any, tp: type) -> Any:
-    """Turn a string (from `--set`) or a JSON value into the field's type, strictly."""
-    where = f"config key {key!r}"
+def coerce(where: str, raw: Any, tp: type) -> Any:
+    """Turn a string (from `--set`) or a JSON value into `tp` (bool, int, float, str), strictly;
+    `where` names the setting in the error."""
     if tp is bool:
         if isinstance(raw, bool):
             return raw
@@ -236,6 +249,10 @@ def _coerce(key: str, raw: Any, tp: type) -> Any:
     return raw
 
 
+def to_bool(where: str, raw: Any) -> bool:
+    return coerce(where, raw, bool)
+
+
 def with_values(cfg: Config, values: dict[str, Any]) -> Config:
     """Return `cfg` with `values` (flat or dotted keys) applied, every key and value checked."""
     per_section: dict[str | None, dict[str, Any]] = {}
@@ -244,7 +261,7 @@ def with_values(cfg: Config, values: dict[str, Any]) -> Config:
         spec = FIELDS.get(name)
         if spec is None or (section and section != spec.section):
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
-        value = _coerce(key, raw, spec.type)
+        value = coerce(f"config key {key!r}", raw, spec.type)
         problem = spec.rule(value) if spec.rule else None
         if problem:
             raise ConfigError(f"config key {key!r}: {value!r} is out of range; must be {problem}")
@@ -277,25 +294,66 @@ def flatten(obj: dict[str, Any]) -> dict[str, Any]:
     """Nested `Config.to_dict()` form (or an already flat dict) -> flat keys."""
     flat: dict[str, Any] = {}
     for key, value in obj.items():
-        if key in SECTIONS and isinstance(value, dict):
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {key!r}: expected an object of settings, got {value!r}")
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
     return flat
 
 
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, level + 1) for v in item]
+    return deepest
+
+
 def read_json_object(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A JSON file whose top level is an object, or a ConfigError naming the file."""
+    """A JSON file whose top level is an object, or a ConfigError naming the file. Only a
+    regular file of at most MAX_CONFIG_BYTES, nested at most MAX_CONFIG_DEPTH deep."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
+        if not path.is_file():
+            raise ConfigError(f"{what} {path} " + ("is not a regular file" if path.exists() else "does not exist"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; "
+                              "not a configuration file")
+        obj = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{what} {path}: not readable JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{what} {path}: expected a JSON object at the top level")
+    if _depth(obj) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"{what} {path}: nested deeper than {MAX_CONFIG_DEPTH} levels")
     return obj
+
+
+def check_workers(value: int | None, what: str = "--workers") -> None:
+    """A count of worker processes (None: the command's default)."""
+    if value is not None and not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{what} must be in [1, {MAX_WORKERS}], got {value}")
+
+
+def check_seeds(seeds: list[int] | tuple[int, ...], what: str = "seeds") -> None:
+    """Each seed once, each an integer in [0, 2^32)."""
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+            raise ConfigError(f"{what}: {seed!r} is not an integer in [0, 2^32)")
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise ConfigError(f"{what}: {', '.join(map(str, repeated))} given more than once; give each seed once")
 
 
 def from_dict(obj: dict[str, Any]) -> Config:

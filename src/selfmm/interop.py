@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from .configuration import Config, flatten, read_json_object
+from .configuration import Config, coerce, flatten, read_json_object, to_bool
 from .encoder import load_encoder
 from .errors import ConfigError, SelfMMError
 from .io import atomic_writer, write_bytes
@@ -94,6 +94,17 @@ def read_config_file(path: str | Path, dataset: str | None = None) -> dict[str, 
     return flatten(obj)
 
 
+def _section(obj: dict[str, Any], key: str, name: str, source: str) -> dict[str, Any]:
+    """A section of MMSA's file that must be an object (absent: empty)."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: MMSA section {name} must be an object of settings, "
+                          f"got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
 def _leaf_names(obj: Any) -> set[str]:
     """Setting names anywhere below a datasetCommonParams entry (flat, or aligned/unaligned)."""
     if not isinstance(obj, dict):
@@ -116,21 +127,24 @@ def translate_mmsa_config(obj: dict[str, Any], dataset: str | None, source: str 
                           f"(it has: {', '.join(sorted(obj))})")
     if dataset is None:
         raise ConfigError(f"{source}: an MMSA config holds one section per dataset; name the dataset")
-    per_dataset = section.get("datasetParams") or {}
+    per_dataset = _section(section, "datasetParams", f"{MMSA_MODEL}.datasetParams", source)
     if dataset not in per_dataset:
         raise ConfigError(f"{source}: MMSA's {MMSA_MODEL} section has no datasetParams for "
                           f"{dataset!r} (it has: {', '.join(sorted(per_dataset)) or 'none'})")
-    merged = {**(section.get("commonParams") or {}), **per_dataset[dataset]}
+    merged = {**_section(section, "commonParams", f"{MMSA_MODEL}.commonParams", source),
+              **_section(per_dataset, dataset, f"{MMSA_MODEL}.datasetParams.{dataset}", source)}
     values: dict[str, Any] = {}
-    ignored = _leaf_names((obj.get("datasetCommonParams") or {}).get(dataset))
+    common = _section(obj, "datasetCommonParams", "datasetCommonParams", source)
+    ignored = _leaf_names(common.get(dataset))
     unknown = []
     for key, value in merged.items():
         if key in _RENAMED:
             values[_RENAMED[key]] = value
         elif key == "use_finetune":
-            values["freeze_encoder"] = not value
+            values["freeze_encoder"] = not to_bool(f"MMSA setting {key}", value)
         elif key in _FIXED:
-            if value != _FIXED[key]:
+            # Read as strictly as our own settings: "no" is false, "1" is 1.
+            if coerce(f"MMSA setting {key}", value, type(_FIXED[key])) != _FIXED[key]:
                 raise ConfigError(f"{source}: MMSA setting {key}={value!r} is not supported; "
                                   f"selfmm fixes it at {_FIXED[key]!r} (SPEC 3)")
         elif key in _IGNORED:
@@ -294,14 +308,23 @@ def mmsa_results_row(model_name: str, per_seed: PerSeed) -> tuple[list[str], lis
     return ["Model", *names], [model_name, *cells]
 
 
-def write_mmsa_results(path: str | Path, model_name: str, per_seed: PerSeed) -> None:
-    """Append one model's row to an MMSA results CSV (created if absent), as MMSA's run does."""
+def write_mmsa_results(path: str | Path, model_name: str, per_seed: PerSeed, *, replace: bool = False) -> None:
+    """Append one model's row to an MMSA results CSV (created if absent), as MMSA's run does.
+    `replace`: a file that is not such a CSV is replaced instead of refused."""
     path = Path(path)
     header, row = mmsa_results_row(model_name, per_seed)
     rows: list[list[str]] = []
     if path.exists():
-        with open(path, newline="") as handle:
-            existing = list(csv.reader(handle))
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                existing = list(csv.reader(handle))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            if not replace:
+                raise SelfMMError(f"{path} is not a CSV file ({exc}); choose another --out "
+                                  "or pass --force to replace it") from None
+            existing = []
+        if existing and existing[0] != header and replace:
+            existing = []
         if existing and existing[0] != header:
             raise SelfMMError(f"{path} has columns {', '.join(existing[0])}, not "
                               f"{', '.join(header)}: choose another --out for this dataset")

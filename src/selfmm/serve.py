@@ -50,13 +50,15 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
-from .configuration import LABEL_RANGE
+from .configuration import LABEL_RANGE, check_workers
 from .errors import SelfMMError
+from .pools import ignore_interrupts, stop
 from .predict import Predictor
 
 STATIC = Path(__file__).parent / "static"
 MB = 1 << 20
 DEFAULT_QUEUE = 32
+SHUTDOWN_GRACE_S = 2
 TRANSCRIPT_LIMIT = 64 * 1024  # bytes: far beyond what the text encoder's 50 tokens can use
 FORM_OVERHEAD = 1 * MB  # boundaries, part headers and the transcript, beside the video
 UPLOAD_IDLE_SECONDS = 30.0  # a client that sends nothing for this long loses its slot
@@ -126,6 +128,7 @@ _predictor: Predictor | None = None
 
 def _load_worker(seed_dir: str, device: str, text_model: str | None, threads: int) -> None:
     global _predictor
+    ignore_interrupts()
     torch.set_num_threads(threads)  # the workers share the cores between them
     _predictor = Predictor(seed_dir, device=device, text_model=text_model)
     _predictor.tokenizer  # noqa: B018 - loaded now rather than during the first request
@@ -236,7 +239,8 @@ class ScoringPool:
         return result
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """At shutdown (Ctrl-C): queued jobs are cancelled and running ones cut short."""
+        stop(self._executor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,8 +620,7 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
     token = token or os.environ.get("SELFMM_TOKEN") or None
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
-    if workers < 1:
-        raise SelfMMError(f"--workers must be at least 1, not {workers}")
+    check_workers(workers)
     for name, value in (("--max-upload-mb", max_upload_mb), ("--max-seconds", max_seconds)):
         if not value > 0:
             raise SelfMMError(f"{name} must be positive, not {value}")
@@ -644,8 +647,10 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
         bound = sock.getsockname()[1]
         print(f"selfmm: serving {predictor.run} ({predictor.cfg.dataset}) at "
               f"http://{host}:{bound}/ with {workers} worker(s)", file=sys.stderr)
+        # On Ctrl-C, requests still in flight get SHUTDOWN_GRACE_S to finish; then their
+        # jobs are cut short with the workers (ScoringPool.close).
         config = uvicorn.Config(app, host=host, port=bound, timeout_keep_alive=5,
-                                log_level="info")
+                                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, log_level="info")
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

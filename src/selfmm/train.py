@@ -37,6 +37,7 @@ from .errors import SelfMMError
 from .io import write_bytes, write_json
 from .metrics import regression_metrics
 from .model import Heads, SelfMM, SelfMMOutput
+from .resume import finished_seed
 from .runs import (
     BEST_WEIGHTS,
     ENCODER,
@@ -90,7 +91,13 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SelfMMError(f"device {name!r}: not a device name (cpu, cuda, cuda:N or auto)") from None
+        device = None
+    # torch knows many more (meta, xla, mps, ...); a model there fails far from the flag.
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise SelfMMError(f"device {name!r}: not a device selfmm runs on (cpu, cuda, cuda:N or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise SelfMMError(f"device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     if device.type == "cuda":
         # TF32 tensor cores (Ampere and newer) for the float32 matmuls and cuDNN calls that
         # autocast leaves in float32; their ~1e-3 relative rounding is finer than bf16's.
@@ -429,8 +436,15 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
         if len(data.splits[name]) == 0:
             raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs train and valid clips")
     out.mkdir(parents=True, exist_ok=True)
+    spec = {"path": str(Path(data.path).resolve()), **data.spec.to_dict()}
     if resume and (out / METRICS).exists():
-        return read_json(out / METRICS)["test"]
+        if not dist.is_main:
+            return read_json(out / METRICS)["test"]
+        done = finished_seed(out, list(data.splits["train"].ids), log=log, write_config=lambda: write_seed_config(
+            out, config=cfg.to_dict(), seed=seed, data=spec, model_class=class_path(type(build(data.spec))),
+            provenance=provenance))
+        if done is not None:
+            return done
     seed_everything(seed)
     model = build(data.spec).to(device)
     check_model(model)
@@ -440,7 +454,7 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     train = data.splits["train"]
     state = TrainingState.start(model, cfg, train, device)
     if dist.is_main:
-        write_seed_config(out, config=cfg.to_dict(), seed=seed, data={"path": data.path, **data.spec.to_dict()},
+        write_seed_config(out, config=cfg.to_dict(), seed=seed, data=spec,
                           model_class=class_path(type(model)), provenance=provenance)
         save_encoder_files(model, cfg.model.text_model, out / ENCODER)
     if resume:

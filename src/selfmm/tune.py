@@ -20,10 +20,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .configuration import TUNING_SPACE, Config, with_values
+from .configuration import TUNING_SPACE, Config, check_seeds, with_values
 from .data.mmsa import FeatureData
 from .errors import SelfMMError
 from .io import write_json
+from .provenance import data_provenance
+from .resume import config_differences, data_differences
 from .rundir import LOCK, RunDirectory
 from .runs import METRICS, read_json
 from .train import NumericalError, fit_seed, resolve_device, selfmm_builder
@@ -48,8 +50,9 @@ def redact(url: str) -> str:
 
 
 def open_study(storage: str, name: str, cfg: Config, sampler_seed: int | None = None,
-               prune_after: int = 5, prune_warmup: int = 3) -> optuna.Study:
-    """Create the study or load it (continuing a search); refuse one made for another setup."""
+               prune_after: int = 5, prune_warmup: int = 3, data: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the study or load it (continuing a search); refuse one made for another base
+    configuration or other data files (`data`: provenance.data_provenance)."""
     try:
         with warnings.catch_warnings():
             # The heartbeat is marked experimental; it is what fails trials of a killed process.
@@ -65,10 +68,15 @@ def open_study(storage: str, name: str, cfg: Config, sampler_seed: int | None = 
     base = study.user_attrs.get("config")
     if base is None:
         study.set_user_attr("config", cfg.to_dict())
-    elif base != cfg.to_dict():
-        raise SelfMMError(f"study {name!r} in {redact(storage)} was started with another base "
-                          "configuration (dataset, --config, --set, --max-epochs ...); "
-                          "use the same one or another --study-name")
+    # Trials are compared with each other: no setting may differ, not even the epoch limit.
+    changed = config_differences(base, cfg.to_dict(), allowed=()) if base is not None else []
+    if data is not None:
+        if study.user_attrs.get("data") is None:
+            study.set_user_attr("data", data)
+        changed += data_differences(study.user_attrs["data"], data)
+    if changed:
+        raise SelfMMError(f"study {name!r} in {redact(storage)} was started with another setup: "
+                          f"{'; '.join(changed)}; use the same one or another --study-name")
     return study
 
 
@@ -126,14 +134,25 @@ def summary(study: optuna.Study, storage: str) -> str:
     return "\n".join(lines)
 
 
+def check_settings(trials: int, seed: int, sampler_seed: int | None, prune_after: int, prune_warmup: int) -> None:
+    """The tuner's own settings, before any data is loaded."""
+    if trials < 1:
+        raise SelfMMError(f"--trials must be at least 1, got {trials}")
+    check_seeds([seed], "--seed")
+    if sampler_seed is not None:
+        check_seeds([sampler_seed], "--sampler-seed")
+    for name, value in (("--prune-after", prune_after), ("--prune-warmup", prune_warmup)):
+        if value < 0:
+            raise SelfMMError(f"{name} must be at least 0, got {value}")
+
+
 def tune(cfg: Config, data: FeatureData, out: str | Path, trials: int, *, storage: str | None = None,
          study_name: str | None = None, seed: int = 1111, device: str = "auto",
          sampler_seed: int | None = None, prune_after: int = 5, prune_warmup: int = 3,
          progress: bool = True) -> optuna.Study:
     """Run `trials` more trials of the study (created or continued) and write
     OUT/best_config.json and OUT/best_trial.json."""
-    if trials < 1:
-        raise SelfMMError("--trials must be at least 1")
+    check_settings(trials, seed, sampler_seed, prune_after, prune_warmup)
     torch_device = resolve_device(device)
     out = Path(out)
     marker = out / "tune.json"
@@ -149,7 +168,8 @@ def tune(cfg: Config, data: FeatureData, out: str | Path, trials: int, *, storag
         storage = storage or default_storage(out)
         write_json(marker, {"study_name": name, "storage": redact(storage), "dataset": cfg.dataset,
                             "seed": seed})
-        study = open_study(storage, name, cfg, sampler_seed, prune_after, prune_warmup)
+        study = open_study(storage, name, cfg, sampler_seed, prune_after, prune_warmup,
+                           data_provenance(data.path, data.overrides))
         study.optimize(make_objective(cfg, data, out, seed, torch_device, progress, log),
                        n_trials=trials, catch=(NumericalError,),
                        callbacks=[lambda s, t: log(trial_line(s, t))])

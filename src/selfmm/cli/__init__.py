@@ -1,21 +1,33 @@
 """The `selfmm` command: parse, call the library, print. Nothing else in selfmm imports this.
 
-User mistakes (SelfMMError) print one line and exit with status 2, without a traceback.
+Every failure is one line on stderr: a user's mistake (SelfMMError, a path that does not exist
+or cannot be written) exits with status 2; anything unexpected (a bug) with status 1 and a
+pointer to `--debug`, which prints the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import shlex
 import sys
+import traceback
 import warnings
 
 from ..errors import SelfMMError
+from .outputs import check_output
 from .parser import build_parser
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
+# Errors of the system calls that name what the user gave: a path that is missing, a folder
+# for a file, a name too long, no permission, a full or read-only disk. Anything else
+# (EIO, ENOMEM, ...) is the machine's.
+USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST,
+               errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+               errno.ENOTEMPTY, errno.EXDEV, errno.ETXTBSY}
 # Packages of the optional extras, for a one-line answer when a command needs one.
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "av": "video",
           "cv2": "video", "librosa": "video", "opensmile": "video"}
@@ -33,9 +45,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    """Run the parsed command. Only its module is imported: `selfmm --help` needs no torch."""
+    """Run the parsed command: its output policy first (selfmm.cli.outputs), then its handler.
+    Only the handler's module is imported: `selfmm --help` needs no torch."""
+    check_output(args)
     module, name = args.handler.split(":")
     return int(getattr(importlib.import_module(f"{__name__}.{module}"), name)(args) or 0)
+
+
+def _os_error(exc: OSError) -> tuple[str, int]:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    line = f"{where}: {exc.strerror}" if where and exc.strerror else str(exc)
+    return line, EXIT_USAGE if exc.errno in USER_ERRNOS else EXIT_FAILURE
+
+
+def failure(exc: BaseException, command: str) -> tuple[str, int]:
+    """The one line and the exit status of an exception that ended a command."""
+    if isinstance(exc, SelfMMError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, ModuleNotFoundError) and exc.name in EXTRAS:
+        return (f"{command} needs the package {exc.name}: pip install 'selfmm[{EXTRAS[exc.name]}]'",
+                EXIT_USAGE)
+    if isinstance(exc, OSError):
+        return _os_error(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (f"unexpected {type(exc).__name__}{': ' + first if first else ''} (a bug in selfmm; "
+            "run again with --debug for the traceback, and report it)", EXIT_FAILURE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,19 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
             return dispatch(args)
-    except SelfMMError as exc:
-        print(f"selfmm: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModuleNotFoundError as exc:
-        if exc.name not in EXTRAS:
-            raise
-        print(f"selfmm: error: {args.command} needs the package {exc.name}: "
-              f"pip install 'selfmm[{EXTRAS[exc.name]}]'", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        # The environment failed us (a full disk, a vanished directory): one line, not a trace.
-        print(f"selfmm: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("selfmm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one guard: no command ends in a bare traceback
+        line, status = failure(exc, args.command)
+        if args.debug:
+            traceback.print_exc()
+        print(f"selfmm: error: {' '.join(line.split())}", file=sys.stderr)
+        return status

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ..api import config
-from ..configuration import Config, parse_assignments
+from ..configuration import Config, check_seeds, parse_assignments
 from ..data.mmsa import FeatureData, load_features
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
@@ -32,6 +33,8 @@ def training_inputs(args: argparse.Namespace, out: RunDirectory | None = None) -
     """The configuration and the data of a training command, cheapest checks first: settings,
     the output directory, that the data files exist, that the text model loads; then the data."""
     cfg = config_from_args(args)
+    if getattr(args, "seeds", None) is not None:
+        check_seeds(args.seeds, "--seeds")
     if out is not None:
         out.check()
     for path in (args.data, args.text_file, args.audio_file, args.vision_file):
@@ -41,14 +44,24 @@ def training_inputs(args: argparse.Namespace, out: RunDirectory | None = None) -
     return cfg, data_from_args(args, cfg.dataset)
 
 
+# A text file's suffix, or one word with a path separator, names a file; said words do not.
+_FILE_NAME = re.compile(r"^(\S*[/\\]\S*|.*\.(txt|text|srt|vtt|sbv|csv|tsv|json|md|rtf|docx?))$", re.IGNORECASE)
+
+
 def read_transcript(value: str) -> str:
-    """`value` itself, or the content of the file it names."""
+    """`value` itself, or the content of the file it names. A value that looks like a file name
+    but names no file is refused rather than taken for the words said."""
     path = Path(value)
     try:
         if path.is_file():
             return path.read_text(encoding="utf-8").strip()
+        if path.is_dir():
+            raise SelfMMError(f"--transcript {value}: a folder, not a text file")
     except OSError:  # a long sentence is not a valid path on every system
         pass
-    except UnicodeDecodeError as exc:
-        raise SelfMMError(f"{path}: the transcript file is not UTF-8 text") from exc
+    except UnicodeDecodeError:
+        raise SelfMMError(f"{path}: the transcript file is not UTF-8 text") from None
+    if _FILE_NAME.match(value.strip()):
+        raise SelfMMError(f"--transcript {value}: no such file (a transcript given as text is the "
+                          "words said, not a file name)")
     return value.strip()

@@ -16,8 +16,6 @@ from ..runs import read_json
 
 def synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise SelfMMError(f"{out} exists; pass --force to replace it")
     write_synthetic(out, args.profile, scale=args.scale, seed=args.seed, aligned=args.aligned)
     print(f"wrote {out} ({args.profile} profile, scale {args.scale}, seed {args.seed}, "
           f"{'aligned' if args.aligned else 'unaligned'})")
@@ -36,8 +34,6 @@ def cache(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise SelfMMError(f"{args.file} is not a feature file")
     out = Path(args.out) if args.out else default_out(args.file)
-    if (out / MANIFEST).exists() and not args.force:  # before the costly load
-        raise SelfMMError(f"{out} already holds a cache; pass --force to rewrite it")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the repairs are reported below
         out = write_cache(load_features(args.file, args.dataset), out, force=args.force)

@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ..configuration import check_workers
 from ..encoder import load_tokenizer
 from ..errors import SelfMMError
 from ..extract.clip import extract_clip, flag_string, write_clip
@@ -27,8 +28,6 @@ def extract(args: argparse.Namespace) -> int:
     _positive(args, "text_len", "audio_len", "vision_len")
     video = Path(args.video)
     out = Path(args.out) if args.out else video.with_suffix(".pkl")
-    if out.resolve() == video.resolve():
-        raise SelfMMError(f"--out {out} would overwrite the video")
     clip = extract_clip(video, read_transcript(args.transcript), load_tokenizer(args.text_model),
                         text_len=args.text_len, audio_len=args.audio_len, vision_len=args.vision_len,
                         audio_features=args.audio_features)
@@ -41,7 +40,8 @@ def extract(args: argparse.Namespace) -> int:
 
 
 def extract_dataset(args: argparse.Namespace) -> int:
-    _positive(args, "text_len", "audio_len", "vision_len", "workers")
+    _positive(args, "text_len", "audio_len", "vision_len")
+    check_workers(args.workers)
     report = extract_all(args.video_dir, args.labels, args.out, tokenizer_name=args.text_model,
                          workers=args.workers, text_len=args.text_len, audio_len=args.audio_len,
                          vision_len=args.vision_len, progress=not args.no_progress, strict=args.strict,

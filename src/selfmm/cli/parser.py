@@ -12,6 +12,7 @@ from .. import __version__
 from ..configuration import DATASETS, DEFAULT_SEEDS, TASKS
 from ..data.layout import SPLITS
 from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES
+from .outputs import OUTPUTS, READ_ONLY
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: cuda when available)"
 
@@ -43,6 +44,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
 
 
+DEBUG_HELP = "on an error, print the traceback too (for a bug report)"
+
+
 def _command(sub: argparse._SubParsersAction, name: str, handler: str, help: str,
              **kwargs) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, **kwargs)
@@ -50,9 +54,23 @@ def _command(sub: argparse._SubParsersAction, name: str, handler: str, help: str
     return p
 
 
+def _common_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """What every command has: its output policy (selfmm.cli.outputs), with `--force` where the
+    policy lets it replace an existing output, and `--debug`."""
+    if name not in OUTPUTS and name not in READ_ONLY:
+        raise ValueError(f"command {name}: declare its output in cli.outputs.OUTPUTS or list it in READ_ONLY")
+    output = OUTPUTS.get(name)
+    p.set_defaults(output=output)
+    if output is not None and output.force:
+        p.add_argument("--force", action="store_true", help=f"replace an existing {output.what}")
+    # SUPPRESS: a default here would undo `selfmm --debug COMMAND`.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfmm", description="Self-MM for multimodal sentiment analysis")
     parser.add_argument("--version", action="version", version=f"selfmm {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # --- training and evaluation ---
@@ -118,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aligned", action="store_true")
-    p.add_argument("--force", action="store_true", help="replace an existing file")
 
     p = _command(sub, "inspect", "data:inspect", "summarise and validate a feature file")
     p.add_argument("file")
@@ -128,7 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="MMSA feature file (.pkl)")
     p.add_argument("--out", help="cache folder (default: FILE.selfmm-cache)")
     p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
-    p.add_argument("--force", action="store_true", help="rewrite an existing cache")
 
     # --- reading runs ---
     p = _command(sub, "labels", "runs:labels", "plot and summarise the generated u-labels of a run")
@@ -225,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="required on every path but /health; default $SELFMM_TOKEN")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+    for name, command in sub.choices.items():
+        _common_arguments(name, command)
     return parser
 
 

@@ -13,7 +13,7 @@ from ..interop import import_mmsa as import_weights
 from ..interop import write_mmsa_results
 from ..io import write_text
 from ..report import build_report
-from ..runs import RESULTS, read_json, seed_dirs
+from ..runs import read_results, seed_dirs
 from .common import config_from_args
 
 
@@ -53,8 +53,8 @@ def import_mmsa(args: argparse.Namespace) -> int:
 
 
 def export_mmsa(args: argparse.Namespace) -> int:
-    saved = read_json(Path(args.run) / RESULTS)
+    saved = read_results(Path(args.run))
     per_seed = {int(seed): metrics for seed, metrics in saved["seeds"].items()}
-    write_mmsa_results(args.out, args.model_name, per_seed)
+    write_mmsa_results(args.out, args.model_name, per_seed, replace=args.force)
     print(f"appended {args.model_name} ({len(per_seed)} seed(s)) to {args.out}", file=sys.stderr)
     return 0

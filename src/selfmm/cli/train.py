@@ -11,12 +11,13 @@ from ..ablate import ablate as run_ablation
 from ..ablate import ablation_table
 from ..api import fit, load_run
 from ..api import reproduce as run_reproduction
-from ..configuration import DEFAULT_TEXT_MODEL
+from ..configuration import DEFAULT_TEXT_MODEL, check_seeds
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
 from ..results import table
 from ..rundir import RunDirectory
-from ..runs import METRICS, read_json
+from ..runs import read_metrics
+from ..tune import check_settings as check_tuning
 from ..tune import default_storage, summary
 from ..tune import tune as run_tuning
 from .common import data_from_args, training_inputs
@@ -37,6 +38,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        check_seeds(args.seeds, "--seeds")
     RunDirectory(args.out, resume=args.resume).check()
     load_encoder_config(args.text_model or DEFAULT_TEXT_MODEL[args.dataset])
     data = data_from_args(args, args.dataset)
@@ -55,7 +58,7 @@ def evaluate(args: argparse.Namespace) -> int:
     per_seed = run.evaluate(data, args.split, device=args.device)
     if args.split == "test":
         for seed, metrics in per_seed.items():
-            recorded = read_json(run.seeds[seed].path / METRICS, None)
+            recorded = read_metrics(run.seeds[seed].path)
             if recorded is not None:
                 same = recorded["test"] == metrics
                 print(f"{run.seeds[seed].path}: {'reproduces' if same else 'DIFFERS FROM'} the recorded "
@@ -79,6 +82,7 @@ def ablate(args: argparse.Namespace) -> int:
 
 
 def tune(args: argparse.Namespace) -> int:
+    check_tuning(args.trials, args.seed, args.sampler_seed, args.prune_after, args.prune_warmup)
     cfg, data = training_inputs(args)
     study = run_tuning(cfg, data, args.out, args.trials, storage=args.storage,
                        study_name=args.study_name, seed=args.seed, device=args.device,

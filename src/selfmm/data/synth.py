@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..configuration import check_seeds
 from ..encoder import load_tokenizer
 from ..errors import ConfigError
 from ..io import atomic_writer
@@ -55,6 +56,8 @@ SIGNAL_CHANNELS = 8  # the label lives in a few channels, like a few facial acti
 ZERO_LENGTH_RATE = 0.01  # real unaligned files have a few clips without audio or video frames
 NEG_INF_RATE = 0.05  # share of clips with a few -inf audio values, as COVAREP writes
 ROWS_PER_CHUNK = 512  # bounds the temporary noise arrays of the big MOSEI profile
+# MOSEI at scale 1 is ~4.6 GB in memory and on disk; 10 times that is the most we will build.
+MAX_SCALE = 10.0
 
 # Single-token words of graded strength, index 0 = strongly negative ... 6 = strongly positive.
 SENTIMENT_WORDS: tuple[tuple[str, ...], ...] = (
@@ -102,8 +105,9 @@ def make_synthetic(profile: str, *, scale: float = 1.0, seed: int = 0,
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown synthetic profile {profile!r}; choose one of {sorted(PROFILES)}")
-    if not scale > 0:
-        raise ConfigError(f"synthetic scale must be positive, got {scale}")
+    if not 0 < scale <= MAX_SCALE:
+        raise ConfigError(f"synthetic scale must be positive and at most {MAX_SCALE:g}, got {scale}")
+    check_seeds([seed], "synthetic seed")
     prof = PROFILES[profile]
     # Directions are shared by all splits: they are the "physics" a model must learn.
     rng = np.random.Generator(np.random.SFC64([seed, 0]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import re
 import zipfile
@@ -15,10 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..configuration import check_workers
 from ..data.layout import EXTRACTION_KEY, SPLITS
 from ..encoder import load_tokenizer
 from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, write_json
+from ..pools import ignore_interrupts, stop
+from ..rundir import RunDirectory
 from .audio import DEFAULT_AUDIO_FEATURES, audio_set
 from .clip import FLAGS, empty_split, extract_media, extraction_metadata, flag_string, tokenize, write_pickle
 from .media import check_dependencies
@@ -57,9 +61,12 @@ class DatasetReport:
 
 def _float(value: str, path: Path, line: int, column: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise DataError(f"{path}, line {line}: column {column!r} is {value!r}, not a number") from None
+    if not math.isfinite(number):
+        raise DataError(f"{path}, line {line}: column {column!r} is {value!r}, not a finite number")
+    return number
 
 
 def read_labels(path: str | os.PathLike) -> list[LabelRow]:
@@ -69,40 +76,51 @@ def read_labels(path: str | os.PathLike) -> list[LabelRow]:
         raise DataError(f"{path}: no such label file")
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {', '.join(missing)}; an MMSA label.csv has "
-                f"{', '.join(REQUIRED_COLUMNS)} (and optionally {', '.join(UNIMODAL_COLUMNS)})"
-            )
-        extra = [c for c in UNIMODAL_COLUMNS if c in columns]
-        if extra and len(extra) != len(UNIMODAL_COLUMNS):
-            raise DataError(
-                f"{path}: has column(s) {', '.join(extra)} but not all of "
-                f"{', '.join(UNIMODAL_COLUMNS)}; unimodal labels come as all three"
-            )
-        rows, seen = [], set()
-        for line, rec in enumerate(reader, start=2):
-            mode = (rec["mode"] or "").strip()
-            if mode not in SPLITS:
-                raise DataError(f"{path}, line {line}: mode {mode!r} is not one of {', '.join(SPLITS)}")
-            row = LabelRow(
-                video_id=(rec["video_id"] or "").strip(),
-                clip_id=(rec["clip_id"] or "").strip(),
-                text=rec["text"] or "",
-                label=_float(rec["label"], path, line, "label"),
-                mode=mode,
-                unimodal={c: _float(rec[c], path, line, c) for c in extra},
-            )
-            if not row.video_id or not row.clip_id:
-                raise DataError(f"{path}, line {line}: empty video_id or clip_id")
-            if row.id in seen:
-                raise DataError(f"{path}, line {line}: clip {row.id} appears twice")
-            seen.add(row.id)
-            rows.append(row)
+        try:
+            rows = _parse_labels(path, reader)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a block); "
+                            "a label.csv is a UTF-8 CSV file") from None
+        except csv.Error as exc:
+            raise DataError(f"{path}, line {reader.reader.line_num}: not a CSV row: {exc}") from None
     if not rows:
         raise DataError(f"{path}: no clips listed")
+    return rows
+
+
+def _parse_labels(path: Path, reader: csv.DictReader) -> list[LabelRow]:
+    columns = reader.fieldnames or []
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; an MMSA label.csv has "
+            f"{', '.join(REQUIRED_COLUMNS)} (and optionally {', '.join(UNIMODAL_COLUMNS)})"
+        )
+    extra = [c for c in UNIMODAL_COLUMNS if c in columns]
+    if extra and len(extra) != len(UNIMODAL_COLUMNS):
+        raise DataError(
+            f"{path}: has column(s) {', '.join(extra)} but not all of "
+            f"{', '.join(UNIMODAL_COLUMNS)}; unimodal labels come as all three"
+        )
+    rows, seen = [], set()
+    for line, rec in enumerate(reader, start=2):
+        mode = (rec["mode"] or "").strip()
+        if mode not in SPLITS:
+            raise DataError(f"{path}, line {line}: mode {mode!r} is not one of {', '.join(SPLITS)}")
+        row = LabelRow(
+            video_id=(rec["video_id"] or "").strip(),
+            clip_id=(rec["clip_id"] or "").strip(),
+            text=rec["text"] or "",
+            label=_float(rec["label"], path, line, "label"),
+            mode=mode,
+            unimodal={c: _float(rec[c], path, line, c) for c in extra},
+        )
+        if not row.video_id or not row.clip_id:
+            raise DataError(f"{path}, line {line}: empty video_id or clip_id")
+        if row.id in seen:
+            raise DataError(f"{path}, line {line}: clip {row.id} appears twice")
+        seen.add(row.id)
+        rows.append(row)
     return rows
 
 
@@ -157,6 +175,7 @@ def _extract_part(video: str, part: str, key: str, audio_features: str) -> str |
 def _worker_init() -> None:
     import cv2
 
+    ignore_interrupts()
     cv2.setNumThreads(1)  # one process per core already
 
 
@@ -185,6 +204,7 @@ def extract_dataset(
     left out and listed in the report; it is an error when every clip fails, or any with
     `strict`.
     """
+    check_workers(workers)
     acoustic = audio_set(audio_features)
     check_dependencies((acoustic.module, acoustic.package))
     video_dir, out = Path(video_dir), Path(out)
@@ -192,80 +212,80 @@ def extract_dataset(
         raise DataError(f"{video_dir}: no such video folder")
     rows = read_labels(labels_csv)
     tokenizer = load_tokenizer(tokenizer_name)  # before the long part: fail early
-    parts = Path(f"{out}.parts")
-    parts.mkdir(parents=True, exist_ok=True)
+    # The parts folder is locked while in use (two extractions into one OUT would mix), and
+    # temporary files that an interrupted run left in it are removed.
+    with RunDirectory(f"{out}.parts", resume=True) as parts:
+        failures: dict[str, str] = {}
+        todo: list[tuple[LabelRow, Path, Path, str]] = []
+        reused = 0
+        for row in rows:
+            video = find_video(video_dir, row.video_id, row.clip_id)
+            if video is None:
+                failures[row.id] = (
+                    f"no video {row.video_id}/{row.clip_id}.<ext> or {row.id}.<ext> in {video_dir} "
+                    f"(ext: {', '.join(EXTENSIONS)})"
+                )
+                continue
+            key = _cache_key(video, acoustic.name)
+            part = _part_path(parts, row.id, acoustic.name)
+            if _read_part(part, key) is not None:
+                reused += 1
+            else:
+                todo.append((row, video, part, key))
 
-    failures: dict[str, str] = {}
-    todo: list[tuple[LabelRow, Path, Path, str]] = []
-    reused = 0
-    for row in rows:
-        video = find_video(video_dir, row.video_id, row.clip_id)
-        if video is None:
-            failures[row.id] = (
-                f"no video {row.video_id}/{row.clip_id}.<ext> or {row.id}.<ext> in {video_dir} "
-                f"(ext: {', '.join(EXTENSIONS)})"
-            )
-            continue
-        key = _cache_key(video, acoustic.name)
-        part = _part_path(parts, row.id, acoustic.name)
-        if _read_part(part, key) is not None:
-            reused += 1
-        else:
-            todo.append((row, video, part, key))
+        _run(todo, failures, workers, progress, acoustic.name)
 
-    _run(todo, failures, workers, progress, acoustic.name)
+        ok = [row for row in rows if row.id not in failures]
+        if not ok:
+            listed = "; ".join(f"{i}: {m}" for i, m in list(failures.items())[:5])
+            raise DataError(f"{labels_csv}: no clip could be extracted ({listed})")
+        if strict and failures:
+            listed = "; ".join(f"{i}: {m}" for i, m in failures.items())
+            raise DataError(f"{len(failures)} clip(s) failed: {listed}")
 
-    ok = [row for row in rows if row.id not in failures]
-    if not ok:
-        listed = "; ".join(f"{i}: {m}" for i, m in list(failures.items())[:5])
-        raise DataError(f"{labels_csv}: no clip could be extracted ({listed})")
-    if strict and failures:
-        listed = "; ".join(f"{i}: {m}" for i, m in failures.items())
-        raise DataError(f"{len(failures)} clip(s) failed: {listed}")
-
-    loaded = {row.id: _read_part(_part_path(parts, row.id, acoustic.name)) for row in ok}
-    la = audio_len or max(1, max(p["audio"].shape[0] for p in loaded.values()))
-    lv = vision_len or max(1, max(p["vision"].shape[0] for p in loaded.values()))
-    unimodal = [c for c in UNIMODAL_COLUMNS if c in rows[0].unimodal]
-    data, flag_counts = {}, dict.fromkeys(FLAGS, 0)
-    for split in SPLITS:
-        members = [row for row in ok if row.mode == split]
-        data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
-                                    acoustic.dim)
-        for row in members:
-            for name, value in zip(FLAGS, loaded[row.id]["flags"], strict=True):
-                flag_counts[name] += int(value)
-    data[EXTRACTION_KEY] = extraction_metadata(acoustic.name)
-    write_pickle(out, data)
-    report = DatasetReport(
-        out=out,
-        counts={split: len(data[split]["id"]) for split in SPLITS},
-        extracted=len(todo) - sum(1 for t in todo if t[0].id in failures),
-        reused=reused,
-        failures=sorted(failures.items()),
-        flag_counts=flag_counts,
-    )
-    write_json(
-        Path(f"{out}.json"),
-        {
-            "labels": str(labels_csv),
-            "video_dir": str(video_dir),
-            "text_model": tokenizer_name,
-            "text_len": text_len,
-            "audio_len": la,
-            "vision_len": lv,
-            "audio_fps": acoustic.fps,
-            "vision_fps": VISION_FPS,
-            "audio_feature_set": acoustic.name,
-            "audio_features": list(acoustic.columns),
-            "vision_features": list(VISION_FEATURES),
-            "feature_version": FEATURE_VERSION,
-            "counts": report.counts,
-            "flag_counts": flag_counts,
-            "failures": [{"id": i, "error": m} for i, m in report.failures],
-        },
-    )
-    return report
+        loaded = {row.id: _read_part(_part_path(parts, row.id, acoustic.name)) for row in ok}
+        la = audio_len or max(1, max(p["audio"].shape[0] for p in loaded.values()))
+        lv = vision_len or max(1, max(p["vision"].shape[0] for p in loaded.values()))
+        unimodal = [c for c in UNIMODAL_COLUMNS if c in rows[0].unimodal]
+        data, flag_counts = {}, dict.fromkeys(FLAGS, 0)
+        for split in SPLITS:
+            members = [row for row in ok if row.mode == split]
+            data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
+                                        acoustic.dim)
+            for row in members:
+                for name, value in zip(FLAGS, loaded[row.id]["flags"], strict=True):
+                    flag_counts[name] += int(value)
+        data[EXTRACTION_KEY] = extraction_metadata(acoustic.name)
+        write_pickle(out, data)
+        report = DatasetReport(
+            out=out,
+            counts={split: len(data[split]["id"]) for split in SPLITS},
+            extracted=len(todo) - sum(1 for t in todo if t[0].id in failures),
+            reused=reused,
+            failures=sorted(failures.items()),
+            flag_counts=flag_counts,
+        )
+        write_json(
+            Path(f"{out}.json"),
+            {
+                "labels": str(labels_csv),
+                "video_dir": str(video_dir),
+                "text_model": tokenizer_name,
+                "text_len": text_len,
+                "audio_len": la,
+                "vision_len": lv,
+                "audio_fps": acoustic.fps,
+                "vision_fps": VISION_FPS,
+                "audio_feature_set": acoustic.name,
+                "audio_features": list(acoustic.columns),
+                "vision_features": list(VISION_FEATURES),
+                "feature_version": FEATURE_VERSION,
+                "counts": report.counts,
+                "flag_counts": flag_counts,
+                "failures": [{"id": i, "error": m} for i, m in report.failures],
+            },
+        )
+        return report
 
 
 def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
@@ -293,7 +313,9 @@ def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
                     failures[futures[future].id] = error
                 bar.update()
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Ctrl-C (or a failure): the finished clips are in their parts already; the
+            # queued ones are dropped and the running ones cut short.
+            stop(pool)
             raise
         pool.shutdown()
     finally:
