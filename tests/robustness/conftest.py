@@ -1,11 +1,18 @@
-"""The robustness suite's long variants are marked `slow` and run only with `-m slow`."""
+"""The robustness suite's long variants are marked `slow` and run only with `-m slow`; a tiny
+trained run (`tiny_run`) is shared by the tests that read or resume one."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+from selfmm.cli import main
+
+from .helpers import train_argv
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,3 +50,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synth_path, tiny_bert) -> dict[str, Path]:
+    """One finished seed (7) of a one-epoch run, trained from its own folder with a relative
+    `--data mosi.pkl`. Shared: copy it (`copy_run`) before changing anything."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    shutil.copy(synth_path("mosi", scale=0.02), root / "mosi.pkl")
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(train_argv("mosi.pkl", "run", tiny_bert)) == 0
+    finally:
+        os.chdir(before)
+    return {"run": root / "run", "data": root / "mosi.pkl", "bert": tiny_bert}
+

@@ -1,10 +1,12 @@
-"""Shared pieces of the robustness tests: tiny valid feature files and a memory cap."""
+"""Shared pieces of the robustness tests: tiny valid feature files, a memory cap, tiny runs."""
 
 from __future__ import annotations
 
 import contextlib
 import resource
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -73,3 +75,15 @@ def memory_cap(extra: int = 1 << 30) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def train_argv(data: str | Path, out: str | Path, bert: str | Path, *extra: str, command: str = "train") -> list[str]:
+    """A tiny `selfmm train` (or `ablate`): one seed, one epoch, batches of 8."""
+    return [command, "--dataset", "mosi", "--data", str(data), "--out", str(out), "--text-model", str(bert),
+            "--seeds", "7", "--max-epochs", "1", "--set", "batch_size=8", *extra]
+
+
+def copy_run(tiny_run: dict[str, Path], to: Path, checkpoints: bool = True) -> Path:
+    ignore = None if checkpoints else shutil.ignore_patterns("*.pt")
+    shutil.copytree(tiny_run["run"], to, ignore=ignore)
+    return to

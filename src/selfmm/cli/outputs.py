@@ -200,7 +200,7 @@ def _check(spec: Output, path: Path, label: str, args: argparse.Namespace) -> No
         values = getattr(args, name, None)
         for value in values if isinstance(values, list) else [values]:
             if value is not None and _same_file(path, Path(value)):
-                raise SelfMMError(f"{label} {path} is also an input (--{name.replace('_', '-')}); "
+                raise SelfMMError(f"{label} {path} is also an input ({name.replace('_', '-')}); "
                                   "choose another output path")
     if not (path.exists() or path.is_symlink()):
         return

@@ -1,0 +1,155 @@
+"""Ctrl-C stops every command with a worker pool within seconds (selfmm.pools): queued work is
+cancelled, running workers are ended, finished parts stay for the rerun.
+
+`extract-dataset` gets a real SIGINT, as a terminal's Ctrl-C sends it to the whole process group
+and as `kill -INT` sends it to the command alone; `serve`'s pool is closed with a job running.
+Training's own Ctrl-C (a bit-identical resume) is in test_crash.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+
+from selfmm.extract import extract_dataset
+from selfmm.pools import stop
+
+# The command must be gone this soon after the signal: the pool's own 2-s limit, plus the
+# interpreter's exit, on a busy machine. Each long clip takes far longer to extract (~20 s), so
+# a command that waits for its running clips fails this.
+EXIT_WITHIN_S = 6.0
+SHORT, LONG = 6, 2
+
+
+def processes_in_group(group: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_stop_ends_a_busy_pool_at_once():
+    pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"))
+    futures = [pool.submit(time.sleep, 60) for _ in range(8)]
+    workers = list(pool._processes.values())
+    deadline = time.monotonic() + 60
+    while not all(f.running() for f in futures[:2]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    start = time.monotonic()
+    stop(pool)
+    assert time.monotonic() - start < 3.5
+    assert_gone(workers)
+    assert sum(f.cancelled() for f in futures) >= 4  # the queued ones; the running ones end broken
+
+
+def assert_gone(workers: list, within: float = 10.0) -> None:
+    """Terminated; a process in the middle of disk I/O on a loaded machine may take a moment."""
+    deadline = time.monotonic() + within
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(w.is_alive() for w in workers)
+
+
+def write_labels(path: Path, names: list[str]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["video_id", "clip_id", "text", "label", "mode"])
+        for i, name in enumerate(names):
+            writer.writerow([name, "0", "it was fine", 0.5, ["train", "valid", "test"][i % 3]])
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """Six short clips, then two of 90 s: the command is interrupted while it extracts those."""
+    pytest.importorskip("av")
+    pytest.importorskip("cv2")
+    pytest.importorskip("opensmile")
+    from media import make_video
+
+    root = tmp_path_factory.mktemp("interrupt")
+    short = make_video(root / "short.mp4", seconds=0.5, face=True)
+    long = make_video(root / "long.mp4", seconds=90.0, face=True)
+    names = [f"short{i}" for i in range(SHORT)] + [f"long{i}" for i in range(LONG)]
+    for name in names:
+        (root / "Raw" / name).mkdir(parents=True)
+        os.link(short if name.startswith("short") else long, root / "Raw" / name / "0.mp4")
+    write_labels(root / "label.csv", names)
+    write_labels(root / "short.csv", names[:SHORT])
+    return root
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.parametrize("target", ["group", "command"])
+def test_extract_dataset_stops_on_ctrl_c_and_keeps_finished_clips(target, clips, tmp_path):
+    out = tmp_path / "feats.pkl"
+    parts = Path(f"{out}.parts")
+    command = [sys.executable, "-m", "selfmm", "extract-dataset", str(clips / "Raw"), "--labels",
+               str(clips / "label.csv"), "--out", str(out), "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(parts.glob("*.npz"))) < SHORT:  # the long clips are being extracted now
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the short clips were not extracted within 180 s"
+            time.sleep(0.05)
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
+    assert proc.returncode == 130 and "selfmm: interrupted" in err and "Traceback" not in err, err
+    time.sleep(0.5)  # a terminated worker is reaped by its parent's exit
+    assert processes_in_group(proc.pid) == []
+    assert len(list(parts.glob("*.npz"))) == SHORT and not out.exists()
+    if target == "group":
+        # The finished clips are reused; what an ended worker left behind is cleared.
+        report = extract_dataset(clips / "Raw", clips / "short.csv", out, workers=1, progress=False)
+        assert (report.reused, report.extracted) == (SHORT, 0)
+        assert not list(parts.glob(".*.tmp"))
+
+
+def test_serve_pool_closes_with_a_job_running(tiny_run):
+    """At shutdown (uvicorn's Ctrl-C) the scoring pool ends its workers instead of waiting for
+    their jobs: up to --max-seconds of video each."""
+    pytest.importorskip("fastapi")
+    from selfmm.predict import Predictor
+    from selfmm.serve import ScoringPool
+
+    pool = ScoringPool(Predictor(tiny_run["run"] / "seed-7", device="cpu"), workers=1)
+    job = pool._executor.submit(time.sleep, 60)
+    workers = list(pool._executor._processes.values())
+    deadline = time.monotonic() + 120
+    while not job.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.running()
+    start = time.monotonic()
+    pool.close()
+    assert time.monotonic() - start < 3.5
+    assert_gone(workers)
