@@ -67,8 +67,8 @@ def test_ablate_resume_keeps_finished_combinations(ablation, capsys, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--combos", "M"], "already holds a run"),
-    (["--combos", "M", "--resume", "--set", "lr_audio=1e-4"], "different configuration (optim.lr_audio)"),
-    (["--tasks", "MT"], "--combos, not --tasks"),
+    (["--combos", "M", "--resume", "--set", "lr_audio=1e-4"], "optim.lr_audio 0.005 (now 0.0001)"),
+    (["--tasks", "MT", "--resume"], "--combos, not --tasks"),
 ])
 def test_ablate_refuses(ablation, capsys, extra, message):
     base, _, _ = ablation

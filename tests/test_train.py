@@ -173,7 +173,7 @@ def test_existing_run_directory_is_never_overwritten(tmp_path, synth_path, tiny_
     run.mkdir()
     (run / "notes.txt").write_text("mine")
     assert train(run, synth_path("mosi", scale=0.03, aligned=True), tiny_bert) == 2
-    assert "holds files that are not a selfmm run directory (notes.txt)" in capsys.readouterr().err
+    assert "holds files that are not part of a selfmm run (notes.txt)" in capsys.readouterr().err
     # Not even --resume writes into a folder that holds something else.
     assert train(run, synth_path("mosi", scale=0.03, aligned=True), tiny_bert, "--resume") == 2
     assert "(notes.txt)" in capsys.readouterr().err

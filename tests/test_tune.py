@@ -74,7 +74,7 @@ def test_tune_rerun_continues_the_same_study(tuning, tmp_path):
 def test_tune_refuses_another_base_config_for_the_same_study(tuning, capsys):
     base, _, _ = tuning
     assert main(base + ["--trials", "1", "--set", "H=2"]) == 2
-    assert "another base configuration" in capsys.readouterr().err
+    assert "another setup: labels.H 3.0 (now 2.0)" in capsys.readouterr().err
 
 
 def test_tune_prunes_a_trial_worse_than_the_shared_study(arguments, tmp_path):
@@ -119,4 +119,4 @@ def test_tune_refuses_a_directory_of_another_kind(arguments, tmp_path, capsys):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "results.json").write_text("{}")
     assert main(base[:-1] + [str(tmp_path / "other"), "--trials", "1"]) == 2
-    assert "other than a tuning run" in capsys.readouterr().err
+    assert "not part of a selfmm tuning run (results.json)" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from .provenance import data_provenance
 from .results import PerSeed, display, format_table, summarize
 from .resume import check_resume
 from .rundir import RunDirectory
-from .train import class_path
+from .train import class_path, resolve_device
 
 
 def ablation_table(results: dict[str, PerSeed], title: str = "") -> str:
@@ -64,6 +64,7 @@ def ablate(cfg: Config, data: FeatureData, out: str | Path, combos: list[str] = 
     unknown = [c for c in combos if c not in TASKS]
     if unknown:
         raise SelfMMError(f"task combinations {', '.join(unknown)}: each must be one of {', '.join(TASKS)}")
+    resolve_device(device)  # an unknown device is refused before the folder is made
     run_dir = RunDirectory(out, resume=resume)
     run_dir.check()
     if resume:

@@ -50,6 +50,8 @@ def read_json(path: Path, default: Any = ...) -> Any:
         raise SelfMMError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SelfMMError(f"{path} cannot be read: {exc}") from None
+    except RecursionError:
+        raise SelfMMError(f"{path} cannot be read: nested too deeply; the file is damaged") from None
 
 
 def _damaged(path: Path, problem: str) -> SelfMMError:
@@ -151,8 +153,11 @@ def best_seed_dir(dirs: list[Path]) -> Path:
         return dirs[0]
     finished = []
     for d in dirs:
-        loss = (read_metrics(d) or {}).get("best_valid_loss")
-        if loss is not None and math.isfinite(loss):
+        metrics = read_json(d / METRICS, {})
+        if not isinstance(metrics, dict):
+            raise _damaged(d / METRICS, "not a JSON object")
+        loss = metrics.get("best_valid_loss")
+        if _is_number(loss) and math.isfinite(loss):
             finished.append((loss, d))
     if not finished:
         raise SelfMMError(f"{dirs[0].parent} holds no finished seed (no seed-*/{METRICS}); "

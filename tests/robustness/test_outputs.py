@@ -112,7 +112,7 @@ def test_a_foreign_folder_is_refused_whatever_the_flags(command, tmp_path, capsy
     for extra in ([], flags):
         err = refused(capsys, argv(command, folder, tmp_path) + extra)
         if command in FOLDERS:
-            assert "holds files that are not a selfmm" in err and "(notes.txt)" in err
+            assert "holds files that are not part of a selfmm" in err and "(notes.txt)" in err
         else:
             assert f"{folder} is a folder; name a file" in err
     assert snapshot(tmp_path) == before
@@ -175,7 +175,7 @@ def test_a_run_is_continued_only_with_resume(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run", checkpoints=False)
     for command in ("train", "reproduce"):
         err = refused(capsys, argv(command, run, tmp_path))
-        assert "already holds a run directory; pass --resume" in err
+        assert "already holds a run; pass --resume" in err
         allowed(argv(command, run, tmp_path) + ["--resume"])
     # An ablation holds one run per task combination.
     ablation = tmp_path / "ablation"
@@ -184,7 +184,7 @@ def test_a_run_is_continued_only_with_resume(tiny_run, tmp_path, capsys):
     assert "pass --resume" in refused(capsys, argv("ablate", ablation, tmp_path))
     allowed(argv("ablate", ablation, tmp_path) + ["--resume"])
     # Neither another command's folder nor a run is an ablation.
-    assert "not a selfmm ablation" in refused(capsys, argv("ablate", run, tmp_path) + ["--resume"])
+    assert "not part of a selfmm run" in refused(capsys, argv("ablate", run, tmp_path) + ["--resume"])
 
 
 def test_a_tuning_directory_is_continued_and_an_import_never_replaced(tiny_run, tmp_path, capsys):
@@ -198,7 +198,7 @@ def test_a_tuning_directory_is_continued_and_an_import_never_replaced(tiny_run, 
     for name in ("config.json", "best.safetensors"):
         (imported / name).write_bytes(b"{}")
     assert "choose another folder" in refused(capsys, argv("import-mmsa", imported, tmp_path))
-    assert "not a selfmm tuning directory" in refused(capsys, argv("tune", imported, tmp_path))
+    assert "not part of a selfmm tuning run" in refused(capsys, argv("tune", imported, tmp_path))
 
 
 def test_a_cache_is_rewritten_with_force_an_interrupted_one_without(tmp_path, capsys):
@@ -215,7 +215,7 @@ def test_a_cache_is_rewritten_with_force_an_interrupted_one_without(tmp_path, ca
     default.mkdir()
     (default / "notes.txt").write_text("x")
     args = ["cache", str(tmp_path / "in.pkl")]
-    assert "not a selfmm cache" in refused(capsys, args)
+    assert "not part of a selfmm cache" in refused(capsys, args)
 
 
 def test_labels_draw_again_into_their_own_folder(tmp_path, capsys):
@@ -225,11 +225,11 @@ def test_labels_draw_again_into_their_own_folder(tmp_path, capsys):
         (out / name).write_text("old")
     allowed(argv("labels", out, tmp_path))
     (out / "seed-7" / "notes.txt").write_text("mine")
-    assert "not a selfmm u-label folder" in refused(capsys, argv("labels", out, tmp_path))
+    assert "not part of a selfmm u-label plot folder" in refused(capsys, argv("labels", out, tmp_path))
     # The default, RUN/labels, too.
     (tmp_path / "in-run" / "labels").mkdir(parents=True)
     (tmp_path / "in-run" / "labels" / "todo.md").write_text("mine")
-    assert "not a selfmm u-label folder" in refused(capsys, ["labels", str(tmp_path / "in-run")])
+    assert "not part of a selfmm u-label plot folder" in refused(capsys, ["labels", str(tmp_path / "in-run")])
 
 
 def test_the_default_report_is_refreshed_an_explicit_one_is_not(tmp_path, capsys):
@@ -274,7 +274,7 @@ def test_extract_dataset_reuses_its_parts_and_guards_its_report(tmp_path, capsys
     allowed(argv("extract-dataset", out, tmp_path) + ["--force"])
     (parts / "notes.txt").write_text("mine")
     err = refused(capsys, argv("extract-dataset", out, tmp_path) + ["--force"])
-    assert "feats.pkl.parts holds files that are not a selfmm folder of extracted parts" in err
+    assert "feats.pkl.parts holds files that are not part of a selfmm folder of extracted parts" in err
 
 
 def test_synth_force_really_replaces_and_the_user_file_survives_without(tmp_path, capsys):

@@ -222,17 +222,21 @@ def _check(spec: Output, path: Path, label: str, args: argparse.Namespace) -> No
     if reuse is None:
         foreign = sorted(p.name for p in _entries(path))
         listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise SelfMMError(f"{label} {path} holds files that are not a selfmm {spec.what} ({listed}); "
-                          "choose a new or empty folder")
+        raise SelfMMError(f"{label} {path} holds files that are not part of {_a('selfmm ' + spec.what)} "
+                          f"({listed}); choose a new or empty folder")
     if reuse is Reuse.FREE:
         return
+    held = f"{label} {path} already holds {_a(spec.what)}"
     if reuse is Reuse.RESUME and not getattr(args, "resume", False):
-        raise SelfMMError(f"{label} {path} already holds a {spec.what}; pass --resume to continue it "
-                          "or choose another folder")
+        raise SelfMMError(f"{held}; pass --resume to continue it or choose another folder")
     if reuse is Reuse.FORCE and not force:
-        raise SelfMMError(f"{label} {path} already holds a {spec.what}; pass --force to rewrite it")
+        raise SelfMMError(f"{held}; pass --force to rewrite it")
     if reuse is Reuse.NEVER:
-        raise SelfMMError(f"{label} {path} already holds a {spec.what}; choose another folder")
+        raise SelfMMError(f"{held}; choose another folder")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def output_path(spec: Output, args: argparse.Namespace) -> Path | None:
@@ -260,23 +264,23 @@ def check_output(args: argparse.Namespace) -> None:
 
 # --- the outputs of the commands, declared where the parser builds them ----------------------
 
-RUN = Output("out", folder=True, what="run directory", own=run_folder, force=False,
+RUN = Output("out", folder=True, what="run", own=run_folder, force=False,
              policy="its own run, continued with --resume")
 OUTPUTS: dict[str, Output] = {
     "train": RUN,
     "reproduce": RUN,
-    "ablate": Output("out", folder=True, what="ablation", own=ablation_folder, force=False,
+    "ablate": Output("out", folder=True, what="run", own=ablation_folder, force=False,
                      policy="its own ablation, continued with --resume"),
-    "tune": Output("out", folder=True, what="tuning directory", own=tuning_folder, force=False,
+    "tune": Output("out", folder=True, what="tuning run", own=tuning_folder, force=False,
                    policy="its own tuning directory, whose search a rerun continues"),
-    "import-mmsa": Output("out", folder=True, what="run directory", own=imported_folder, force=False,
+    "import-mmsa": Output("out", folder=True, what="run", own=imported_folder, force=False,
                           inputs=("weights",), policy="none: the folder must be new or empty"),
     "synth": Output("out", folder=False, what="feature file", policy="none"),
     "cache": Output("out", folder=True, what="cache", own=cache_folder, inputs=("file",),
                     default=lambda a: str(default_out(a.file)),
                     policy="its own cache, rewritten with --force; an interrupted one without "
                            "manifest.json is rewritten"),
-    "labels": Output("out", folder=True, what="u-label folder", own=labels_folder, force=False,
+    "labels": Output("out", folder=True, what="u-label plot folder", own=labels_folder, force=False,
                      default=lambda a: str(Path(a.run) / "labels"),
                      policy="its own earlier plots, drawn again"),
     "report": Output("out", folder=False, what="report", own=default_report, inputs=("data",),
