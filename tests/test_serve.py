@@ -361,7 +361,7 @@ def test_serve_refuses_unsafe_settings(tmp_path, capsys):
     assert "warning: serving on 0.0.0.0" in capsys.readouterr().err
     with pytest.raises(SelfMMError, match="at least 16 characters"):
         serve(missing, token="short", port=0)
-    with pytest.raises(SelfMMError, match="--workers must be at least 1"):
+    with pytest.raises(SelfMMError, match=r"--workers must be in \[1, 64\], got 0"):
         serve(missing, workers=0, port=0)
     with pytest.raises(SelfMMError, match="--max-seconds must be positive"):
         serve(missing, max_seconds=0, port=0)

@@ -550,7 +550,8 @@ def create_app(predictor: Predictor, *, workers: int, max_upload_mb: float, max_
             413: {"model": Problem, "description": "the upload is over --max-upload-mb"},
             422: {"model": Problem, "description": "a missing field, an empty transcript, a "
                   "file that is not a readable video, or a video over --max-seconds"},
-            503: {"model": Problem, "description": "busy: retry after Retry-After seconds"},
+            503: {"model": Problem, "description": "busy: retry after Retry-After seconds; or "
+                  "the server is shutting down"},
             507: {"model": Problem, "description": "the server's disk cannot take the upload"},
         })
     async def predict(request: Request) -> Score:
@@ -574,6 +575,10 @@ def create_app(predictor: Predictor, *, workers: int, max_upload_mb: float, max_
             except WorkerDied:
                 raise _problem(500, "the scoring process died while reading this video; the "
                                     "server restarted it") from None
+            except asyncio.CancelledError:
+                # Ctrl-C, and the grace for requests in flight (SHUTDOWN_GRACE_S) is over: an
+                # answer rather than uvicorn's traceback for a cancelled task.
+                raise _problem(503, "the server is shutting down; send the video again later") from None
             finally:
                 path.unlink(missing_ok=True)
         except ClientDisconnect:

@@ -2,7 +2,7 @@
 cancelled, running workers are ended, finished parts stay for the rerun.
 
 `extract-dataset` gets a real SIGINT, as a terminal's Ctrl-C sends it to the whole process group
-and as `kill -INT` sends it to the command alone; `serve`'s pool is closed with a job running.
+and as `kill -INT` sends it to the command alone; so does `serve` with a request in flight.
 Training's own Ctrl-C (a bit-identical resume) is in test_crash.py.
 """
 
@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -20,8 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from selfmm.cli import main
 from selfmm.extract import extract_dataset
 from selfmm.pools import stop
+
+from .helpers import train_argv
 
 # The command must be gone this soon after the signal: the pool's own 2-s limit, plus the
 # interpreter's exit, on a busy machine. Each long clip takes far longer to extract (~20 s), so
@@ -153,3 +158,74 @@ def test_serve_pool_closes_with_a_job_running(tiny_run):
     pool.close()
     assert time.monotonic() - start < 3.5
     assert_gone(workers)
+
+
+@pytest.fixture(scope="module")
+def video_run(clips, tiny_bert, tmp_path_factory) -> Path:
+    """A run trained for one epoch on the six short clips' extracted features, so it scores videos."""
+    root = tmp_path_factory.mktemp("video-run")
+    assert main(["extract-dataset", str(clips / "Raw"), "--labels", str(clips / "short.csv"), "--out",
+                 str(root / "feats.pkl"), "--workers", "1", "--no-progress", "--text-model", str(tiny_bert)]) == 0
+    assert main(train_argv(root / "feats.pkl", root / "run", tiny_bert, "--set", "batch_size=2")) == 0
+    return root / "run"
+
+
+def test_serve_stops_on_ctrl_c_with_a_request_in_flight(video_run, clips, tmp_path):
+    """uvicorn gives the request a short grace, then the pool ends the worker scoring it (a
+    90-s video, ~20 s of work) instead of waiting for it."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("python_multipart")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-m", "selfmm", "serve", "--run", str(video_run), "--port", str(port),
+               "--workers", "1", "--device", "cpu"]
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment(),
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    replies: list[object] = []
+
+    def send() -> None:
+        try:
+            with open(clips / "long.mp4", "rb") as video:
+                replies.append(httpx.post(f"{url}/predict", files={"video": video},
+                                          data={"transcript": "it was fine"}, timeout=120))
+        except httpx.HTTPError as exc:
+            replies.append(exc)
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start within 180 s"
+            time.sleep(0.2)
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(3.0)  # uploaded; the worker is scoring it
+        assert not replies, [getattr(r, "text", r) for r in replies]
+        os.killpg(proc.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        proc.wait(timeout=60)
+        took = time.monotonic() - signalled
+        sender.join(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = log.read_text()
+    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT:\n{output}"
+    assert proc.returncode in (0, 130) and "Traceback" not in output, output
+    assert len(replies) == 1 and getattr(replies[0], "status_code", None) == 503, replies
+    assert "shutting down" in replies[0].json()["detail"]
+    deadline = time.monotonic() + 10
+    while processes_in_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in_group(proc.pid) == []
