@@ -1,19 +1,30 @@
-"""Worker processes that stop with Ctrl-C, for every command with a pool (extract-dataset, serve).
+"""Worker processes that stop with Ctrl-C, for every command with a pool (extract-dataset,
+serve, training's data-loading workers).
 
 Ctrl-C in a terminal sends SIGINT to every process of the foreground group, the workers too.
-They ignore it (`ignore_interrupts`, run by their initializer), so that the parent alone
+Ours ignore it (`ignore_interrupts`, run by their initializer), so that the parent alone
 decides and no worker prints a traceback; the parent then `stop`s its pool: queued jobs are
 cancelled and running workers are terminated, not waited for. A job must therefore write its
 results atomically (selfmm.io), so that a terminated worker leaves at most a temporary file.
+
+`keep_interrupts` makes sure the parent does stop: Python drops a KeyboardInterrupt raised
+while a finalizer runs, and torch's data loader joins its workers in one (between epochs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 STOP_TIMEOUT_S = 2.0
+# A Ctrl-C lost in a finalizer is delivered again this much later, outside it.
+REDELIVER_S = 0.05
 
 
 def ignore_interrupts() -> None:
@@ -36,3 +47,39 @@ def stop(executor: ProcessPoolExecutor, timeout: float = STOP_TIMEOUT_S) -> None
         if process.is_alive():
             process.kill()
             process.join(1.0)
+
+
+@contextlib.contextmanager
+def keep_interrupts() -> Iterator[None]:
+    """Within the block, a Ctrl-C that Python swallowed in a finalizer (`Exception ignored in
+    ... __del__`; the command would carry on as if nothing happened) is sent again. For a
+    process that ends on Ctrl-C: the command line's."""
+    previous = sys.unraisablehook
+    pending = threading.Event()
+
+    def redeliver() -> None:
+        pending.clear()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def hook(unraisable) -> None:
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            previous(unraisable)
+        elif not pending.is_set():
+            pending.set()
+            timer = threading.Timer(REDELIVER_S, redeliver)
+            timer.daemon = True
+            timer.start()
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except KeyboardInterrupt:
+        # The process ends now. Objects that Ctrl-C left half-built (a data loader interrupted
+        # in its constructor) complain in their finalizers as they are collected, which tells
+        # the user nothing.
+        sys.unraisablehook = lambda unraisable: None
+        raise
+    except BaseException:
+        sys.unraisablehook = previous
+        raise
+    sys.unraisablehook = previous

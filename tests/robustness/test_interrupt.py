@@ -2,8 +2,8 @@
 cancelled, running workers are ended, finished parts stay for the rerun.
 
 `extract-dataset` gets a real SIGINT, as a terminal's Ctrl-C sends it to the whole process group
-and as `kill -INT` sends it to the command alone; so does `serve` with a request in flight.
-Training's own Ctrl-C (a bit-identical resume) is in test_crash.py.
+and as `kill -INT` sends it to the command alone; so do `serve` with a request in flight and
+`train` with data-loading workers. Training's bit-identical resume is in test_crash.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 
 from selfmm.cli import main
 from selfmm.extract import extract_dataset
-from selfmm.pools import stop
+from selfmm.pools import keep_interrupts, stop
 
 from .helpers import train_argv
 
@@ -60,6 +60,25 @@ def test_stop_ends_a_busy_pool_at_once():
     assert time.monotonic() - start < 3.5
     assert_gone(workers)
     assert sum(f.cancelled() for f in futures) >= 4  # the queued ones; the running ones end broken
+
+
+class InterruptedFinalizer:
+    def __del__(self):
+        raise KeyboardInterrupt  # Ctrl-C landing while a finalizer runs: Python drops it
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_is_delivered_again(monkeypatch):
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # keep_interrupts silences it after
+    with pytest.raises(KeyboardInterrupt):
+        with keep_interrupts():
+            InterruptedFinalizer()  # collected at once; its KeyboardInterrupt is swallowed
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the command carrying on, as it did before
+                time.sleep(0.01)
+    # Without it, Python drops the interrupt: the test goes on past this point.
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    InterruptedFinalizer()
+    time.sleep(0.2)
 
 
 def assert_gone(workers: list, within: float = 10.0) -> None:
@@ -225,6 +244,34 @@ def test_serve_stops_on_ctrl_c_with_a_request_in_flight(video_run, clips, tmp_pa
     assert proc.returncode in (0, 130) and "Traceback" not in output, output
     assert len(replies) == 1 and getattr(replies[0], "status_code", None) == 503, replies
     assert "shutting down" in replies[0].json()["detail"]
+    deadline = time.monotonic() + 10
+    while processes_in_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in_group(proc.pid) == []
+
+
+def test_train_with_loader_workers_stops_on_ctrl_c(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "selfmm", *train_argv(tiny_run["data"], out, tiny_run["bert"], "--max-epochs",
+                                                            "50", "--set", "batch_size=2", "--set", "num_workers=2")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "seed-7").glob("checkpoint-*.pt")):  # an epoch is done; the next runs
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no epoch finished within 180 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
+    assert proc.returncode == 130 and err.rstrip().endswith("selfmm: interrupted") and "Traceback" not in err, err
     deadline = time.monotonic() + 10
     while processes_in_group(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)

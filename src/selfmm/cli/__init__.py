@@ -17,6 +17,7 @@ import traceback
 import warnings
 
 from ..errors import SelfMMError
+from ..pools import keep_interrupts
 from .outputs import check_output
 from .parser import build_parser
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             # that ran others before (a notebook, a test runner that records warnings).
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
-            return dispatch(args)
+            with keep_interrupts():
+                return dispatch(args)
     except KeyboardInterrupt:
         print("selfmm: interrupted", file=sys.stderr)
         return 130
