@@ -217,3 +217,13 @@ def test_debug_on_a_user_error(tmp_path, capsys):
     assert main(["--debug", "inspect", str(tmp_path / "absent.pkl")]) == 2
     verbose = capsys.readouterr().err
     assert "Traceback" in verbose and verbose.rstrip().splitlines()[-1] == plain.rstrip()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_usage_mistake_is_one_line(command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*minimal_args(command, tmp_path), "--no-such-flag"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("selfmm: error: unrecognized arguments: --no-such-flag") and "--help" in err

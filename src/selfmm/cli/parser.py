@@ -7,6 +7,7 @@ module of the command that runs.
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from .. import __version__
 from ..configuration import DATASETS, DEFAULT_SEEDS, TASKS
@@ -67,8 +68,15 @@ def _common_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage mistake is one line too (argparse prints the whole usage before it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"selfmm: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfmm", description="Self-MM for multimodal sentiment analysis")
+    parser = Parser(prog="selfmm", description="Self-MM for multimodal sentiment analysis")
     parser.add_argument("--version", action="version", version=f"selfmm {__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
