@@ -40,7 +40,7 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
     if double:
         torch.set_default_dtype(torch.float64)
         Batch.to = _batch_in_float64
-    dist = distributed.init_from_env("cpu")
+    dist, _ = distributed.init_from_env(torch.device("cpu"))
     # Dropout off everywhere (the encoder is frozen, so it runs in eval mode): each rank would
     # otherwise draw other masks than the single process.
     cfg = config.with_values(config.defaults_for("mosi"), {
@@ -59,7 +59,7 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
     for epoch in range(1, epochs + 1):
         loader = train_loader(train, cfg, seed=5, epoch=epoch, dist=dist)
         train_epoch(net, optimizer, loader, ulgm, epoch, cfg, torch.device("cpu"),
-                    gather=distributed.make_gather(dist))
+                    gather=distributed.make_gather(dist), dist=dist)
     torch.save({s: ulgm.labels[s].clone() for s in "mtav"},
                Path(out) / f"labels-{dtype}-{dist.world_size}-{dist.rank}.pt")
     distributed.shutdown(dist)

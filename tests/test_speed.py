@@ -49,9 +49,9 @@ def test_frozen_encoder_runs_once_per_clip(tiny_bert, data, tmp_path, monkeypatc
 
     rows: list[int] = []
 
-    def counted(encoder, ids, mask, types):
+    def counted(encoder, ids, mask, types, lengths=None):
         rows.append(ids.shape[0])
-        return cls_vector(encoder, ids, mask, types)
+        return cls_vector(encoder, ids, mask, types, lengths)
 
     monkeypatch.setattr(selfmm.model, "cls_vector", counted)
     cfg = frozen_config(tiny_bert, max_epochs=2)
