@@ -3,6 +3,7 @@
     python benchmarks/run.py                  # full run (about 10 minutes on 2 CPU cores)
     python benchmarks/run.py --quick          # smoke run: tiny files, few batches
     python benchmarks/run.py --json out.json  # also write every figure as JSON
+    python benchmarks/run.py --device cuda    # the same sections on a GPU
 
 Sections (README.md beside this file explains each measurement and records the figures):
   phases     training step split by phase, dynamic vs full padding, on a mosi-profile file
@@ -10,6 +11,10 @@ Sections (README.md beside this file explains each measurement and records the f
   ulgm       one ULGM step at N = 1e3 .. 1e6, incremental centres beside full recomputation
   load       peak RSS and wall time to open mosi/mosei-profile files, pickle and cache
   inference  latency per clip at batch 1 and per clip at batch 64
+
+On CUDA every timing is taken after `torch.cuda.synchronize()`: kernels run after the host
+queues them, so the clock alone would time the queueing. benchmarks/gpu.py measures what only
+a GPU has (precisions, attention kernels, host syncs, peak memory).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from selfmm.data.batch import Collator
 from selfmm.data.mmsa import FeatureData, load_features
 from selfmm.data.synth import write_synthetic
 from selfmm.encoder import load_encoder
+from selfmm.errors import SelfMMError
 from selfmm.io import write_json
 from selfmm.model import Heads, SelfMM
 from selfmm.train import fit_seed, make_optimizer, predict, seed_everything, selfmm_builder, task_losses
@@ -45,6 +51,7 @@ from selfmm.ulgm import UnimodalLabelGenerator
 SECTIONS = ("phases", "train", "ulgm", "load", "inference")
 PHASES = ("data", "encoder", "lstms", "heads+loss", "ulgm", "optimizer")
 ULGM_DIMS = {"m": 128, "t": 32, "a": 16, "v": 32}  # MOSI's post dims (SPEC 3)
+CPU = torch.device("cpu")
 
 # Runs in a fresh interpreter after its imports; Linux resets the peak-RSS mark (VmHWM) on
 # writing 5 to clear_refs, so the figure is the peak the load adds over the RSS before it.
@@ -72,7 +79,13 @@ print(json.dumps({"seconds": seconds, "peak_rss": peak, "array_bytes": arrays}))
 """
 
 
-def machine() -> dict[str, Any]:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock read next includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine(device: torch.device = CPU) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -81,9 +94,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average_start": os.getloadavg()[0]}
+    out = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "load_average_start": os.getloadavg()[0], "device": str(device)}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
 
 
 def synthetic(work: Path, profile: str, scale: float) -> Path:
@@ -100,21 +116,23 @@ def quiet_load(path: Path) -> FeatureData:
         return load_features(path)
 
 
-def build(cfg: config.Config, data: FeatureData, text_model: str, seed: int = 0) -> SelfMM:
+def build(cfg: config.Config, data: FeatureData, text_model: str, seed: int = 0,
+          device: torch.device = CPU) -> SelfMM:
     seed_everything(seed)
-    return SelfMM(load_encoder(text_model), data.audio_dim, data.vision_dim, cfg.model)
+    return SelfMM(load_encoder(text_model), data.audio_dim, data.vision_dim, cfg.model).to(device)
 
 
-def new_ulgm(n: int, centres: str = "incremental") -> UnimodalLabelGenerator:
+def new_ulgm(n: int, centres: str = "incremental", device: torch.device = CPU
+             ) -> UnimodalLabelGenerator:
     return UnimodalLabelGenerator(num_samples=n, dims=ULGM_DIMS, H=3.0, exclude_zero=True,
-                                  centres=centres)
+                                  centres=centres, device=device)
 
 
 # ---- phases ----------------------------------------------------------------------------------
 
 
 def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: int,
-                pad_to_max: bool) -> dict[str, float]:
+                pad_to_max: bool, device: torch.device = CPU) -> dict[str, float]:
     """Seconds per phase over `batches` training steps (after two untimed warm-up steps).
 
     Forward and backward of each part are timed apart by cutting the graph at the three
@@ -124,9 +142,10 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
     """
     split = data.splits["train"]
     loader = torch.utils.data.DataLoader(range(len(split)), batch_size=cfg.optim.batch_size,
-                                         shuffle=True, collate_fn=Collator(split, pad_to_max))
+                                         shuffle=True, collate_fn=Collator(split, pad_to_max),
+                                         pin_memory=device.type == "cuda")
     optimizer = make_optimizer(model, cfg)
-    ulgm = new_ulgm(len(split))
+    ulgm = new_ulgm(len(split), device=device)
     ulgm.init_labels(torch.arange(len(split)), torch.as_tensor(np.array(split.labels)))
     model.train()
     times: dict[str, float] = defaultdict(float)
@@ -138,18 +157,20 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
 
         def lap(phase: str, timed: bool = i >= warmup) -> None:
             nonlocal clock
+            sync(device)
             now = time.perf_counter()
             if timed:
                 times[phase] += now - clock
             clock = now
 
         try:
-            batch = next(it)
+            host = next(it)
         except StopIteration:
             it = iter(loader)
-            batch = next(it)
+            host = next(it)
+        batch = host.to(device, non_blocking=True)
         lap("data")
-        text = model.encode_text(batch.text)  # (B, text_out)
+        text = model.encode_text(batch.text, batch.text_lengths)  # (B, text_out)
         lap("encoder")
         audio = model.audio_net(batch.audio, batch.audio_lengths)
         vision = model.vision_net(batch.vision, batch.vision_lengths)
@@ -160,7 +181,7 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
         f_a, y_a = model.audio_head(leaves[1])
         f_v, y_v = model.vision_head(leaves[2])
         labels = {s: ulgm.labels[s][batch.index] for s in "mtav"}
-        loss = sum(task_losses(Heads(y_m, y_t, y_a, y_v), labels, ulgm.weights(batch.index),
+        loss = sum(task_losses(Heads(y_m, y_t, y_a, y_v), labels, ulgm.weights(host.index),
                                cfg.train.tasks).values())
         loss.backward()
         lap("heads+loss")
@@ -169,7 +190,7 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
         torch.autograd.backward([audio, vision], [leaves[1].grad, leaves[2].grad])
         lap("lstms")
         features = {s: f.detach() for s, f in zip("mtav", (f_m, f_t, f_a, f_v), strict=True)}
-        ulgm.step(batch.index, features, epoch=2)  # epoch 2: label updates included
+        ulgm.step(host.index, features, epoch=2)  # epoch 2: label updates included
         lap("ulgm")
         if (i + 1) % cfg.optim.accumulation_steps == 0:
             optimizer.step()
@@ -186,8 +207,8 @@ def bench_phases(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cfg = config.with_values(config.defaults_for("mosi"), {"text_model": args.text_model})
     out = {}
     for name, pad in (("dynamic padding", False), ("full padding", True)):
-        model = build(cfg, data, args.text_model)
-        out[name] = time_phases(model, data, cfg, args.batches, pad)
+        model = build(cfg, data, args.text_model, device=args.device)
+        out[name] = time_phases(model, data, cfg, args.batches, pad, args.device)
     return out
 
 
@@ -204,9 +225,11 @@ def bench_train(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     real_epoch, real_save = train.train_epoch, checkpoint.save
 
-    def timed_epoch(*args, **kwargs) -> float:
+    def timed_epoch(*epoch_args, **kwargs) -> float:
+        sync(args.device)
         start = time.perf_counter()
-        loss = real_epoch(*args, **kwargs)
+        loss = real_epoch(*epoch_args, **kwargs)
+        sync(args.device)
         loops.append(time.perf_counter() - start)
         return loss
 
@@ -219,7 +242,7 @@ def bench_train(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(dir=work) as out:
             start = time.perf_counter()
-            fit_seed(cfg, data, Path(out) / "seed-1111", 1111, torch.device("cpu"),
+            fit_seed(cfg, data, Path(out) / "seed-1111", 1111, args.device,
                      selfmm_builder(cfg), log=lambda line: None)
             total = time.perf_counter() - start
             history = json.loads((Path(out) / "seed-1111" / "history.json").read_text())
@@ -234,20 +257,23 @@ def bench_train(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # ---- ULGM ------------------------------------------------------------------------------------
 
 
-def time_ulgm(n: int, centres: str, steps: int, batch: int = 32) -> float:
+def time_ulgm(n: int, centres: str, steps: int, batch: int = 32,
+              device: torch.device = CPU) -> float:
     """Median seconds of one step (epoch 2, so label updates included) over N samples."""
     gen = torch.Generator().manual_seed(0)
-    ulgm = new_ulgm(n, centres)
+    ulgm = new_ulgm(n, centres, device)
     ulgm.init_labels(torch.arange(n), torch.rand(n, generator=gen) * 6 - 3)
     # Drawn before timing: randperm(1e6) runs on every thread, and their spinning after it
     # would slow the step that follows on a 2-core machine.
     batches = [(torch.randperm(n, generator=gen)[:batch],
-                {s: torch.rand(batch, d, generator=gen) for s, d in ULGM_DIMS.items()})
+                {s: torch.rand(batch, d, generator=gen).to(device) for s, d in ULGM_DIMS.items()})
                for _ in range(steps + 1)]
     times = []
     for k, (idx, feats) in enumerate(batches):
+        sync(device)
         start = time.perf_counter()
         ulgm.step(idx, feats, epoch=2)
+        sync(device)
         if k:  # the first step pays one-off allocation
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -257,7 +283,8 @@ def bench_ulgm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000, 1_000_000)
     out: dict[str, Any] = {}
     for n in sizes:
-        out[str(n)] = {mode: time_ulgm(n, mode, 5 if args.quick else (100 if mode == "incremental" else 30))
+        out[str(n)] = {mode: time_ulgm(n, mode, 5 if args.quick else (100 if mode == "incremental" else 30),
+                                       device=args.device)
                        for mode in ("incremental", "full")}
     return out
 
@@ -296,18 +323,23 @@ def bench_load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def bench_inference(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     data = quiet_load(synthetic(work, "mosi", args.scale))
     cfg = config.with_values(config.defaults_for("mosi"), {"text_model": args.text_model})
-    model = build(cfg, data, args.text_model).eval()
+    device = args.device
+    model = build(cfg, data, args.text_model, device=device).eval()
     split = data.splits["test"]
     collate = Collator(split)
     clips = min(len(split), 10 if args.quick else 100)
-    model(collate([0]))  # warm-up
+    model(collate([0]).to(device))  # warm-up
     single = []
     for row in range(clips):
+        sync(device)
         start = time.perf_counter()
-        model(collate([row]))
+        model(collate([row]).to(device))
+        sync(device)
         single.append(time.perf_counter() - start)
+    sync(device)
     start = time.perf_counter()
-    predict(model, split, torch.device("cpu"), batch_size=64)
+    predict(model, split, device, batch_size=64)
+    sync(device)
     batched = (time.perf_counter() - start) / len(split)
     return {"batch1_median_ms": 1e3 * statistics.median(single), "batch64_ms_per_clip": 1e3 * batched,
             "clips": clips}
@@ -319,6 +351,8 @@ def bench_inference(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def render(results: dict[str, Any]) -> str:
     lines = []
     m = results["machine"]
+    if "gpu" in m:
+        lines.append(f"device: {m['gpu']}")
     lines.append(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with "
                  f"{m['torch_threads']} threads; load average {m['load_average_start']:.2f} at start, "
                  f"{m.get('load_average_end', float('nan')):.2f} at end")
@@ -369,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--text-model", default="minilm", help="encoder name or path (default minilm)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); every "
+                        "timing on CUDA waits for the device first")
     parser.add_argument("--epochs", type=int, help="epochs of the train section (default 2; quick 1)")
     parser.add_argument("--work", help="folder for the synthetic files, reused across runs "
                         "(default: a temporary folder, removed afterwards)")
@@ -378,10 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     args.epochs = args.epochs or (1 if args.quick else 2)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args.device = train.resolve_device(args.device)
+    except SelfMMError as exc:
+        parser.error(str(exc))  # never measure the CPU in place of a missing GPU
 
-    results: dict[str, Any] = {"machine": machine(),
+    results: dict[str, Any] = {"machine": machine(args.device),
                                "args": {"quick": args.quick, "scale": args.scale,
-                                        "text_model": args.text_model, "threads": args.threads}}
+                                        "text_model": args.text_model, "threads": args.threads,
+                                        "device": str(args.device)}}
     benches = {"phases": bench_phases, "train": bench_train, "ulgm": bench_ulgm,
                "load": bench_load, "inference": bench_inference}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,11 +1,18 @@
-"""Worker for tests/test_distributed.py: trains a few epochs and saves this rank's u-labels.
+"""Worker for tests/test_distributed.py.
 
-Run under torchrun (K processes, per-rank batch b) or as a plain script (one process, batch
-K*b); the two must give the same u-labels.
+`labels`: trains a few epochs and saves this rank's u-labels. Run under torchrun (K processes,
+per-rank batch b) or as a plain script (one process, batch K*b); the two must give the same
+u-labels.
+
+`stop`: `selfmm.fit` under torchrun, with a validation loss that would differ by rank (flat on
+rank 0, improving every epoch on the others); saves the epochs and validation losses each rank
+went through, and the seed of its own random streams.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -13,8 +20,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
+import selfmm
 from selfmm import configuration as config
-from selfmm import distributed
+from selfmm import distributed, train
 from selfmm.data.batch import Batch
 from selfmm.data.mmsa import load_features
 from selfmm.model import SelfMM
@@ -40,7 +48,7 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
     if double:
         torch.set_default_dtype(torch.float64)
         Batch.to = _batch_in_float64
-    dist = distributed.init_from_env("cpu")
+    dist, _ = distributed.init_from_env(torch.device("cpu"))
     # Dropout off everywhere (the encoder is frozen, so it runs in eval mode): each rank would
     # otherwise draw other masks than the single process.
     cfg = config.with_values(config.defaults_for("mosi"), {
@@ -59,11 +67,32 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
     for epoch in range(1, epochs + 1):
         loader = train_loader(train, cfg, seed=5, epoch=epoch, dist=dist)
         train_epoch(net, optimizer, loader, ulgm, epoch, cfg, torch.device("cpu"),
-                    gather=distributed.make_gather(dist))
+                    gather=distributed.make_gather(dist), dist=dist)
     torch.save({s: ulgm.labels[s].clone() for s in "mtav"},
                Path(out) / f"labels-{dtype}-{dist.world_size}-{dist.rank}.pt")
     distributed.shutdown(dist)
 
 
+def stop(data_path: str, encoder_path: str, out: str) -> None:
+    warnings.simplefilter("ignore")
+    rank = int(os.environ["RANK"])
+    seen: list[tuple[int, float]] = []
+    epochs = iter(range(1, 100))
+    train.valid_loss = lambda predictions: 1.0 if rank == 0 else 1.0 / next(epochs)
+    end_epoch = train.TrainingState.end_epoch
+
+    def recorded(self, train_loss: float, valid: float, seconds: float) -> bool:
+        seen.append((self.epoch + 1, valid))
+        return end_epoch(self, train_loss, valid, seconds)
+
+    train.TrainingState.end_epoch = recorded
+    cfg = selfmm.config("mosi", text_model=encoder_path, early_stop=1, max_epochs=4, batch_size=4)
+    selfmm.fit(cfg, load_features(data_path), Path(out) / "run", seeds=[3], device="cpu", progress=False)
+    (Path(out) / f"stop-{rank}.json").write_text(json.dumps({"epochs": seen, "seed": torch.initial_seed()}))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    if sys.argv[1] == "stop":
+        stop(*sys.argv[2:5])
+    else:
+        main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from fractions import Fraction
 from pathlib import Path
 
@@ -123,3 +124,23 @@ def make_cut(path: str | Path, source: Path, fraction: float = 0.5) -> Path:
     path = Path(path)
     path.write_bytes(data[: int(len(data) * fraction)])
     return path
+
+
+def extracted_run(root: Path, rows: list[dict[str, str]], text_model: Path, *, seed: int,
+                  epochs: int) -> tuple[Path, Path]:
+    """MMSA's label.csv for `rows` (the videos already under root/Raw/<video_id>/<clip_id>.mp4),
+    its feature file from `selfmm extract-dataset`, and a one-seed run trained on it:
+    (feature file, run directory)."""
+    from selfmm.cli import main
+
+    with open(root / "label.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    feats, run = root / "feats.pkl", root / "run"
+    assert main(["extract-dataset", str(root / "Raw"), "--labels", str(root / "label.csv"), "--out", str(feats),
+                 "--workers", "1", "--no-progress", "--text-model", str(text_model)]) == 0
+    assert main(["train", "--dataset", "mosi", "--data", str(feats), "--out", str(run), "--text-model",
+                 str(text_model), "--seeds", str(seed), "--max-epochs", str(epochs), "--set", "batch_size=4",
+                 "--device", "cpu"]) == 0
+    return feats, run

@@ -37,6 +37,12 @@ def _tiny(n: int = 6, *, aligned: bool = False, lt: int = 12, la: int = 20, lv: 
     return split
 
 
+def _left_padded_text() -> np.ndarray:
+    text = _tiny()["text_bert"].copy()
+    text[4, :2] = np.roll(text[4, :2], 7, axis=1)  # clip 4's ids and mask moved to the end
+    return text
+
+
 def _write(path: Path, data: object) -> Path:
     with open(path, "wb") as handle:
         pickle.dump(data, handle, protocol=4)
@@ -192,6 +198,9 @@ BAD_CASES = {
     ),
     "partial unimodal": ({"regression_labels_T": np.zeros(6)}, ["regression_labels_A"]),
     "id rows": ({"id": np.array(["a", "b"])}, ["key 'id' has 2 rows"]),
+    # Padding first would drop real tokens: batches keep each text's first mask-sum positions.
+    "left-padded text mask": ({"text_bert": _left_padded_text()},
+                              ["key 'text_bert' row 4", "not right-padded", "0 at position 6, 1 at 7"]),
 }
 
 

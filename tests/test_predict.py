@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -16,7 +15,7 @@ pytest.importorskip("cv2")
 pytest.importorskip("opensmile")
 
 import selfmm  # noqa: E402
-from media import make_corrupt, make_video  # noqa: E402
+from media import extracted_run, make_corrupt, make_video  # noqa: E402
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
 from selfmm.predict import neutral_band, parse_input, sentiment_class  # noqa: E402
@@ -41,18 +40,7 @@ def trained(tmp_path_factory, tiny_bert):
         mode = "train" if i < 8 else "valid" if i < 10 else "test"
         rows.append({"video_id": f"vid{i}", "clip_id": "0", "text": WORDS[sign],
                      "label": f"{label:.2f}", "mode": mode})
-    with open(root / "label.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    feats = root / "feats.pkl"
-    assert main(["extract-dataset", str(root / "Raw"), "--labels", str(root / "label.csv"),
-                 "--out", str(feats), "--workers", "1", "--no-progress",
-                 "--text-model", str(tiny_bert)]) == 0
-    run = root / "run"
-    assert main(["train", "--dataset", "mosi", "--data", str(feats), "--out", str(run),
-                 "--text-model", str(tiny_bert), "--seeds", "1", "--max-epochs", "2",
-                 "--set", "batch_size=4", "--device", "cpu"]) == 0
+    feats, run = extracted_run(root, rows, tiny_bert, seed=1, epochs=2)
     new_clip = make_video(root / "new_clip.mp4", seconds=SECONDS, face=True, freq=330.0)
     return {"root": root, "feats": feats, "run": run, "new_clip": new_clip}
 

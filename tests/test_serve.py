@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import os
 import re
 import signal
@@ -24,7 +23,7 @@ httpx = pytest.importorskip("httpx")  # the TestClient's, and the live server's 
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from media import make_corrupt, make_video  # noqa: E402
+from media import extracted_run, make_corrupt, make_video  # noqa: E402
 from selfmm import serve as serve_module  # noqa: E402
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
@@ -47,17 +46,7 @@ def trained(tmp_path_factory, tiny_bert):
         make_video(root / "Raw" / f"vid{i}" / "0.mp4", seconds=0.5, face=i % 2 == 0, freq=240.0 + 40 * i)
         rows.append({"video_id": f"vid{i}", "clip_id": "0", "text": ["a sad film", "a happy film"][i % 2],
                      "label": ["-1.5", "1.5"][i % 2], "mode": mode})
-    with open(root / "label.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    feats = root / "feats.pkl"
-    assert main(["extract-dataset", str(root / "Raw"), "--labels", str(root / "label.csv"),
-                 "--out", str(feats), "--workers", "1", "--no-progress", "--text-model", str(tiny_bert)]) == 0
-    run = root / "run"
-    assert main(["train", "--dataset", "mosi", "--data", str(feats), "--out", str(run), "--text-model",
-                 str(tiny_bert), "--seeds", "3", "--max-epochs", "1", "--set", "batch_size=4",
-                 "--device", "cpu"]) == 0
+    _, run = extracted_run(root, rows, tiny_bert, seed=3, epochs=1)
     return {"run": run, "clip": make_video(root / "clip.mp4", seconds=1.0, face=True, freq=330.0),
             "long": make_video(root / "long.mp4", seconds=3.0), "root": root}
 

@@ -49,9 +49,9 @@ def test_frozen_encoder_runs_once_per_clip(tiny_bert, data, tmp_path, monkeypatc
 
     rows: list[int] = []
 
-    def counted(encoder, ids, mask, types):
+    def counted(encoder, ids, mask, types, lengths=None):
         rows.append(ids.shape[0])
-        return cls_vector(encoder, ids, mask, types)
+        return cls_vector(encoder, ids, mask, types, lengths)
 
     monkeypatch.setattr(selfmm.model, "cls_vector", counted)
     cfg = frozen_config(tiny_bert, max_epochs=2)
@@ -158,3 +158,49 @@ def test_benchmark_quick_prints_its_table(tiny_bert, tmp_path):
     results = json.loads(out.read_text())
     assert set(results["ulgm"]) == {"1000", "10000"}
     assert all(t["incremental"] > 0 and t["full"] > 0 for t in results["ulgm"].values())
+
+
+def test_benchmark_on_a_missing_gpu_stops_instead_of_timing_the_cpu(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    bench.sync(torch.device("cpu"))
+    bench.sync(torch.device("cuda", 0))
+    assert waited == [torch.device("cuda", 0)]  # the timings wait for the GPU, and only there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", "--device", "cuda"])
+    assert exc.value.code == 2
+
+
+def test_gpu_benchmark_runs_its_measurements(synth_path, monkeypatch, tmp_path):
+    """benchmarks/gpu.py, smoke-run on the CPU with torch.cuda's timing calls stubbed and a
+    tiny encoder: every variant builds, trains and reports (the figures need a GPU)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name in ("synchronize", "reset_peak_memory_stats", "set_sync_debug_mode", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args: 2**30)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
+    monkeypatch.setattr(bench, "STEPS", 2)
+    monkeypatch.setattr(bench, "WARMUP", 1)
+    monkeypatch.setattr(bench, "ENCODER", {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                           "intermediate_size": 64})
+    monkeypatch.setattr(bench.train, "configure_determinism", lambda device, on: None)
+    with pytest.warns(UserWarning):
+        data = load_features(synth_path("mosi", scale=0.03))
+    rows = [bench.measure(data, "mosi", precision, attention, True, torch.device("cpu"))
+            for precision, attention in (("fp32", "ours-sdpa"), ("bf16", "hf-sdpa"))]
+    for row in rows:
+        assert row["samples_per_s"] > 0 and row["peak_gib"] == 1.0 and row["syncs_per_step"] == 0
+    text = bench.render({"device": "cpu", "torch": torch.__version__, "variants": rows})
+    assert "hf-sdpa" in text and "ours-sdpa" in text
+    tokens = bench.WordTokenizer()(["i liked it, a lot"], "max_length", True, 8, "np")
+    assert tokens["input_ids"][0, 0] == 101 and tokens["attention_mask"][0].tolist() == [1] * 8  # [CLS] 6 [SEP]

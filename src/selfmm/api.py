@@ -84,10 +84,7 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
         build = selfmm_builder(cfg)
     else:
         build = lambda spec: model(spec, cfg)  # noqa: E731
-    dist = distributed.init_from_env(torch_device.type)
-    if dist.enabled and torch_device.type == "cuda":
-        torch_device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(torch_device)
+    dist, torch_device = distributed.init_from_env(torch_device)
     record = provenance.record(torch_device, data.path, data.overrides,
                                invocation or _api_call(out, seeds, device, resume, model))
     if dist.enabled:

@@ -11,6 +11,12 @@ Both compute the same function. The weights are the Hugging Face model's own mod
 parameter names, checkpoints and `from_pretrained` are unchanged; other architectures use
 their own forward.
 
+On CUDA nothing here makes the host wait for the device: given each text's length (known on
+the host), the packed positions are planned there and copied through pinned memory, instead
+of `nonzero` reading the mask back; attention runs through
+`torch.nn.functional.scaled_dot_product_attention` (fused kernels) on CUDA, and as two matrix
+products and a softmax on the CPU (`ATTENTION`; benchmarks/gpu.py measures both on a GPU).
+
 Two savings apply on the CPU only, where they matter:
 - dropout masks come from `torch.rand` (a float per element) rather than `bernoulli_` (a
   double): twice as fast, the same keep probability to 2^-24;
@@ -22,9 +28,15 @@ Two savings apply on the CPU only, where they matter:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .transfer import to_device
+
+# The attention kernel per device type: "sdpa" (scaled_dot_product_attention) or "eager".
+ATTENTION = {"cpu": "eager", "cuda": "sdpa"}
 
 
 def supports(encoder: nn.Module) -> bool:
@@ -37,13 +49,16 @@ def supports(encoder: nn.Module) -> bool:
 
 
 def cls_vector(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-               types: torch.Tensor) -> torch.Tensor:
-    """Last hidden state at [CLS]. ids, mask, types: (B, L) -> (B, hidden)."""
+               types: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden state at [CLS]. ids, mask, types: (B, L) -> (B, hidden).
+
+    `lengths`: (B,) on the host, each text's number of real tokens (the mask's sum), for
+    right-padded masks only; with it the tokens are packed without reading the mask back."""
     if not supports(encoder):
         hidden = encoder(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
         return hidden[:, 0]
     training = encoder.training
-    tokens = Tokens(mask)
+    tokens = Tokens(mask, lengths)
     x = _embed(encoder.embeddings, ids, types, tokens, training)  # (T, D)
     layers = encoder.encoder.layer
     for layer in layers[:-1]:
@@ -60,14 +75,22 @@ class Tokens:
     [CLS] (position 0) always counts as real, so an empty text reads its [CLS] alone.
     """
 
-    def __init__(self, mask: torch.Tensor):
+    def __init__(self, mask: torch.Tensor, lengths: torch.Tensor | None = None):
         self.B, self.L = mask.shape
         real = mask.bool().clone()
         real[:, 0] = True
-        self.where = real.flatten().nonzero().squeeze(1)  # (T,) into B*L, in order
-        # Each clip's [CLS] row in the packed order.
-        self.cls = torch.searchsorted(self.where, torch.arange(self.B, device=mask.device) * self.L)
         self.padding = (~real)[:, None, None, :]  # (B, 1, 1, L): keys attention must skip
+        if lengths is None:
+            self.where = real.flatten().nonzero().squeeze(1)  # (T,) into B*L, in order
+            # Each clip's [CLS] row in the packed order.
+            self.cls = torch.searchsorted(self.where, torch.arange(self.B, device=mask.device) * self.L)
+            return
+        # Right-padded: text b's real tokens are its first max(length, 1) positions.
+        n = np.maximum(lengths.numpy(), 1)
+        cls = np.cumsum(n) - n  # (B,) packed row of each [CLS]
+        where = np.arange(n.sum()) + np.repeat(np.arange(self.B) * self.L - cls, n)  # (T,)
+        both = to_device(torch.from_numpy(np.concatenate([where, cls])), mask.device)  # one copy
+        self.where, self.cls = both[: where.size], both[where.size:]
 
     def pad(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """(T, D) -> (B, heads, L, D / heads), zeros at padding."""
@@ -100,16 +123,23 @@ def _layer(layer: nn.Module, x: torch.Tensor, tokens: Tokens, training: bool,
     q = att.query(rows)
     q = q.view(tokens.B, 1, heads, size).transpose(1, 2) if cls_only else tokens.pad(q, heads)
     k, v = tokens.pad(att.key(x), heads), tokens.pad(att.value(x), heads)  # (B, H, L, d)
-    scores = torch.matmul(q, k.transpose(2, 3)) * size ** -0.5
-    # Padding keys get the most negative score, as Hugging Face's eager attention does.
-    scores = scores.masked_fill(tokens.padding, torch.finfo(scores.dtype).min)
-    probs = dropout(scores.softmax(dim=-1), att.dropout.p, training)
-    context = torch.matmul(probs, v)  # (B, H, Lq, d)
+    context = attend(q, k, v, tokens.padding, att.dropout.p, training)  # (B, H, Lq, d)
     context = context.transpose(1, 2).reshape(tokens.B, -1) if cls_only else tokens.unpad(context)
     out = layer.attention.output
     h = out.LayerNorm(dropout(out.dense(context), out.dropout.p, training) + rows)
     ffn = layer.output
     return ffn.LayerNorm(dropout(ffn.dense(layer.intermediate(h)), ffn.dropout.p, training) + h)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: torch.Tensor, p: float,
+           training: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with padding keys excluded; (B, H, Lq, d)."""
+    if ATTENTION.get(q.device.type, "eager") == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~padding, dropout_p=p if training else 0.0)
+    scores = torch.matmul(q, k.transpose(2, 3)) * q.shape[-1] ** -0.5
+    # Padding keys get the most negative score, as Hugging Face's eager attention does.
+    scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
+    return torch.matmul(dropout(scores.softmax(dim=-1), p, training), v)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -126,6 +126,10 @@ class TrainConfig:
     early_stop: int = setting(8, at_least(1))
     max_epochs: int = setting(0, at_least(0))  # 0: no limit, early stopping alone ends training (as MMSA)
     num_workers: int = setting(0, between(0, MAX_WORKERS))
+    # On CUDA, deterministic kernels (cuBLAS workspace, cuDNN, PyTorch's deterministic
+    # algorithms), so that reruns and resumed runs are bit-identical there too; the CPU path
+    # always is. Off trades that for speed (benchmarks/gpu.py measures the cost).
+    deterministic: bool = setting(True)
 
 
 @dataclass(frozen=True)

@@ -2,25 +2,34 @@
 
 Each process trains on its shard of every global batch; DistributedDataParallel averages the
 gradients. The ULGM needs every sample's representation, so each process all-gathers the
-batch's indexes and detached representations and applies the same update: all ranks hold the
-same u-labels and centres, as one process with the global batch would.
+batch's detached representations and applies the same update: all ranks hold the same
+u-labels and centres, as one process with the global batch would.
 
 Global batches are cut from one permutation that every rank draws from the same generator; rank
 r takes the r-th of K contiguous pieces, so the all-gathered batch, in rank order, is exactly
-the batch a single process with K times the batch size would see.
+the batch a single process with K times the batch size would see. Every rank knows every
+global batch, so the gathered rows and their indexes need no exchange of sizes.
+
+Only rank 0 validates: the validation loss, and so early stopping, is broadcast from it, and
+the ranks can never stop at different epochs. Each rank draws its own random numbers (dropout
+masks), from a seed derived from the run's seed and its rank.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
+
+from .errors import SelfMMError
+from .ulgm import MODALITIES
 
 
 @dataclass(frozen=True)
@@ -41,14 +50,33 @@ class Context:
 ONE_PROCESS = Context()
 
 
-def init_from_env(device_type: str) -> Context:
-    """Join the process group that torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK, if any."""
+def init_from_env(device: torch.device) -> tuple[Context, torch.device]:
+    """Join the process group that torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK, if any;
+    returns it with this process's device (cuda:LOCAL_RANK under torchrun on CUDA)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Context()
+        return Context(), device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise SelfMMError(f"process with LOCAL_RANK {local_rank} has no GPU: this machine has {count} "
+                              f"CUDA device(s); start at most {count} processes per node")
+        device = torch.device("cuda", local_rank)
+        # Before the process group: NCCL binds its communicator to the current device.
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank r's seed for its own random streams; rank 0 keeps the run's seed, so a run in one
+    process draws exactly what it always did."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0])
 
 
 def barrier(ctx: Context) -> None:
@@ -61,60 +89,103 @@ def shutdown(ctx: Context) -> None:
         dist.destroy_process_group()
 
 
+def all_objects(ctx: Context, obj: Any) -> list[Any]:
+    """`obj` from every rank, in rank order (collective: every rank must call it)."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(ctx: Context, value: float, device: torch.device) -> float:
+    """Rank 0's `value` on every rank (collective)."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def any_rank(ctx: Context, flag: torch.Tensor) -> torch.Tensor:
+    """The maximum of an integer tensor over ranks, on the device (collective, no host wait)."""
+    if not ctx.enabled:
+        return flag
+    flag = flag.clone()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag
+
+
+@dataclass(frozen=True)
+class Step:
+    """One global batch: its rows in rank order and how many of them each rank holds."""
+
+    rows: np.ndarray  # (n,) int64
+    sizes: tuple[int, ...]  # per rank, summing to n; 0 for a rank that only stands in
+    rank: int
+
+    @property
+    def share(self) -> float:
+        """This rank's weight on its loss: DDP averages gradients over the K ranks, and a rank
+        holding b of the n rows must count b/n of the batch's mean, so K * b / n."""
+        return self.sizes[self.rank] * len(self.sizes) / len(self.rows)
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of row indexes: global batches of `batch_size * world_size` from one random
     permutation, this rank's contiguous piece of each. With world_size 1 it is the usual
     shuffled batching (the same order as a RandomSampler with the same generator).
 
-    A last global batch with fewer rows than ranks is merged into the one before, so that no
-    rank ever gets an empty batch."""
+    A last global batch with fewer rows than ranks stays a batch of its own, as in one process.
+    A rank without a row in it still runs the step (DDP's gradient all-reduce and the gather
+    need every rank): it computes the batch's first row as a stand-in, and `step(i).share` is
+    0 for it, so it adds nothing to the gradients, the u-labels or the loss."""
 
     def __init__(self, num_samples: int, batch_size: int, generator: torch.Generator,
                  rank: int = 0, world_size: int = 1):
         self.num_samples, self.batch_size = num_samples, batch_size
         self.generator, self.rank, self.world_size = generator, rank, world_size
-
-    def _global_batches(self) -> list[np.ndarray]:
-        order = torch.randperm(self.num_samples, generator=self.generator).numpy()
-        step = self.batch_size * self.world_size
-        batches = [order[i:i + step] for i in range(0, self.num_samples, step)]
-        if len(batches) > 1 and len(batches[-1]) < self.world_size:
-            batches[-2:] = [np.concatenate(batches[-2:])]
-        return batches
+        self.batches: list[np.ndarray] = []  # the global batches of the current pass
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._global_batches():
-            yield np.array_split(batch, self.world_size)[self.rank].tolist()
+        order = torch.randperm(self.num_samples, generator=self.generator).numpy()
+        size = self.batch_size * self.world_size
+        self.batches = [order[i:i + size] for i in range(0, self.num_samples, size)]
+        for batch in self.batches:
+            rows = np.array_split(batch, self.world_size)[self.rank]
+            yield (rows if len(rows) else batch[:1]).tolist()
 
     def __len__(self) -> int:
-        step = self.batch_size * self.world_size
-        full, rest = divmod(self.num_samples, step)
-        if rest and (full == 0 or rest >= self.world_size):
-            full += 1
-        return full
+        return -(-self.num_samples // (self.batch_size * self.world_size))
+
+    def step(self, i: int) -> Step:
+        """The i-th global batch of the pass under way."""
+        batch = self.batches[i]
+        return Step(batch, tuple(len(p) for p in np.array_split(batch, self.world_size)), self.rank)
 
 
-def _all_gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Concatenate, in rank order, every rank's `x` (whose first dimensions are `sizes`)."""
-    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[: x.shape[0]] = x
+def _all_gather_rows(x: torch.Tensor, sizes: tuple[int, ...], rank: int) -> torch.Tensor:
+    """Concatenate, in rank order, the first sizes[r] rows of every rank r's `x`."""
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: sizes[rank]] = x[: sizes[rank]]
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
 
 
-def make_gather(ctx: Context):
-    """The `gather` hook of `train.train_epoch`: all ranks' indexes and representations."""
+Gather = Callable[[Step, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def make_gather(ctx: Context) -> Gather | None:
+    """The `gather` hook of `train.train_epoch`: the global batch's indexes (on the host) and
+    every rank's representations, in one all-gather."""
     if not ctx.enabled:
         return None
 
-    def gather(index: torch.Tensor, features: dict[str, torch.Tensor]):
-        size = torch.tensor([index.shape[0]], device=index.device)
-        sizes = [torch.zeros_like(size) for _ in range(ctx.world_size)]
-        dist.all_gather(sizes, size)
-        counts = [int(s.item()) for s in sizes]
-        return (_all_gather_rows(index, counts),
-                {k: _all_gather_rows(v.contiguous(), counts) for k, v in features.items()})
+    def gather(step: Step, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        widths = [features[s].shape[1] for s in MODALITIES]
+        rows = _all_gather_rows(torch.cat([features[s] for s in MODALITIES], dim=1), step.sizes, ctx.rank)
+        return torch.from_numpy(step.rows), dict(zip(MODALITIES, rows.split(widths, dim=1), strict=True))
 
     return gather
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -16,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from .bert import cls_vector
 from .configuration import ModelConfig
 from .data.batch import Batch
+from .transfer import to_device
 
 
 class Heads(NamedTuple):
@@ -60,7 +62,7 @@ class SequenceEncoder(nn.Module):
         self.linear = nn.Linear(hidden, out_dim)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # x: (B, L, D); lengths: (B,) on the CPU
+        # x: (B, L, D); lengths: (B,) on the host
         last = lengths.clamp(min=1) - 1
         if x.device.type == "cpu":
             # The state after a clip's last valid frame is the packed LSTM's final state: a
@@ -82,12 +84,32 @@ class SequenceEncoder(nn.Module):
             if torch.is_grad_enabled() and threads > 1:
                 out = _BackwardThreads.apply(out, 1)
             h = out[torch.arange(x.shape[0]), last]  # (B, hidden)
+            h = h * (lengths > 0).to(h.dtype).unsqueeze(1)
         else:
-            packed = pack_padded_sequence(x, last.cpu() + 1, batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = self.rnn(packed)  # h_n: (1, B, hidden), in the input's order
-            h = h_n[0]
-        h = h * (lengths > 0).to(h.dtype).to(h.device).unsqueeze(1)
+            h = packed_final_state(self.rnn, x, lengths)
         return self.linear(self.dropout(h))  # (B, out_dim)
+
+
+def packed_final_state(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The LSTM's state after each clip's last valid frame, from packed sequences (cuDNN);
+    zeros for a clip without frames. x: (B, L, D); lengths: (B,) on the host -> (B, hidden).
+
+    Packing wants the clips longest first. PyTorch's own sort (`enforce_sorted=False`) copies
+    its permutation to the device from pageable memory, which blocks the host; here the order
+    is planned on the host and reaches the device through pinned memory.
+    """
+    n = lengths.numpy()
+    order = np.argsort(-n, kind="stable")  # longest first, clips without frames last
+    b = n.size
+    perm = to_device(torch.from_numpy(np.concatenate([order, np.argsort(order)])), x.device)  # one copy
+    packed = pack_padded_sequence(x.index_select(0, perm[:b]), torch.from_numpy(np.maximum(n[order], 1)),
+                                  batch_first=True)
+    _, (h_n, _) = rnn(packed)  # h_n: (1, B, hidden), longest first
+    h = h_n[0]
+    empty = int(np.count_nonzero(n == 0))
+    if empty:
+        h = torch.cat([h[: b - empty], h.new_zeros(empty, h.shape[1])])
+    return h.index_select(0, perm[b:])  # back to the batch's order
 
 
 class Head(nn.Module):
@@ -137,15 +159,17 @@ class SelfMM(nn.Module):
             self.text_encoder.eval()
         return self
 
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """[CLS] vector of the encoder's last hidden state. text: (B, 3, Lt) -> (B, text_out)."""
+    def encode_text(self, text: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """[CLS] vector of the encoder's last hidden state. text: (B, 3, Lt) -> (B, text_out);
+        `lengths`: (B,) real tokens per text, on the host, when known (see selfmm.bert)."""
         ids, mask, types = text[:, 0], text[:, 1], text[:, 2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            return cls_vector(self.text_encoder, ids, mask, types)
+            return cls_vector(self.text_encoder, ids, mask, types, lengths)
 
     def forward(self, batch: Batch, text_vector: torch.Tensor | None = None) -> SelfMMOutput:
         """`text_vector` replaces the encoder's output when given (a cached frozen encoder)."""
-        text = self.encode_text(batch.text) if text_vector is None else text_vector  # (B, text_out)
+        text = (self.encode_text(batch.text, batch.text_lengths) if text_vector is None
+                else text_vector)  # (B, text_out)
         audio = self.audio_net(batch.audio, batch.audio_lengths)  # (B, audio_out)
         vision = self.vision_net(batch.vision, batch.vision_lengths)  # (B, vision_out)
 

@@ -14,6 +14,7 @@ gradient accumulation, early stopping, checkpoints and exact resume, into a seed
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -52,9 +53,6 @@ from .runs import (
 )
 from .ulgm import MODALITIES, UnimodalLabelGenerator
 
-# Gathers (indexes, features) from every process before the ULGM sees them; the identity
-# when training in one process (see selfmm.distributed).
-Gather = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 # Builds the model of a seed from what the data tells (called after seeding).
 ModelBuilder = Callable[[DataSpec], torch.nn.Module]
 
@@ -261,73 +259,159 @@ def valid_loss(p: Predictions) -> float:
     return float(np.mean(np.abs(p.heads["m"] - p.labels))) if len(p.labels) else 0.0
 
 
+# Steps between reads of the loop's checks: each read makes the host wait for the device once.
+CHECK_EVERY = 32
+
+
+class StepChecks:
+    """The training loop's checks, accumulated on the device and read every CHECK_EVERY steps
+    and at the end of the epoch: reading a value a GPU computes makes the host wait for it, and
+    the loop would otherwise do so several times per step. A fault found at a read names the
+    first batch where it happened; the steps in between changed nothing that is kept (the run
+    stops before the epoch's checkpoint)."""
+
+    def __init__(self, device: torch.device, epoch: int, steps: int,
+                 dist: distributed.Context = distributed.ONE_PROCESS):
+        self.epoch, self.steps, self.dist = epoch, steps, dist
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 1-based batch; 0: none yet
+        self.detail: torch.Tensor | None = None  # that batch's per-head losses, then finiteness flags
+        self.heads: list[str] = []
+        self.total = torch.zeros((), dtype=torch.float64, device=device)  # sum of counted losses
+        self.counted = 0
+
+    def add(self, i: int, loss: torch.Tensor, losses: dict[str, torch.Tensor],
+            features: dict[str, torch.Tensor], counted: bool = True) -> None:
+        """Batch i's loss and representations; `counted`: whether its loss enters the mean."""
+        # A representation can overflow while the loss stays finite (an inactive task's head).
+        finite = torch.stack([torch.isfinite(loss)] + [torch.isfinite(f).all() for f in features.values()])
+        detail = torch.cat([torch.stack([v.detach().float() for v in losses.values()]), finite.float()])
+        fresh = (self.first_bad == 0) & ~finite.all()
+        self.first_bad = torch.where(fresh, i + 1, self.first_bad)
+        self.detail = detail if self.detail is None else torch.where(fresh, detail, self.detail)
+        self.heads = list(losses)
+        if counted:
+            self.total += loss.detach().double()
+            self.counted += 1
+
+    def read(self, optimizer: torch.optim.Optimizer) -> float:
+        """Raise NumericalError if a batch so far went bad, here or on another rank; else
+        return the mean counted loss so far. Under torch.distributed every rank reads at the
+        same step and stops together."""
+        anywhere = distributed.any_rank(self.dist, self.first_bad)
+        values = torch.cat([torch.stack([self.first_bad, anywhere]).double(), self.total.view(1),
+                            self.detail.double() if self.detail is not None else self.total.new_zeros(0)]).tolist()
+        first, elsewhere, total, *detail = values
+        lrs = ", ".join(f"{g.get('name', i)}={g['lr']:.1e}" for i, g in enumerate(optimizer.param_groups))
+        if first:
+            per_head = dict(zip(self.heads, detail, strict=False))
+            flags = detail[len(self.heads):]
+            bad_reps = [s for s, ok in zip(MODALITIES, flags[1:], strict=True) if not ok]
+            what = "loss" if not flags[0] else f"representation {', '.join(bad_reps)}"
+            bad = ", ".join(f"{s}={v:.4g}" for s, v in per_head.items())
+            raise NumericalError(f"epoch {self.epoch}, batch {int(first)}/{self.steps}: {what} is not finite "
+                                 f"(per head: {bad}; learning rates: {lrs}); the last good checkpoint is kept")
+        if elsewhere:
+            raise NumericalError(f"epoch {self.epoch}, batch {int(elsewhere)}/{self.steps}: the loss or a "
+                                 f"representation is not finite on another process (learning rates: {lrs}); "
+                                 "the last good checkpoint is kept")
+        return total / max(self.counted, 1)
+
+
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                 ulgm: UnimodalLabelGenerator, epoch: int, cfg: Config, device: torch.device,
-                text_cache: torch.Tensor | None = None, gather: Gather | None = None,
-                progress: str | None = None) -> float:
+                text_cache: torch.Tensor | None = None, gather: distributed.Gather | None = None,
+                progress: str | None = None,
+                dist: distributed.Context = distributed.ONE_PROCESS) -> float:
     """One pass over the training data in SPEC 4's order; returns the mean loss per batch.
-    `progress`: the description of a progress bar, or None for none."""
+    `progress`: the description of a progress bar, or None for none. `gather` (from
+    selfmm.distributed, with a loader from `train_loader`): every rank's share of the batch.
+
+    On CUDA the host never waits for the device inside a step (the checks are read every
+    CHECK_EVERY steps, see StepChecks), so it queues the next batch while the device works."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    steps, total = len(loader), 0.0
+    steps = len(loader)
+    checks = StepChecks(device, epoch, steps, dist)
     # The batches pass through the bar's iterator even when it is hidden: CPU matrix kernels
     # round differently with where tensors land in memory, and a run must come out the same
     # bit for bit with the bar shown or not.
     batches = tqdm(loader, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
-    for i, batch in enumerate(batches):
-        batch: Batch = batch.to(device, non_blocking=True)
+    for i, host in enumerate(batches):
+        batch: Batch = host.to(device, non_blocking=True)
         with autocast(device):
             out = forward(model, batch, text_cache)
         labels = {s: ulgm.labels[s][batch.index] for s in MODALITIES}
-        losses = task_losses(out.predictions, labels, ulgm.weights(batch.index), cfg.train.tasks)
+        # The ULGM takes the indexes on the host: it checks them there without a device read.
+        losses = task_losses(out.predictions, labels, ulgm.weights(host.index), cfg.train.tasks)
         loss = sum(losses.values())
-        # A representation can overflow while the loss stays finite (an inactive task's head).
-        bad_reps = [s for s, f in out.features._asdict().items() if not bool(torch.isfinite(f).all())]
-        if not torch.isfinite(loss) or bad_reps:
-            what = "loss" if not torch.isfinite(loss) else f"representation {', '.join(bad_reps)}"
-            bad = ", ".join(f"{s}={v.item():.4g}" for s, v in losses.items())
-            lrs = ", ".join(f"{g.get('name', i)}={g['lr']:.1e}" for i, g in enumerate(optimizer.param_groups))
-            raise NumericalError(f"epoch {epoch}, batch {i + 1}/{steps}: {what} is not finite "
-                                 f"(per head: {bad}; learning rates: {lrs}); "
-                                 "the last good checkpoint is kept")
         features = {s: f.detach().float() for s, f in out.features._asdict().items()}
-        index, share = batch.index, 1.0
+        index, batch_features, share = host.index, features, 1.0
         if gather is not None:
-            index, features = gather(index, features)
+            step = loader.batch_sampler.step(i)
+            index, batch_features = gather(step, features)
             # DDP averages gradients over ranks; weighting each rank by its share of the global
-            # batch makes an uneven last batch count every sample once, as one process would.
-            share = len(batch) * torch.distributed.get_world_size() / len(index)
+            # batch makes an uneven last batch count every sample once, as one process would
+            # (a rank that only stands in has share 0).
+            share = step.share
+        checks.add(i, loss, losses, features, counted=share > 0)
         (loss * share).backward()
-        ulgm.step(index, features, epoch)
+        # The representations are checked above; the ULGM need not read them back itself.
+        ulgm.step(index, batch_features, epoch, check_finite=False)
         # Step every `accumulation_steps` batches and at the last batch (the reference drops
         # the last partial window's gradients).
         if (i + 1) % cfg.optim.accumulation_steps == 0 or i + 1 == steps:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        total += loss.item()
-    return total / max(steps, 1)
+        if (i + 1) % CHECK_EVERY == 0 and i + 1 < steps:
+            checks.read(optimizer)
+    return checks.read(optimizer)
 
 
 # ---------------------------------------------------------------------------------------------
 # One seed: fit with early stopping and resume, then test the best weights.
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random state: its CPU generators and the CUDA generator of `device`
+    alone (the other GPUs are not its own, and may not be visible when the run resumes)."""
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     name, key, *rest = state["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type == "cuda" and isinstance(cuda, list):
+        # Earlier versions saved the state of every visible GPU.
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def configure_determinism(device: torch.device, enabled: bool) -> None:
+    """On CUDA, make every kernel of a run deterministic (`enabled`) or let the fastest run:
+    cuBLAS with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when this process makes its
+    first cuBLAS handle, so before its first CUDA matrix product), cuDNN's deterministic
+    algorithms (its LSTMs) and PyTorch's deterministic kernels (index_add_, the backward of
+    index_select, ...); an operation without one warns. The CPU path is deterministic anyway
+    and is left alone."""
+    if device.type != "cuda":
+        return
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # Filling every new tensor with NaN only helps find reads of uninitialised memory, which
+        # a correct program does not make; PyTorch's documentation advises turning it off for speed.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
 
 
 @dataclass
@@ -373,18 +457,23 @@ class TrainingState:
             self.best_valid, self.best_epoch = valid, self.epoch
         return improved
 
-    def checkpoint(self, cfg: Config) -> dict[str, Any]:
+    def checkpoint(self, cfg: Config, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """`rng`: every process's random state, in rank order (see `_rng_state`)."""
         return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "ulgm": self.ulgm.state_dict(),
-                "rng": _rng_state(), "history": self.history, "best_valid": self.best_valid,
+                "rng": rng, "history": self.history, "best_valid": self.best_valid,
                 "best_epoch": self.best_epoch, "label_history": self.label_history,
                 "config": cfg.to_dict()}
 
-    def restore(self, saved: dict[str, Any]) -> None:
+    def restore(self, saved: dict[str, Any], device: torch.device, rank: int = 0) -> None:
+        """Everything `saved` holds; rank `rank`'s own random state. A rank the checkpoint
+        has no state for (a run resumed with more processes) keeps the one it was seeded with."""
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.ulgm.load_state_dict(saved["ulgm"])
-        _set_rng_state(saved["rng"])
+        states = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]  # older: one dict
+        if rank < len(states):
+            _set_rng_state(states[rank], device)
         self.epoch, self.history = saved["epoch"], saved["history"]
         self.best_valid, self.best_epoch = saved["best_valid"], saved["best_epoch"]
         self.label_history = saved["label_history"]
@@ -394,14 +483,15 @@ def _weights(model: torch.nn.Module) -> bytes:
     return save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
-def save_epoch(out: Path, state: TrainingState, improved: bool, train_ids: list[str], cfg: Config) -> None:
+def save_epoch(out: Path, state: TrainingState, improved: bool, train_ids: list[str], cfg: Config,
+               rng: list[dict[str, Any]]) -> None:
     """What an epoch leaves in the seed directory; the checkpoint last, so that it never
-    claims an epoch whose other files were not written."""
+    claims an epoch whose other files were not written. `rng`: every process's random state."""
     if improved:
         write_bytes(out / BEST_WEIGHTS, _weights(state.model))
     write_json(out / HISTORY, state.history)
     write_ulabels(out / ULABELS, train_ids, state.label_history)
-    checkpoint.save(checkpoint.epoch_path(out, state.epoch), state.checkpoint(cfg))
+    checkpoint.save(checkpoint.epoch_path(out, state.epoch), state.checkpoint(cfg, rng))
     checkpoint.prune(out)
 
 
@@ -445,6 +535,7 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
             provenance=provenance))
         if done is not None:
             return done
+    configure_determinism(device, cfg.train.deterministic)
     seed_everything(seed)
     model = build(data.spec).to(device)
     check_model(model)
@@ -453,6 +544,9 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
             check_text(split.text_bert, model.text_encoder.config, f"{data.path}: split {name!r}: key 'text_bert'")
     train = data.splits["train"]
     state = TrainingState.start(model, cfg, train, device)
+    if dist.rank:
+        # Every rank built the same model; from here each draws its own dropout masks.
+        seed_everything(distributed.rank_seed(seed, dist.rank))
     if dist.is_main:
         write_seed_config(out, config=cfg.to_dict(), seed=seed, data=spec,
                           model_class=class_path(type(model)), provenance=provenance)
@@ -462,7 +556,7 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
         for line in problems:
             log(f"skipping {line}")
         if saved is not None:
-            state.restore(saved)
+            state.restore(saved, device, dist.rank)
             log(f"seed {seed}: resuming after epoch {state.epoch}")
 
     # Unimodal heads are unused when their task is off, and a model of the user's own may hold
@@ -474,15 +568,20 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
         epoch, t0 = state.epoch + 1, time.perf_counter()
         loader = train_loader(train, cfg, seed, epoch, pin=device.type == "cuda", dist=dist)
         train_loss = train_epoch(net, state.optimizer, loader, state.ulgm, epoch, cfg, device,
-                                 caches.get("train"), gather, f"seed {seed} epoch {epoch}" if progress else None)
-        valid = valid_loss(predict(model, data.splits["valid"], device, text_cache=caches.get("valid")))
+                                 caches.get("train"), gather, f"seed {seed} epoch {epoch}" if progress else None,
+                                 dist)
+        # Rank 0 validates and the others take its loss: every rank stops at the same epoch.
+        valid = valid_loss(predict(model, data.splits["valid"], device, text_cache=caches.get("valid"))
+                           ) if dist.is_main else math.nan
+        valid = distributed.from_main(dist, valid, device)
         improved = state.end_epoch(train_loss, valid, time.perf_counter() - t0)
         if on_epoch is not None:
             on_epoch(epoch, valid)
         log(f"seed {seed} epoch {epoch}: train loss {train_loss:.4f}, valid loss {valid:.4f}"
             + (" (best)" if improved else f" (best {state.best_valid:.4f} at epoch {state.best_epoch})"))
+        rng = distributed.all_objects(dist, _rng_state(device))
         if dist.is_main:
-            save_epoch(out, state, improved, list(train.ids), cfg)
+            save_epoch(out, state, improved, list(train.ids), cfg, rng)
     if not dist.is_main:
         return {}
     return test_seed(out, seed, model, data, cfg, device, caches, state)

@@ -24,10 +24,16 @@ Decisions on what the reference leaves undefined:
 - A class with no member keeps its previous centre; label updates of a modality are skipped
   until both of its centres, and both fused centres, have existed at least once.
 - Non-finite features raise ValueError naming the modality, before any state changes: storing
-  them would poison every later centre and label.
+  them would poison every later centre and label. A caller that checks them itself passes
+  `check_finite=False` to `step` (the trainer does, on the device).
 - Duplicate indexes within one batch are not supported (the running sums would count the
   sample twice); a sampler visits each sample once per epoch, and a distributed all-gather of
   a DistributedSampler's shards is duplicate-free unless it pads, which the trainer must trim.
+
+On CUDA a step makes the host wait for the device nowhere in "incremental" mode, given indexes
+on the host (they are checked there and copied through pinned memory): the existence of the
+centres is decided on the device, and an emptied class's sums are cleared by a mask. Indexes
+already on the device are checked with one read each; "full" mode reads its class masks.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import torch
+
+from .transfer import to_device
 
 MODALITIES: tuple[str, ...] = ("m", "t", "a", "v")
 UNIMODAL: tuple[str, ...] = ("t", "a", "v")
@@ -154,10 +162,11 @@ class UnimodalLabelGenerator(torch.nn.Module):
         self._refresh_centres()
 
     def step(self, indexes: torch.Tensor | Sequence[int], features: Mapping[str, torch.Tensor],
-             epoch: int) -> None:
-        """SPEC steps 3-5 for one batch (epoch is 1-based)."""
+             epoch: int, *, check_finite: bool = True) -> None:
+        """SPEC steps 3-5 for one batch (epoch is 1-based). `check_finite=False` skips the
+        features' finiteness check, which reads a flag back from the device per modality."""
         idx = self._index(indexes)
-        feats = self._check_features(features, idx.numel())
+        feats = self._check_features(features, idx.numel(), check_finite)
         if idx.numel() == 0:
             return
         old_labels = {s: self._state("labels", s)[idx] for s in MODALITIES}  # indexing copies
@@ -217,12 +226,20 @@ class UnimodalLabelGenerator(torch.nn.Module):
         return cast(torch.Tensor, self._buffers[f"{kind}_{s}"])
 
     def _index(self, indexes: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        idx = torch.as_tensor(indexes, dtype=torch.long, device=self.device).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
+        """Indexes on this generator's device; checked on the host when they come from there."""
+        if isinstance(indexes, torch.Tensor) and indexes.device.type != "cpu":
+            idx = indexes.to(self.device, torch.long).reshape(-1)
+            low, high = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
+        else:
+            idx = torch.as_tensor(indexes, dtype=torch.long).reshape(-1)
+            host = idx.numpy()
+            low, high = (host.min(), host.max()) if host.size else (0, 0)
+            idx = to_device(idx, self.device)
+        if low < 0 or high >= self.num_samples:
             raise ValueError(f"sample indexes must lie in [0, {self.num_samples})")
         return idx
 
-    def _check_features(self, features: Mapping[str, torch.Tensor], batch: int
+    def _check_features(self, features: Mapping[str, torch.Tensor], batch: int, check_finite: bool = True
                         ) -> dict[str, torch.Tensor]:
         feats: dict[str, torch.Tensor] = {}
         for s in MODALITIES:
@@ -232,28 +249,30 @@ class UnimodalLabelGenerator(torch.nn.Module):
             if tuple(f.shape) != (batch, self.dims[s]):
                 raise ValueError(f"features[{s!r}] has shape {tuple(f.shape)}, "
                                  f"expected ({batch}, {self.dims[s]})")
-            if not bool(torch.isfinite(f).all()):
+            if check_finite and not bool(torch.isfinite(f).all()):
                 raise ValueError(f"features[{s!r}] contain non-finite values")
             feats[s] = f
         return feats
 
     def _update_labels(self, idx: torch.Tensor, feats: dict[str, torch.Tensor], epoch: int) -> None:
-        """Step 3: new u-labels from the centres as they stood before this batch."""
-        if not bool(self._state("existed", "m").all()):
-            return
+        """Step 3: new u-labels from the centres as they stood before this batch, for each
+        modality whose two centres, and both fused ones, have existed. That condition is
+        applied on the device (labels that may not move are written back unchanged): reading
+        it would make the host wait for the device every step."""
+        fused_ready = self._state("existed", "m").all()
         y_m = self._state("labels", "m")[idx]
         pos_m, neg_m = self._state("centres", "m")
         alpha_m = relative_distance(feats["m"], pos_m, neg_m)
         for s in UNIMODAL:
-            if not bool(self._state("existed", s).all()):
-                continue
+            ready = fused_ready & self._state("existed", s).all()
             pos, neg = self._state("centres", s)
             labels = self._state("labels", s)
+            old = labels[idx]
             y_hat = candidate_label(y_m, relative_distance(feats[s], pos, neg), alpha_m, self.H)
             # Finite representations too large for float32 distances give inf - inf = NaN: such
             # a sample gets no candidate this time and keeps its label (clamping handles +-inf).
-            y_hat = torch.where(torch.isnan(y_hat), labels[idx], y_hat)
-            labels[idx] = momentum_update(labels[idx], y_hat, epoch)
+            y_hat = torch.where(torch.isnan(y_hat), old, y_hat)
+            labels[idx] = torch.where(ready, momentum_update(old, y_hat, epoch), old)
 
     def _accumulate(self, s: str, old_rep: torch.Tensor, new_rep: torch.Tensor,
                     old_label: torch.Tensor, new_label: torch.Tensor) -> None:
@@ -271,7 +290,7 @@ class UnimodalLabelGenerator(torch.nn.Module):
             centres = self._state("centres", s)
             present = counts > 0
             # An emptied class's sum is zero up to rounding; reset it so no drift survives.
-            sums[~present] = 0.0
+            sums.masked_fill_(~present.unsqueeze(1), 0.0)
             if self.centre_mode == "full":
                 fresh = full_centres(self._state("reps", s), self._state("labels", s), self.exclude_zero)
                 for row, centre in enumerate(fresh):

@@ -11,6 +11,7 @@ The default suite makes 5 kills; `-m slow` runs the 20-kill variant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -156,3 +157,70 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, s
 @pytest.mark.slow
 def test_twenty_kills(tmp_path, synth_path, tiny_bert):
     crash_and_resume(tmp_path, synth_path("mosi", scale=0.02), tiny_bert, kills=20, seed=2)
+
+
+def torchrun(port: int, cmd: list[str]) -> list[str]:
+    """`cmd` (a `python -m selfmm train ...`) under torchrun with 2 gloo processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            *cmd[1:], "--device", "cpu"]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The parent is the 2nd field after the parenthesised command name.
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_after_first_checkpoint(cmd: list[str], log: Path, out: Path) -> bool:
+    """Run `cmd`; SIGKILL it and every process below it (torchrun starts its workers in
+    sessions of their own) the moment epoch 1's checkpoint exists. Whether it was killed
+    (False: it finished first)."""
+    first = out / "seed-7" / "checkpoint-epoch0001.pt"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=environment(),
+                                start_new_session=True)
+        while proc.poll() is None:
+            if first.exists():
+                for pid in [*descendants(proc.pid), proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.0005)
+    return False
+
+
+def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path, synth_path, tiny_bert):
+    """Under torchrun each rank draws its own dropout masks, and only rank 0 writes the
+    checkpoint: it holds every rank's random state, and each rank resumes its own. Killed
+    once epoch 1's checkpoint is written and resumed, the run ends identical to an
+    uninterrupted one: u-labels, losses, weights and predictions."""
+    data = synth_path("mosi", scale=0.05)  # 64 training clips: 8 global batches of 2 x 4
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    status, _ = run_until(torchrun(29551, command(data, tiny_bert, reference, False)), tmp_path / "reference.log",
+                          "never", 0, reference)
+    assert status == 0, (tmp_path / "reference.log").read_text()
+    assert kill_after_first_checkpoint(torchrun(29552, command(data, tiny_bert, out, False)),
+                                       tmp_path / "killed.log", out), "the run finished before it could be killed"
+    assert not (out / "seed-7" / "metrics.json").exists()
+    status, _ = run_until(torchrun(29553, command(data, tiny_bert, out, True)), tmp_path / "resumed.log",
+                          "never", 0, out)
+    log = (tmp_path / "resumed.log").read_text()
+    assert status == 0, log
+    assert "seed 7: resuming after epoch" in log
+    expected, got = outputs(reference), outputs(out)
+    for key in expected:
+        assert got[key] == expected[key], f"{key} differs from the uninterrupted run"

@@ -17,7 +17,8 @@ from ..rundir import RunDirectory
 def config_from_args(args: argparse.Namespace) -> Config:
     """Dataset defaults, then --config, then --set, then the flags that name a setting."""
     overrides: dict[str, object] = dict(parse_assignments(args.set))
-    flags = {"text_model": args.text_model, "tasks": args.tasks, "max_epochs": args.max_epochs}
+    flags = {"text_model": args.text_model, "tasks": args.tasks, "max_epochs": args.max_epochs,
+             "deterministic": args.deterministic}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.freeze_encoder:
         overrides["freeze_encoder"] = True

@@ -36,6 +36,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", choices=TASKS, help="active subtasks (default MTAV)")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs at most")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="on CUDA, deterministic kernels: bit-identical reruns and resumes, somewhat "
+                        "slower (default on; the CPU path is always deterministic)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

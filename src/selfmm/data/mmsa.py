@@ -446,7 +446,8 @@ def _as_strings(value: Any, n: int, fallback: str, where: str = "", key: str = "
 
 def _as_token_ids(value: Any, where: str) -> np.ndarray:
     """text_bert as stored (no copy), once its ids, mask and token types are whole numbers >= 0,
-    since the encoder's embedding lookup would crash on anything else mid-training."""
+    since the encoder's embedding lookup would crash on anything else mid-training, and its
+    attention masks are right-padded."""
     arr = _array(value, where, "text_bert")
     if arr.ndim != 3 or arr.shape[1] != 3 or arr.shape[2] == 0:
         raise DataError(f"{where}: key 'text_bert' must be (N, 3, Lt) with Lt >= 1, got shape {arr.shape}")
@@ -465,6 +466,13 @@ def _as_token_ids(value: Any, where: str) -> np.ndarray:
             if arr[:, row].max() > 1:
                 raise DataError(f"{where}: key 'text_bert' {what} (row {row}) holds {arr[:, row].max()}; "
                                 "must be 0 or 1")
+        # Batches are cut to their longest text and the encoder packs each text's first
+        # mask-sum tokens: a mask with padding before a real token would lose that token.
+        rises = np.diff(arr[:, 1], axis=1) > 0
+        if rises.any():
+            clip, position = (int(i) for i in np.argwhere(rises)[0])
+            raise DataError(f"{where}: key 'text_bert' row {clip}: the attention mask is not right-padded "
+                            f"(0 at position {position}, 1 at {position + 1}); real tokens must come first")
     return arr
 
 
