@@ -29,10 +29,11 @@ from selfmm.pools import keep_interrupts, stop
 from .helpers import train_argv
 
 # The command must be gone this soon after the signal: the pool's own 2-s limit, plus the
-# interpreter's exit, on a busy machine. Each long clip takes far longer to extract (~20 s), so
-# a command that waits for its running clips fails this.
+# interpreter's exit, on a busy machine. A long clip takes far longer to extract (~15 s on an
+# idle core), so a command that waits for its running clips fails this.
 EXIT_WITHIN_S = 6.0
 SHORT, LONG = 6, 2
+LONG_SECONDS = 600
 
 
 def processes_in_group(group: int) -> list[int]:
@@ -99,7 +100,7 @@ def write_labels(path: Path, names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """Six short clips, then two of 90 s: the command is interrupted while it extracts those."""
+    """Six short clips, then two of ten minutes: the command is interrupted while it extracts those."""
     pytest.importorskip("av")
     pytest.importorskip("cv2")
     pytest.importorskip("opensmile")
@@ -107,7 +108,7 @@ def clips(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("interrupt")
     short = make_video(root / "short.mp4", seconds=0.5, face=True)
-    long = make_video(root / "long.mp4", seconds=90.0, face=True)
+    long = make_video(root / "long.mp4", seconds=LONG_SECONDS, fps=4, face=True)
     names = [f"short{i}" for i in range(SHORT)] + [f"long{i}" for i in range(LONG)]
     for name in names:
         (root / "Raw" / name).mkdir(parents=True)
@@ -191,7 +192,7 @@ def video_run(clips, tiny_bert, tmp_path_factory) -> Path:
 
 def test_serve_stops_on_ctrl_c_with_a_request_in_flight(video_run, clips, tmp_path):
     """uvicorn gives the request a short grace, then the pool ends the worker scoring it (a
-    90-s video, ~20 s of work) instead of waiting for it."""
+    ten-minute video, ~15 s of work) instead of waiting for it."""
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
     pytest.importorskip("python_multipart")
@@ -200,7 +201,7 @@ def test_serve_stops_on_ctrl_c_with_a_request_in_flight(video_run, clips, tmp_pa
         port = probe.getsockname()[1]
     log = tmp_path / "server.log"
     command = [sys.executable, "-m", "selfmm", "serve", "--run", str(video_run), "--port", str(port),
-               "--workers", "1", "--device", "cpu"]
+               "--workers", "1", "--device", "cpu", "--max-seconds", str(LONG_SECONDS + 10)]
     with open(log, "w") as handle:
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment(),
                                 start_new_session=True)

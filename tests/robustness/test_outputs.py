@@ -238,6 +238,7 @@ def test_the_default_report_is_refreshed_an_explicit_one_is_not(tmp_path, capsys
     (run / "report.html").write_text("old report")
     allowed(["report", str(run)])
     allowed(["report", str(run), "--out", str(run / "report.html")])
+    allowed(["report", str(run), "--out", str(run / ".." / "in-run" / "report.html")])
     (tmp_path / "notes.html").write_text("mine")
     assert "pass --force" in refused(capsys, ["report", str(run), "--out", str(tmp_path / "notes.html")])
 

@@ -130,7 +130,7 @@ def labels_folder(path: Path, args: argparse.Namespace) -> Reuse | None:
 
 def default_report(path: Path, args: argparse.Namespace) -> Reuse | None:
     """RUN/report.html, the default, is the report's own place and is refreshed."""
-    return Reuse.FREE if path == Path(args.run) / "report.html" else None
+    return Reuse.FREE if path.resolve() == (Path(args.run) / "report.html").resolve() else None
 
 
 def mmsa_results(path: Path, args: argparse.Namespace) -> Reuse | None:
