@@ -10,8 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
 from selfmm.predict import Predictor  # noqa: E402
 from selfmm.serve import MB, create_app, is_loopback, serve  # noqa: E402
+from servers import start_serve  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCORE_KEYS = {"score", "sentiment", "text", "audio", "vision", "flags", "seconds"}
@@ -368,33 +367,12 @@ def test_serve_refuses_unsafe_settings(tmp_path, capsys):
     assert err[-1].startswith("selfmm: error: --host 0.0.0.0 is not loopback") and len(err) == 2
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(trained, tmp_path):
     """`selfmm serve` in its own process on a free loopback port, stopped (with its workers) after."""
-    port = free_port()
-    command = [sys.executable, "-m", "selfmm", "serve", "--run", str(trained["run"]), "--port", str(port),
-               "--workers", "1", "--device", "cpu", "--max-seconds", str(MAX_SECONDS)]
-    log = open(tmp_path / "server.log", "w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_serve(trained["run"], tmp_path / "server.log", "--workers", "1", "--device", "cpu",
+                              "--max-seconds", str(MAX_SECONDS), within=90)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start within 90 s"
-            time.sleep(0.3)
         yield url
     finally:
         server.terminate()
@@ -403,7 +381,6 @@ def live_server(trained, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
-        log.close()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,6 +25,7 @@ import pytest
 from selfmm.cli import main
 from selfmm.extract import extract_dataset
 from selfmm.pools import keep_interrupts, stop
+from servers import start_serve
 
 from .helpers import train_argv
 
@@ -123,35 +124,52 @@ def environment() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def interrupt_when(command: list[str], ready: Callable[[], bool], what: str,
+                   group: bool = True) -> tuple[subprocess.Popen, float, str]:
+    """Start `command`; once `ready()` (within 180 s), send SIGINT to its process group, as
+    Ctrl-C in a terminal does, or (group=False) to it alone, as `kill -INT` does. Returns the
+    process, the seconds from the signal to its exit, and its stderr."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not ready():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"{what} within 180 s"
+            time.sleep(0.05)
+        if group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        return proc, time.monotonic() - signalled, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def assert_group_gone(group: int) -> None:
+    """Every process of the command's group has exited (a moment for the last to be reaped)."""
+    deadline = time.monotonic() + 10
+    while processes_in_group(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in_group(group) == []
+
+
 @pytest.mark.parametrize("target", ["group", "command"])
 def test_extract_dataset_stops_on_ctrl_c_and_keeps_finished_clips(target, clips, tmp_path):
     out = tmp_path / "feats.pkl"
     parts = Path(f"{out}.parts")
     command = [sys.executable, "-m", "selfmm", "extract-dataset", str(clips / "Raw"), "--labels",
                str(clips / "label.csv"), "--out", str(out), "--workers", "2", "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while len(list(parts.glob("*.npz"))) < SHORT:  # the long clips are being extracted now
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the short clips were not extracted within 180 s"
-            time.sleep(0.05)
-        if target == "group":
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        else:
-            os.kill(proc.pid, signal.SIGINT)
-        signalled = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # The long clips are being extracted once the short ones are done.
+    proc, took, err = interrupt_when(command, lambda: len(list(parts.glob("*.npz"))) >= SHORT,
+                                     "the short clips were not extracted", group=target == "group")
     assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
     assert proc.returncode == 130 and "selfmm: interrupted" in err and "Traceback" not in err, err
-    time.sleep(0.5)  # a terminated worker is reaped by its parent's exit
-    assert processes_in_group(proc.pid) == []
+    assert_group_gone(proc.pid)
     assert len(list(parts.glob("*.npz"))) == SHORT and not out.exists()
     if target == "group":
         # The finished clips are reused; what an ended worker left behind is cleared.
@@ -196,16 +214,9 @@ def test_serve_stops_on_ctrl_c_with_a_request_in_flight(video_run, clips, tmp_pa
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
     pytest.importorskip("python_multipart")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     log = tmp_path / "server.log"
-    command = [sys.executable, "-m", "selfmm", "serve", "--run", str(video_run), "--port", str(port),
-               "--workers", "1", "--device", "cpu", "--max-seconds", str(LONG_SECONDS + 10)]
-    with open(log, "w") as handle:
-        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment(),
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(video_run, log, "--workers", "1", "--device", "cpu", "--max-seconds",
+                            str(LONG_SECONDS + 10))
     replies: list[object] = []
 
     def send() -> None:
@@ -217,16 +228,6 @@ def test_serve_stops_on_ctrl_c_with_a_request_in_flight(video_run, clips, tmp_pa
             replies.append(exc)
 
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start within 180 s"
-            time.sleep(0.2)
         sender = threading.Thread(target=send)
         sender.start()
         time.sleep(3.0)  # uploaded; the worker is scoring it
@@ -245,35 +246,16 @@ def test_serve_stops_on_ctrl_c_with_a_request_in_flight(video_run, clips, tmp_pa
     assert proc.returncode in (0, 130) and "Traceback" not in output, output
     assert len(replies) == 1 and getattr(replies[0], "status_code", None) == 503, replies
     assert "shutting down" in replies[0].json()["detail"]
-    deadline = time.monotonic() + 10
-    while processes_in_group(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_in_group(proc.pid) == []
+    assert_group_gone(proc.pid)
 
 
 def test_train_with_loader_workers_stops_on_ctrl_c(tiny_run, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "selfmm", *train_argv(tiny_run["data"], out, tiny_run["bert"], "--max-epochs",
                                                             "50", "--set", "batch_size=2", "--set", "num_workers=2")]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not list((out / "seed-7").glob("checkpoint-*.pt")):  # an epoch is done; the next runs
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no epoch finished within 180 s"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        signalled = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # Interrupted once an epoch is done, while the next runs.
+    proc, took, err = interrupt_when(command, lambda: bool(list((out / "seed-7").glob("checkpoint-*.pt"))),
+                                     "no epoch finished")
     assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
     assert proc.returncode == 130 and err.rstrip().endswith("selfmm: interrupted") and "Traceback" not in err, err
-    deadline = time.monotonic() + 10
-    while processes_in_group(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_in_group(proc.pid) == []
+    assert_group_gone(proc.pid)
