@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: set up (package, test extras, Chromium for the browser tests), lint with ruff,
-# then pytest in random order (pytest-randomly prints the seed; `-p no:randomly` turns it off).
+# then pytest in random order (pytest-randomly prints the seed; `-p no:randomly` turns it off),
+# one test file per worker process, two workers (SELFMM_TEST_WORKERS; 0 runs in this process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -11,4 +12,4 @@ fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
 python -m ruff check src tests benchmarks examples
-python -m pytest "$@"
+python -m pytest -n "${SELFMM_TEST_WORKERS:-2}" --dist loadfile "$@"
