@@ -250,3 +250,55 @@ def test_the_thread_switch_changes_no_gradient(two_threads, monkeypatch):
     net.linear(net.dropout(h)).pow(2).sum().backward()
     for a, t in zip(switched, (x, *net.parameters()), strict=True):
         assert torch.equal(a, t.grad)
+
+
+def two_encoders():
+    torch.manual_seed(0)
+    nets = [SequenceEncoder(5, 8, 4), SequenceEncoder(7, 6, 3)]
+    inputs = [(torch.randn(3, 10, 5), torch.tensor([10, 4, 0])), (torch.randn(3, 6, 7), torch.tensor([1, 6, 3]))]
+    return nets, inputs
+
+
+def side_by_side_grads(nets, inputs) -> list[torch.Tensor]:
+    xs = [x.clone().requires_grad_() for x, _ in inputs]
+    outs = model_module.encode_sequences([(n, x, lengths) for n, x, (_, lengths) in zip(nets, xs, inputs, strict=True)])
+    sum(o.pow(2).sum() for o in outs).backward()
+    grads = [t.grad.clone() for t in (*xs, *nets[0].parameters(), *nets[1].parameters())]
+    for net in nets:
+        net.zero_grad(set_to_none=True)
+    return [*outs, *grads]
+
+
+def test_lstms_side_by_side_equal_one_after_another(two_threads, monkeypatch):
+    """The audio and vision LSTMs run on two worker threads, one torch thread each, with the
+    same kernels as one after another on one thread: the same bits, forward and backward."""
+    nets, inputs = two_encoders()
+    workers = []
+    for net in nets:
+        net.rnn.register_forward_hook(lambda *a: workers.append(torch.get_num_threads()))
+    monkeypatch.setattr(model_module, "SIDE_BY_SIDE", True)
+    together = side_by_side_grads(nets, inputs)
+    assert workers == [1, 1] and torch.get_num_threads() == 2
+    monkeypatch.setattr(model_module, "SIDE_BY_SIDE", False)
+    apart = side_by_side_grads(nets, inputs)
+    for a, b in zip(together, apart, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lstms_side_by_side_restore_the_thread_count_after_an_exception(two_threads, monkeypatch):
+    monkeypatch.setattr(model_module, "SIDE_BY_SIDE", True)
+    nets, inputs = two_encoders()
+    bad = [(nets[0], *inputs[0]), (nets[1], torch.randn(3, 6, 4), inputs[1][1])]  # 4 features, not 7
+    with pytest.raises(RuntimeError):
+        model_module.encode_sequences(bad)
+    assert torch.get_num_threads() == 2
+
+    def fail(module, args, output):
+        output[0].register_hook(lambda grad: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    nets[1].rnn.register_forward_hook(fail)  # raises in a worker, in the middle of the backward
+    x = inputs[0][0].clone().requires_grad_()
+    outs = model_module.encode_sequences([(nets[0], x, inputs[0][1]), (nets[1], *inputs[1])])
+    with pytest.raises(KeyboardInterrupt):
+        sum(o.sum() for o in outs).backward()
+    assert torch.get_num_threads() == 2
