@@ -8,9 +8,8 @@ class centres) and a prediction y_s. Only y_m is used at test time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, TypeVar
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,8 +22,6 @@ from .configuration import ModelConfig
 from .data.batch import Batch
 from .precision import full_precision
 from .transfer import to_device
-
-T = TypeVar("T")
 
 
 class Heads(NamedTuple):
@@ -43,13 +40,11 @@ class SelfMMOutput(NamedTuple):
 
 # Torch threads the CPU LSTMs run on, forward and backward; None leaves torch's count alone.
 # Their hundreds of tiny time steps each end in a barrier of the thread pool, and when another
-# process holds a core every barrier waits for a time slice (benchmarks/README.md, "The LSTMs'
-# thread switch": the figures behind this choice).
+# process holds a core every barrier waits for a time slice: on 2 threads of a 2-core machine
+# with the other core busy, the LSTMs take 77 ms per mosi batch on 1 thread and 845 ms on 2;
+# idle, 51 against 48 (benchmarks/README.md, "The LSTMs' threads"). Running the audio and
+# vision LSTMs side by side, one thread each, measured no faster (55 ms idle) and was dropped.
 LSTM_THREADS: int | None = 1
-# With torch on two threads or more, a model's CPU LSTMs (audio and vision) run side by side,
-# one thread each, forward and backward (benchmarks/README.md measures it).
-SIDE_BY_SIDE = True
-_pool: ThreadPoolExecutor | None = None
 
 
 @contextlib.contextmanager
@@ -66,82 +61,33 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _each(fn: Callable[[int], T], n: int) -> list[T]:
-    """fn(0), ..., fn(n - 1): side by side on worker threads (torch's count is process-wide,
-    so it is 1 for all of them meanwhile), or one after another on LSTM_THREADS threads."""
-    global _pool
-    if SIDE_BY_SIDE and n > 1 and torch.get_num_threads() > 1:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="selfmm-lstm")
-        # Grad and inference modes are per thread: each worker takes the caller's.
-        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+class _LSTMOnThreads(torch.autograd.Function):
+    """An LSTM whose forward and backward both run on `threads` threads.
 
-        def call(i: int) -> T:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                return fn(i)
-
-        with cpu_threads(1):
-            return list(_pool.map(call, range(n)))
-    with cpu_threads(LSTM_THREADS):
-        return [fn(i) for i in range(n)]
-
-
-def _split(tensors: tuple, rnns: tuple[nn.LSTM, ...]) -> list[tuple[torch.Tensor, ...]]:
-    """(x_1, ..., x_n, weights of rnn 1, ..., weights of rnn n) -> per LSTM (x_i, *weights_i)."""
-    k, groups = len(rnns), []
-    for i, rnn in enumerate(rnns):
-        count = len(list(rnn.parameters()))
-        groups.append((tensors[i], *tensors[k:k + count]))
-        k += count
-    return groups
-
-
-class _LSTMs(torch.autograd.Function):
-    """LSTMs over their inputs, forward and backward on one thread each (`_each`).
-
-    Each forward keeps its own graph, over detached aliases of its input and weights; the
-    backward differentiates those graphs inside `_each`, so torch's thread count is restored
-    even when a backward fails (a hook, an interrupt), and the gradients reach the weights
-    through this node, where DistributedDataParallel's hooks expect them. The kernels, and so
-    the gradients, are a plain backward's.
+    The forward keeps its own graph, over detached aliases of the input and the weights; the
+    backward differentiates it inside `cpu_threads`, so the thread count is restored even
+    when the backward fails (a hook, an interrupt). The kernels, and so the gradients, are a
+    plain backward's, and hooks on the weights fire once, as there.
     """
 
     @staticmethod
-    def forward(ctx, rnns: tuple[nn.LSTM, ...], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        groups = _split(tensors, rnns)
-
-        def run(i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-            with torch.enable_grad():
-                leaves = [t.detach().requires_grad_(t.requires_grad) for t in groups[i]]
-                names = [name for name, _ in rnns[i].named_parameters()]
-                out, _ = functional_call(rnns[i], dict(zip(names, leaves[1:], strict=True)), (leaves[0],))
-            return leaves, out  # out: (B, L, hidden)
-
-        ctx.rnns, ctx.graphs = rnns, _each(run, len(rnns))
-        return tuple(out.detach() for _, out in ctx.graphs)
+    def forward(ctx, rnn: nn.LSTM, threads: int | None, x: torch.Tensor,
+                *weights: torch.Tensor) -> torch.Tensor:
+        names = [name for name, _ in rnn.named_parameters()]
+        with torch.enable_grad(), cpu_threads(threads):
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in (x, *weights)]
+            out, _ = functional_call(rnn, dict(zip(names, leaves[1:], strict=True)), (leaves[0],))
+        ctx.threads, ctx.leaves, ctx.out = threads, leaves, out  # out: (B, L, hidden)
+        return out.detach()
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        needs = _split(ctx.needs_input_grad[1:], ctx.rnns)
-
-        def run(i: int) -> list[torch.Tensor | None]:
-            leaves, out = ctx.graphs[i]
-            wanted = [t for t, need in zip(leaves, needs[i], strict=True) if need]
-            found = iter(torch.autograd.grad(out, wanted, grads[i], allow_unused=True) if wanted else ())
-            return [next(found) if need else None for need in needs[i]]
-
-        per_rnn = _each(run, len(ctx.rnns))
-        del ctx.graphs
-        return (None, *(g[0] for g in per_rnn), *(w for g in per_rnn for w in g[1:]))
-
-
-def run_lstms(rnns: list[nn.LSTM], xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each CPU LSTM over its padded input x_i (B, L_i, D_i) -> (B, L_i, hidden_i), on the
-    threads `_each` gives it."""
-    weights = [w for rnn in rnns for w in rnn.parameters()]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (*xs, *weights)):
-        return list(_LSTMs.apply(tuple(rnns), *xs, *weights))
-    return _each(lambda i: rnns[i](xs[i])[0], len(rnns))
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        needed = ctx.needs_input_grad[2:]
+        wanted = [t for t, need in zip(ctx.leaves, needed, strict=True) if need]
+        with cpu_threads(ctx.threads):
+            grads = iter(torch.autograd.grad(ctx.out, wanted, grad, allow_unused=True))
+        del ctx.leaves, ctx.out
+        return (None, None, *(next(grads) if need else None for need in needed))
 
 
 class SequenceEncoder(nn.Module):
@@ -159,27 +105,29 @@ class SequenceEncoder(nn.Module):
         self.linear = nn.Linear(hidden, out_dim)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # x: (B, L, D); lengths: (B,) on the host -> (B, out_dim)
-        return encode_sequences([(self, x, lengths)])[0]
+        # x: (B, L, D); lengths: (B,) on the host
+        with full_precision(x):
+            x = x.to(self.rnn.weight_ih_l0.dtype)  # float32 from bf16
+            if x.device.type == "cpu":
+                h = self._padded_final_state(x, lengths)
+            else:
+                h = packed_final_state(self.rnn, x, lengths)
+            return self.linear(self.dropout(h))  # (B, out_dim)
 
-
-def encode_sequences(items: list[tuple[SequenceEncoder, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-    """Each SequenceEncoder over its (x (B, L, D), lengths (B,) on the host) -> (B, out_dim),
-    in float32 under any autocast; on the CPU their LSTMs run side by side (`_each`)."""
-    with full_precision(items[0][1]):
-        xs = [x.to(net.rnn.weight_ih_l0.dtype) for net, x, _ in items]  # float32 from bf16
-        if xs[0].device.type == "cpu":
-            # The state after a clip's last valid frame is the packed LSTM's final state: a
-            # forward LSTM never sees later frames, and no gradient reaches them. On the CPU
-            # the fused kernel over the padded batch runs a mosi batch's LSTMs in 42 ms where
-            # stepping a packed one took 214 (5x, benchmarks/README.md).
-            outs = run_lstms([net.rnn for net, _, _ in items], xs)
-            hs = [out[torch.arange(out.shape[0]), lengths.clamp(min=1) - 1]  # (B, hidden)
-                  * (lengths > 0).to(out.dtype).unsqueeze(1)
-                  for out, (_, _, lengths) in zip(outs, items, strict=True)]
+    def _padded_final_state(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # The state after a clip's last valid frame is the packed LSTM's final state: a
+        # forward LSTM never sees later frames, and no gradient reaches them. On the CPU the
+        # fused kernel over the padded batch runs a mosi batch's LSTMs in 42 ms where stepping
+        # a packed one took 214 (5x, benchmarks/README.md).
+        last = lengths.clamp(min=1) - 1
+        weights = list(self.rnn.parameters())
+        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+            out = _LSTMOnThreads.apply(self.rnn, LSTM_THREADS, x, *weights)
         else:
-            hs = [packed_final_state(net.rnn, x, lengths) for x, (net, _, lengths) in zip(xs, items, strict=True)]
-        return [net.linear(net.dropout(h)) for h, (net, _, _) in zip(hs, items, strict=True)]
+            with cpu_threads(LSTM_THREADS):
+                out, _ = self.rnn(x)  # (B, L, hidden)
+        h = out[torch.arange(x.shape[0]), last]  # (B, hidden)
+        return h * (lengths > 0).to(h.dtype).unsqueeze(1)
 
 
 def packed_final_state(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -266,9 +214,8 @@ class SelfMM(nn.Module):
         text = (self.encode_text(batch.text, batch.text_lengths) if text_vector is None
                 else text_vector)  # (B, text_out); bf16 under bf16 autocast
         text = text.to(self.text_head.layer_1.weight.dtype)  # bf16 -> the heads' float32
-        audio, vision = encode_sequences([(self.audio_net, batch.audio, batch.audio_lengths),
-                                          (self.vision_net, batch.vision, batch.vision_lengths)])
-        # audio: (B, audio_out); vision: (B, vision_out)
+        audio = self.audio_net(batch.audio, batch.audio_lengths)  # (B, audio_out)
+        vision = self.vision_net(batch.vision, batch.vision_lengths)  # (B, vision_out)
 
         f_m, y_m = self.fusion_head(torch.cat([text, audio, vision], dim=-1))
         f_t, y_t = self.text_head(text)
