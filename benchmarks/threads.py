@@ -6,9 +6,9 @@
 benchmarks/run.py's `phases` measurement (training steps of the mosi-profile file x1, MiniLM,
 batch 16, dynamic padding, forward and backward of each part timed apart) in three settings:
 
-  2 threads, switch on    torch on 2 threads, the LSTMs' forward and backward on 1 (the default)
-  2 threads, switch off   everything on 2 threads
-  1 thread                torch on 1 thread throughout (the switch has nothing to change)
+  switch on         torch on 2 threads, the LSTMs' forward and backward on 1 (the default)
+  switch off        everything on 2 threads
+  1 thread          torch on 1 thread throughout (the switch has nothing to change)
 
 each on an idle machine and with the other core loaded by a busy-loop process (as when another
 job shares the machine). The figures: the LSTMs' ms per batch (forward and backward of both)
@@ -33,7 +33,8 @@ from selfmm import configuration as config
 from selfmm import model as model_module
 from selfmm.io import write_json
 
-SETTINGS = {"2 threads, switch on": (2, 1), "2 threads, switch off": (2, None), "1 thread": (1, 1)}
+# name: (torch threads, LSTM_THREADS)
+SETTINGS = {"switch on": (2, 1), "switch off": (2, None), "1 thread": (1, 1)}
 
 
 @contextlib.contextmanager
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            "precision": args.precision})
     results: dict[str, Any] = {"precision": args.precision, "batches": args.batches,
                                "load_average_start": os.getloadavg()[0], "figures": {}}
-    print(f"{'machine':<8}{'setting':<24}{'lstms ms':>10}{'step ms':>10}{'samples/s':>11}")
+    print(f"{'machine':<8}{'setting':<16}{'lstms ms':>10}{'step ms':>10}{'samples/s':>11}")
     for loaded in (False, True):
         for name, (threads, lstm_threads) in SETTINGS.items():
             torch.set_num_threads(threads)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                    "samples_per_s": t["samples"] / total, "phases": t}
             machine = "loaded" if loaded else "idle"
             results["figures"][f"{machine}, {name}"] = row
-            print(f"{machine:<8}{name:<24}{row['lstms_ms']:>10.1f}{row['step_ms']:>10.1f}"
+            print(f"{machine:<8}{name:<16}{row['lstms_ms']:>10.1f}{row['step_ms']:>10.1f}"
                   f"{row['samples_per_s']:>11.1f}", flush=True)
     results["load_average_end"] = os.getloadavg()[0]
     print(f"load average {results['load_average_start']:.2f} at start, {results['load_average_end']:.2f} at end")
