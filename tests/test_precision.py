@@ -22,6 +22,7 @@ from selfmm.configuration import ModelConfig
 from selfmm.data.batch import Collator
 from selfmm.errors import ConfigError, SelfMMError
 from selfmm.model import SelfMM, SequenceEncoder
+from selfmm.predict import Predictor
 from selfmm.train import predict
 
 BF16 = torch.bfloat16
@@ -178,8 +179,9 @@ def test_resume_refuses_another_precision(bf16_run, tiny_bert, data, monkeypatch
 
 
 def test_evaluate_runs_in_the_runs_precision(bf16_run, data, synth_path, monkeypatch, capsys):
-    """Evaluated in bf16, as trained, the run reproduces its recorded test metrics; the same
-    weights in fp32 predict otherwise, so an evaluation in another precision could not."""
+    """Evaluated in bf16, as trained (load_run, `selfmm evaluate`, the Predictor behind `selfmm
+    predict` and `serve`), the run reproduces its recorded test metrics and predictions; the
+    same weights in fp32 predict otherwise, so an evaluation in another precision could not."""
     run = selfmm.load_run(bf16_run)
     assert run.evaluate(data, device="cpu")[7] == run.seeds[7].metrics["test"]
     recorded = [row["pred_m"] for row in run.predict(data, device="cpu")]
@@ -187,6 +189,8 @@ def test_evaluate_runs_in_the_runs_precision(bf16_run, data, synth_path, monkeyp
     fp32 = predict(model, data.splits["test"], torch.device("cpu"), precision="fp32").heads["m"]
     bf16 = predict(model, data.splits["test"], torch.device("cpu"), precision="bf16").heads["m"]
     assert list(map(float, bf16)) == recorded and list(map(float, fp32)) != recorded
+    scores = Predictor(bf16_run, device="cpu").score_split(data.splits["test"], "test")  # predict, serve
+    assert [s.score for s in scores] == recorded
     monkeypatch.setattr(precision, "cpu_bf16", lambda: False)  # evaluation never refuses
     assert main(["evaluate", "--run", str(bf16_run), "--data", str(synth_path("mosi", scale=0.02)),
                  "--device", "cpu"]) == 0
