@@ -4,10 +4,12 @@
     python benchmarks/run.py --quick          # smoke run: tiny files, few batches
     python benchmarks/run.py --json out.json  # also write every figure as JSON
     python benchmarks/run.py --device cuda    # the same sections on a GPU
+    python benchmarks/run.py --sections phases train --precision fp32 bf16   # both precisions
 
 Sections (README.md beside this file explains each measurement and records the figures):
   phases     training step split by phase, dynamic vs full padding, on a mosi-profile file
   train      samples/s of whole training epochs through fit_seed (what `selfmm train` runs)
+  (both once per --precision: fp32, bf16 or both; bf16 on the CPU needs native bf16)
   ulgm       one ULGM step at N = 1e3 .. 1e6, incremental centres beside full recomputation
   load       peak RSS and wall time to open mosi/mosei-profile files, pickle and cache
   inference  latency per clip at batch 1 and per clip at batch 64
@@ -45,6 +47,7 @@ from selfmm.encoder import load_encoder
 from selfmm.errors import SelfMMError
 from selfmm.io import write_json
 from selfmm.model import Heads, SelfMM
+from selfmm.precision import autocast, check_precision
 from selfmm.train import fit_seed, make_optimizer, predict, seed_everything, selfmm_builder, task_losses
 from selfmm.ulgm import UnimodalLabelGenerator
 
@@ -133,7 +136,8 @@ def new_ulgm(n: int, centres: str = "incremental", device: torch.device = CPU
 
 def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: int,
                 pad_to_max: bool, device: torch.device = CPU) -> dict[str, float]:
-    """Seconds per phase over `batches` training steps (after two untimed warm-up steps).
+    """Seconds per phase over `batches` training steps (after two untimed warm-up steps), the
+    forward under `cfg.train.precision`'s autocast as in the training loop.
 
     Forward and backward of each part are timed apart by cutting the graph at the three
     modality vectors: the heads' backward stops at detached leaves, whose gradients are then
@@ -170,22 +174,25 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
             host = next(it)
         batch = host.to(device, non_blocking=True)
         lap("data")
-        text = model.encode_text(batch.text, batch.text_lengths)  # (B, text_out)
+        with autocast(device, cfg.train.precision):
+            text = model.encode_text(batch.text, batch.text_lengths)  # (B, text_out)
         lap("encoder")
-        audio = model.audio_net(batch.audio, batch.audio_lengths)
-        vision = model.vision_net(batch.vision, batch.vision_lengths)
+        with autocast(device, cfg.train.precision):
+            audio = model.audio_net(batch.audio, batch.audio_lengths)
+            vision = model.vision_net(batch.vision, batch.vision_lengths)
         lap("lstms")
-        leaves = [x.detach().requires_grad_() for x in (text, audio, vision)]
-        f_m, y_m = model.fusion_head(torch.cat(leaves, dim=-1))
-        f_t, y_t = model.text_head(leaves[0])
-        f_a, y_a = model.audio_head(leaves[1])
-        f_v, y_v = model.vision_head(leaves[2])
+        leaves = [x.detach().float().requires_grad_() for x in (text, audio, vision)]
+        with autocast(device, cfg.train.precision):
+            f_m, y_m = model.fusion_head(torch.cat(leaves, dim=-1))
+            f_t, y_t = model.text_head(leaves[0])
+            f_a, y_a = model.audio_head(leaves[1])
+            f_v, y_v = model.vision_head(leaves[2])
         labels = {s: ulgm.labels[s][batch.index] for s in "mtav"}
         loss = sum(task_losses(Heads(y_m, y_t, y_a, y_v), labels, ulgm.weights(host.index),
                                cfg.train.tasks).values())
         loss.backward()
         lap("heads+loss")
-        text.backward(leaves[0].grad)
+        text.backward(leaves[0].grad.to(text.dtype))
         lap("encoder")
         torch.autograd.backward([audio, vision], [leaves[1].grad, leaves[2].grad])
         lap("lstms")
@@ -203,12 +210,16 @@ def time_phases(model: SelfMM, data: FeatureData, cfg: config.Config, batches: i
 
 
 def bench_phases(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """{precision: {padding: seconds per phase}}."""
     data = quiet_load(synthetic(work, "mosi", args.scale))
-    cfg = config.with_values(config.defaults_for("mosi"), {"text_model": args.text_model})
-    out = {}
-    for name, pad in (("dynamic padding", False), ("full padding", True)):
-        model = build(cfg, data, args.text_model, device=args.device)
-        out[name] = time_phases(model, data, cfg, args.batches, pad, args.device)
+    out: dict[str, Any] = {}
+    for precision in args.precision:
+        cfg = config.with_values(config.defaults_for("mosi"),
+                                 {"text_model": args.text_model, "precision": precision})
+        out[precision] = {}
+        for name, pad in (("dynamic padding", False), ("full padding", True)):
+            model = build(cfg, data, args.text_model, device=args.device)
+            out[precision][name] = time_phases(model, data, cfg, args.batches, pad, args.device)
     return out
 
 
@@ -216,10 +227,14 @@ def bench_phases(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def bench_train(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """fit_seed as `selfmm train` runs it, each epoch's training loop timed."""
+    """{precision: figures}: fit_seed as `selfmm train` runs it, each epoch's loop timed."""
+    return {precision: train_epochs(args, work, precision) for precision in args.precision}
+
+
+def train_epochs(args: argparse.Namespace, work: Path, precision: str) -> dict[str, Any]:
     data = quiet_load(synthetic(work, "mosi", args.scale))
-    cfg = config.with_values(config.defaults_for("mosi"),
-                             {"text_model": args.text_model, "max_epochs": args.epochs})
+    cfg = config.with_values(config.defaults_for("mosi"), {"text_model": args.text_model,
+                                                           "max_epochs": args.epochs, "precision": precision})
     loops: list[float] = []
     saves: list[float] = []
 
@@ -360,21 +375,24 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"training step by phase, mosi profile x{results['args']['scale']}, "
                      f"{results['args']['text_model']}, batch 16 (ms per batch)")
-        header = f"{'padding':<16}" + "".join(f"{p:>12}" for p in PHASES) + f"{'total':>10}{'samples/s':>11}"
+        header = (f"{'precision':<10}{'padding':<16}" + "".join(f"{p:>12}" for p in PHASES)
+                  + f"{'total':>10}{'samples/s':>11}")
         lines.append(header)
-        for name, t in results["phases"].items():
-            n_batches = t["samples"] / 16
-            total = sum(t[p] for p in PHASES)
-            lines.append(f"{name:<16}" + "".join(f"{1e3 * t[p] / n_batches:>12.1f}" for p in PHASES)
-                         + f"{1e3 * total / n_batches:>10.1f}{t['samples'] / total:>11.1f}")
-    if "train" in results:
-        t = results["train"]
+        for precision, paddings in results["phases"].items():
+            for name, t in paddings.items():
+                n_batches = t["samples"] / 16
+                total = sum(t[p] for p in PHASES)
+                lines.append(f"{precision:<10}{name:<16}" + "".join(f"{1e3 * t[p] / n_batches:>12.1f}" for p in PHASES)
+                             + f"{1e3 * total / n_batches:>10.1f}{t['samples'] / total:>11.1f}")
+    for precision, t in results.get("train", {}).items():
         lines.append("")
-        lines.append(f"whole epochs through fit_seed ({t['train_clips']} training clips)")
+        lines.append(f"whole epochs through fit_seed, {precision} ({t['train_clips']} training clips)")
         for e, (sps, sec) in enumerate(zip(t["samples_per_s"], t["epoch_seconds"], strict=True), start=1):
             save = t["checkpoint_seconds"][e - 1] if e <= len(t["checkpoint_seconds"]) else float("nan")
             lines.append(f"  epoch {e}: {sps:6.1f} samples/s in the training loop; "
                          f"{sec:6.1f} s with validation; checkpoint {save:5.2f} s")
+    for name, ratio in speedups(results).items():
+        lines.append(f"bf16 / fp32 samples/s, {name}: {ratio:.2f}x")
     if "ulgm" in results:
         lines.append("")
         lines.append("ULGM step, batch 32, dims m128 t32 a16 v32 (ms, median)")
@@ -396,6 +414,21 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def speedups(results: dict[str, Any]) -> dict[str, float]:
+    """bf16's samples/s over fp32's, per section that ran both."""
+    out = {}
+    phases = results.get("phases", {})
+    if {"fp32", "bf16"} <= set(phases):
+        for name in phases["fp32"]:
+            rate = {p: phases[p][name]["samples"] / sum(phases[p][name][k] for k in PHASES) for p in ("fp32", "bf16")}
+            out[f"phases, {name}"] = rate["bf16"] / rate["fp32"]
+    runs = results.get("train", {})
+    if {"fp32", "bf16"} <= set(runs):
+        best = {p: statistics.median(runs[p]["samples_per_s"]) for p in ("fp32", "bf16")}
+        out["train (median epoch)"] = best["bf16"] / best["fp32"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny files, few batches")
@@ -406,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); every "
                         "timing on CUDA waits for the device first")
     parser.add_argument("--epochs", type=int, help="epochs of the train section (default 2; quick 1)")
+    parser.add_argument("--precision", nargs="+", choices=config.PRECISIONS, default=["fp32"],
+                        help="the phases and train sections in each of these (default fp32)")
     parser.add_argument("--work", help="folder for the synthetic files, reused across runs "
                         "(default: a temporary folder, removed afterwards)")
     args = parser.parse_args(argv)
@@ -416,13 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args.device = train.resolve_device(args.device)
+        for precision in args.precision:
+            check_precision(precision, args.device)
     except SelfMMError as exc:
         parser.error(str(exc))  # never measure the CPU in place of a missing GPU
 
     results: dict[str, Any] = {"machine": machine(args.device),
                                "args": {"quick": args.quick, "scale": args.scale,
                                         "text_model": args.text_model, "threads": args.threads,
-                                        "device": str(args.device)}}
+                                        "device": str(args.device), "precision": args.precision}}
     benches = {"phases": bench_phases, "train": bench_train, "ulgm": bench_ulgm,
                "load": bench_load, "inference": bench_inference}
     with tempfile.TemporaryDirectory() as tmp:
@@ -432,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results[name] = benches[name](args, work)
     results["machine"]["load_average_end"] = os.getloadavg()[0]
+    results["speedup"] = speedups(results)
     print(render(results))
     if args.json:
         write_json(args.json, results)

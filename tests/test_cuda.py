@@ -194,3 +194,35 @@ def test_a_cpu_run_never_initialises_cuda(data_file, encoder_dir, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_lstms_and_heads_run_in_float32_under_bf16_autocast():
+    """cuDNN's RNN autocast wrapper would run the LSTMs in float16 (selfmm.precision): with
+    autocast off around them, their inputs and outputs, the heads and the predictions are float32."""
+    from transformers import BertConfig, BertModel
+
+    from selfmm.configuration import ModelConfig
+    from selfmm.data.batch import Batch
+    from selfmm.model import SelfMM
+
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64))
+    model = SelfMM(encoder, 5, 7, ModelConfig()).to(CUDA)
+    seen = {}
+    for name in ("audio_net", "vision_net"):
+        getattr(model, name).rnn.register_forward_hook(
+            lambda m, i, o, name=name: seen.__setitem__(name, (i[0].data.dtype, o[1][0].dtype)))
+    b, lt = 4, 9
+    text = torch.zeros(b, 3, lt, dtype=torch.long)
+    text[:, 0] = torch.randint(1, 500, (b, lt))
+    text[:, 1] = 1
+    batch = Batch(index=torch.arange(b), text=text, audio=torch.randn(b, 6, 5) * 1e5, vision=torch.randn(b, 8, 7),
+                  audio_lengths=torch.tensor([6, 2, 0, 6]), vision_lengths=torch.tensor([8, 8, 3, 1]),
+                  text_lengths=torch.full((b,), lt), labels=torch.zeros(b)).to(CUDA)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(batch)
+    assert seen == {n: (torch.float32, torch.float32) for n in ("audio_net", "vision_net")}
+    for s in "mtav":
+        assert getattr(out.predictions, s).dtype == torch.float32
+        assert torch.isfinite(getattr(out.features, s)).all()

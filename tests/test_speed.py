@@ -146,16 +146,22 @@ def test_training_from_the_cache_equals_training_from_the_pickle(tiny_bert, synt
 
 
 def test_benchmark_quick_prints_its_table(tiny_bert, tmp_path):
+    from selfmm.precision import cpu_bf16
+
     out = tmp_path / "bench.json"
+    precisions = ["fp32", "bf16"] if cpu_bf16() else ["fp32"]  # bf16 where this CPU trains in it
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
                            "--text-model", str(tiny_bert), "--work", str(tmp_path / "work"),
-                           "--json", str(out)],
+                           "--json", str(out), "--precision", *precisions],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     for heading in ("training step by phase", "whole epochs", "ULGM step", "opening a feature file",
                     "inference"):
         assert heading in done.stdout
     results = json.loads(out.read_text())
+    assert set(results["phases"]) == set(results["train"]) == set(precisions)
+    if len(precisions) == 2:
+        assert "bf16 / fp32 samples/s, train (median epoch)" in done.stdout
     assert set(results["ulgm"]) == {"1000", "10000"}
     assert all(t["incremental"] > 0 and t["full"] > 0 for t in results["ulgm"].values())
 

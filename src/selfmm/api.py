@@ -31,6 +31,7 @@ from .errors import SelfMMError
 from .interop import read_config_file
 from .metrics import regression_metrics
 from .model import SelfMM
+from .precision import check_precision
 from .reproduction import check_labels, compare
 from .reproduction import write as write_reproduction
 from .results import write_results
@@ -77,6 +78,7 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     seeds = list(seeds) if seeds is not None else list(DEFAULT_SEEDS)
     check_seeds(seeds)
     torch_device = resolve_device(device)
+    check_precision(cfg.train.precision, torch_device)
     run_dir = RunDirectory(out, resume=resume)
     run_dir.check()  # every rank, before rank 0 creates the directory
     if model is None:
@@ -248,7 +250,8 @@ class Run:
         return next(s for s in self.seeds.values() if s.path == best)
 
     def evaluate(self, data: FeatureData, split: str = "test", device: str = "auto") -> dict[int, dict[str, float]]:
-        """{seed: metrics} of every seed's best weights on `split` of `data`."""
+        """{seed: metrics} of every seed's best weights on `split` of `data`, each computed in
+        the precision its seed was trained in (its config's `precision`), on any device."""
         return {seed: self._evaluate(s, data, split, device)[0] for seed, s in self.seeds.items()}
 
     def predict(self, data: FeatureData, split: str = "test", device: str = "auto",
@@ -262,7 +265,8 @@ class Run:
             raise SelfMMError(f"{data.path}: split {split!r} has no clips")
         seed_run.check_data(data)
         torch_device = resolve_device(device)
-        preds = predict(seed_run.model(torch_device), data.splits[split], torch_device)
+        preds = predict(seed_run.model(torch_device), data.splits[split], torch_device,
+                        precision=seed_run.config.train.precision)
         return regression_metrics(preds.heads["m"], preds.labels, seed_run.config.dataset), preds.rows()
 
 

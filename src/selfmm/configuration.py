@@ -21,6 +21,7 @@ from .errors import ConfigError
 DATASETS = ("mosi", "mosei", "sims", "simsv2")
 # The paper's ablation: the multimodal task always, plus any unimodal subset.
 TASKS = ("M", "MT", "MA", "MV", "MTA", "MTV", "MAV", "MTAV")
+PRECISIONS = ("fp32", "bf16")  # see selfmm.precision
 LABEL_RANGE = {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0), "simsv2": (-1.0, 1.0)}
 DEFAULT_TEXT_MODEL = {
     "mosi": "bert-base-uncased",
@@ -130,6 +131,10 @@ class TrainConfig:
     # algorithms), so that reruns and resumed runs are bit-identical there too; the CPU path
     # always is. Off trades that for speed (benchmarks/gpu.py measures the cost).
     deterministic: bool = setting(True)
+    # bf16 autocast for the text encoder's matrix products alone (selfmm.precision: the LSTMs,
+    # heads, loss, ULGM and metrics stay float32), on CUDA and on CPUs with native bf16. fp32
+    # everywhere by default until bf16 is shown to train as well on each (benchmarks/README.md).
+    precision: str = setting("fp32", one_of(*PRECISIONS))
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,20 @@ class centres) and a prediction y_s. Only y_m is used at test time.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .bert import cls_vector
 from .configuration import ModelConfig
 from .data.batch import Batch
+from .precision import full_precision
 from .transfer import to_device
 
 
@@ -34,25 +38,64 @@ class SelfMMOutput(NamedTuple):
     features: Heads  # F_m (B, post_fusion_dim), F_t, F_a, F_v (B, post_X_dim)
 
 
-class _BackwardThreads(torch.autograd.Function):
-    """Identity whose backward sets torch's CPU thread count, for the backward nodes after it."""
+# Torch threads the CPU LSTMs run on, forward and backward; None leaves torch's count alone.
+# Their hundreds of tiny time steps each end in a barrier of the thread pool, and when another
+# process holds a core every barrier waits for a time slice: on 2 threads of a 2-core machine
+# with the other core busy, the LSTMs take 77 ms per mosi batch on 1 thread and 845 ms on 2;
+# idle, 51 against 48 (benchmarks/README.md, "The LSTMs' threads"). Running the audio and
+# vision LSTMs side by side, one thread each, measured no faster (55 ms idle) and was dropped.
+LSTM_THREADS: int | None = 1
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count lowered to `threads` inside, and restored however it is left."""
+    before = torch.get_num_threads()
+    if threads is None or threads >= before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _LSTMOnThreads(torch.autograd.Function):
+    """An LSTM whose forward and backward both run on `threads` threads.
+
+    The forward keeps its own graph, over detached aliases of the input and the weights; the
+    backward differentiates it inside `cpu_threads`, so the thread count is restored even
+    when the backward fails (a hook, an interrupt). The kernels, and so the gradients, are a
+    plain backward's, and hooks on the weights fire once, as there.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, threads: int) -> torch.Tensor:
-        ctx.threads = threads
-        return x.view_as(x)
+    def forward(ctx, rnn: nn.LSTM, threads: int | None, x: torch.Tensor,
+                *weights: torch.Tensor) -> torch.Tensor:
+        names = [name for name, _ in rnn.named_parameters()]
+        with torch.enable_grad(), cpu_threads(threads):
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in (x, *weights)]
+            out, _ = functional_call(rnn, dict(zip(names, leaves[1:], strict=True)), (leaves[0],))
+        ctx.threads, ctx.leaves, ctx.out = threads, leaves, out  # out: (B, L, hidden)
+        return out.detach()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        torch.set_num_threads(ctx.threads)
-        return grad, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        needed = ctx.needs_input_grad[2:]
+        wanted = [t for t, need in zip(ctx.leaves, needed, strict=True) if need]
+        with cpu_threads(ctx.threads):
+            grads = iter(torch.autograd.grad(ctx.out, wanted, grad, allow_unused=True))
+        del ctx.leaves, ctx.out
+        return (None, None, *(next(grads) if need else None for need in needed))
 
 
 class SequenceEncoder(nn.Module):
     """One LSTM over a clip's valid frames; its final hidden state -> dropout -> linear.
 
     A clip with zero valid frames has no final state: its hidden vector is defined as zeros
-    (the reference crashes in packing), so its output is the linear layer's bias.
+    (the reference crashes in packing), so its output is the linear layer's bias. Runs in
+    float32 under any autocast (selfmm.precision).
     """
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float = 0.0):
@@ -63,31 +106,28 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # x: (B, L, D); lengths: (B,) on the host
+        with full_precision(x):
+            x = x.to(self.rnn.weight_ih_l0.dtype)  # float32 from bf16
+            if x.device.type == "cpu":
+                h = self._padded_final_state(x, lengths)
+            else:
+                h = packed_final_state(self.rnn, x, lengths)
+            return self.linear(self.dropout(h))  # (B, out_dim)
+
+    def _padded_final_state(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # The state after a clip's last valid frame is the packed LSTM's final state: a
+        # forward LSTM never sees later frames, and no gradient reaches them. On the CPU the
+        # fused kernel over the padded batch runs a mosi batch's LSTMs in 42 ms where stepping
+        # a packed one took 214 (5x, benchmarks/README.md).
         last = lengths.clamp(min=1) - 1
-        if x.device.type == "cpu":
-            # The state after a clip's last valid frame is the packed LSTM's final state: a
-            # forward LSTM never sees later frames, and no gradient reaches them. On the CPU
-            # the fused kernel over the padded batch, on one thread, runs a mosi batch's LSTMs
-            # in 42 ms where stepping a packed one took 214 (5x, benchmarks/README.md).
-            # One thread, forward and backward: its hundreds of tiny steps each end in a
-            # barrier, and when another process holds a core, every barrier waits for a time
-            # slice (much slower on a busy 2-core machine, no faster on an idle one).
-            threads = torch.get_num_threads()
-            if torch.is_grad_enabled() and threads > 1:
-                # Backward runs in reverse: one thread from `out` down to here, then restored.
-                x = _BackwardThreads.apply(x.detach().requires_grad_(), threads)
-            torch.set_num_threads(1)
-            try:
-                out, _ = self.rnn(x)  # (B, L, hidden)
-            finally:
-                torch.set_num_threads(threads)
-            if torch.is_grad_enabled() and threads > 1:
-                out = _BackwardThreads.apply(out, 1)
-            h = out[torch.arange(x.shape[0]), last]  # (B, hidden)
-            h = h * (lengths > 0).to(h.dtype).unsqueeze(1)
+        weights = list(self.rnn.parameters())
+        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+            out = _LSTMOnThreads.apply(self.rnn, LSTM_THREADS, x, *weights)
         else:
-            h = packed_final_state(self.rnn, x, lengths)
-        return self.linear(self.dropout(h))  # (B, out_dim)
+            with cpu_threads(LSTM_THREADS):
+                out, _ = self.rnn(x)  # (B, L, hidden)
+        h = out[torch.arange(x.shape[0]), last]  # (B, hidden)
+        return h * (lengths > 0).to(h.dtype).unsqueeze(1)
 
 
 def packed_final_state(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -123,8 +163,11 @@ class Head(nn.Module):
         self.layer_3 = nn.Linear(dim, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = torch.relu(self.layer_1(self.dropout(x)))  # (B, dim)
-        prediction = self.layer_3(torch.relu(self.layer_2(feature))).squeeze(-1)  # (B,)
+        # float32 under any autocast: bf16-rounded predictions would move Acc-7's rounding
+        # and the class edges, and the ULGM would compare rounded representations.
+        with full_precision(x):
+            feature = torch.relu(self.layer_1(self.dropout(x.to(self.layer_1.weight.dtype))))  # (B, dim)
+            prediction = self.layer_3(torch.relu(self.layer_2(feature))).squeeze(-1)  # (B,)
         return feature, prediction
 
 
@@ -169,7 +212,8 @@ class SelfMM(nn.Module):
     def forward(self, batch: Batch, text_vector: torch.Tensor | None = None) -> SelfMMOutput:
         """`text_vector` replaces the encoder's output when given (a cached frozen encoder)."""
         text = (self.encode_text(batch.text, batch.text_lengths) if text_vector is None
-                else text_vector)  # (B, text_out)
+                else text_vector)  # (B, text_out); bf16 under bf16 autocast
+        text = text.to(self.text_head.layer_1.weight.dtype)  # bf16 -> the heads' float32
         audio = self.audio_net(batch.audio, batch.audio_lengths)  # (B, audio_out)
         vision = self.vision_net(batch.vision, batch.vision_lengths)  # (B, vision_out)
 

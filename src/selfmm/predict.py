@@ -192,7 +192,7 @@ class Predictor:
     def score_split(self, split: Split, name: str) -> list[ClipScore]:
         if isinstance(self.model, SelfMM):
             check_text(split.text_bert, self.model.text_encoder.config, name)
-        heads = predict(self.model, split, self.device).heads
+        heads = predict(self.model, split, self.device, precision=self.cfg.train.precision).heads
         flags = split.flags or [""] * len(split)
         return [
             ClipScore(input=name, split=split.name, id=clip, score=float(heads["m"][j]),

@@ -38,6 +38,7 @@ from .errors import SelfMMError
 from .io import write_bytes, write_json
 from .metrics import regression_metrics
 from .model import Heads, SelfMM, SelfMMOutput
+from .precision import autocast, check_precision
 from .resume import finished_seed
 from .runs import (
     BEST_WEIGHTS,
@@ -97,8 +98,8 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
         count = torch.cuda.device_count()
         raise SelfMMError(f"device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     if device.type == "cuda":
-        # TF32 tensor cores (Ampere and newer) for the float32 matmuls and cuDNN calls that
-        # autocast leaves in float32; their ~1e-3 relative rounding is finer than bf16's.
+        # TF32 tensor cores (Ampere and newer) for the float32 matmuls and cuDNN calls (all of
+        # an fp32 run's; the LSTMs and heads of a bf16 one): ~1e-3 relative rounding, finer than bf16's.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
@@ -190,11 +191,6 @@ def train_loader(split: Split, cfg: Config, seed: int, epoch: int, pin: bool = F
                       num_workers=cfg.train.num_workers, pin_memory=pin)
 
 
-def autocast(device: torch.device):
-    # bf16 on CUDA; on the CPU full precision (CPU bf16 is slower on most machines and less exact).
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def forward(model: torch.nn.Module, batch: Batch, text_cache: torch.Tensor | None = None) -> SelfMMOutput:
     """The model's output for a batch; a cached frozen encoder's [CLS] vectors replace its own."""
     out = model(batch) if text_cache is None else model(batch, text_cache[batch.index])
@@ -215,12 +211,13 @@ def task_losses(pred: Heads, labels: dict[str, torch.Tensor], weights: dict[str,
 
 
 @torch.no_grad()
-def encode_all_text(model: SelfMM, split: Split, batch_size: int, device: torch.device) -> torch.Tensor:
+def encode_all_text(model: SelfMM, split: Split, batch_size: int, device: torch.device,
+                    precision: str = "fp32") -> torch.Tensor:
     """A frozen encoder's [CLS] vector for every clip of `split`, computed once: (N, text_out)."""
     model.eval()
     out = []
     for batch in eval_loader(split, batch_size):
-        with autocast(device):
+        with autocast(device, precision):
             out.append(model.encode_text(batch.text.to(device)).float())
     return torch.cat(out) if out else torch.zeros(0, model.text_head.layer_1.in_features, device=device)
 
@@ -233,17 +230,19 @@ def text_caches(model: torch.nn.Module, cfg: Config, data: FeatureData,
     # Each loader draws a seed from the CPU generator; fork it, so that a resumed run
     # continues from exactly the random state its checkpoint restored.
     with torch.random.fork_rng(devices=[]):
-        return {name: encode_all_text(model, split, 64, device) for name, split in data.splits.items()}
+        return {name: encode_all_text(model, split, 64, device, cfg.train.precision)
+                for name, split in data.splits.items()}
 
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 64,
-            text_cache: torch.Tensor | None = None) -> Predictions:
+            text_cache: torch.Tensor | None = None, precision: str = "fp32") -> Predictions:
+    """Every head's predictions on `split`, in the `precision` the model was trained in."""
     model.eval()
     heads: dict[str, list[np.ndarray]] = {s: [] for s in MODALITIES}
     for batch in eval_loader(split, batch_size, pin=device.type == "cuda"):
         batch = batch.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, precision):
             out = forward(model, batch, text_cache)
         for s in MODALITIES:
             heads[s].append(getattr(out.predictions, s).float().cpu().numpy())
@@ -338,7 +337,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader
     batches = tqdm(loader, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
     for i, host in enumerate(batches):
         batch: Batch = host.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, cfg.train.precision):
             out = forward(model, batch, text_cache)
         labels = {s: ulgm.labels[s][batch.index] for s in MODALITIES}
         # The ULGM takes the indexes on the host: it checks them there without a device read.
@@ -525,6 +524,7 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     for name in ("train", "valid"):
         if len(data.splits[name]) == 0:
             raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs train and valid clips")
+    check_precision(cfg.train.precision, device)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"path": str(Path(data.path).resolve()), **data.spec.to_dict()}
     if resume and (out / METRICS).exists():
@@ -571,8 +571,8 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
                                  caches.get("train"), gather, f"seed {seed} epoch {epoch}" if progress else None,
                                  dist)
         # Rank 0 validates and the others take its loss: every rank stops at the same epoch.
-        valid = valid_loss(predict(model, data.splits["valid"], device, text_cache=caches.get("valid"))
-                           ) if dist.is_main else math.nan
+        valid = valid_loss(predict(model, data.splits["valid"], device, text_cache=caches.get("valid"),
+                                   precision=cfg.train.precision)) if dist.is_main else math.nan
         valid = distributed.from_main(dist, valid, device)
         improved = state.end_epoch(train_loss, valid, time.perf_counter() - t0)
         if on_epoch is not None:
@@ -591,7 +591,8 @@ def test_seed(out: Path, seed: int, model: torch.nn.Module, data: FeatureData, c
               device: torch.device, caches: dict[str, torch.Tensor], state: TrainingState) -> dict[str, float]:
     """The best weights on the test split: predictions, metrics.json (which marks the seed done)."""
     model.load_state_dict(load_file(str(out / BEST_WEIGHTS)))
-    preds = predict(model, data.splits["test"], device, text_cache=caches.get("test"))
+    preds = predict(model, data.splits["test"], device, text_cache=caches.get("test"),
+                    precision=cfg.train.precision)
     metrics = regression_metrics(preds.heads["m"], preds.labels, cfg.dataset)
     write_predictions(out / PREDICTIONS, preds.rows())
     write_json(out / METRICS, {"seed": seed, "best_epoch": state.best_epoch,

@@ -11,14 +11,16 @@ from ..configuration import Config, check_seeds, parse_assignments
 from ..data.mmsa import FeatureData, load_features
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
+from ..precision import check_precision
 from ..rundir import RunDirectory
+from ..train import resolve_device
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Dataset defaults, then --config, then --set, then the flags that name a setting."""
     overrides: dict[str, object] = dict(parse_assignments(args.set))
     flags = {"text_model": args.text_model, "tasks": args.tasks, "max_epochs": args.max_epochs,
-             "deterministic": args.deterministic}
+             "deterministic": args.deterministic, "precision": args.precision}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.freeze_encoder:
         overrides["freeze_encoder"] = True
@@ -31,9 +33,11 @@ def data_from_args(args: argparse.Namespace, dataset: str | None) -> FeatureData
 
 
 def training_inputs(args: argparse.Namespace, out: RunDirectory | None = None) -> tuple[Config, FeatureData]:
-    """The configuration and the data of a training command, cheapest checks first: settings,
-    the output directory, that the data files exist, that the text model loads; then the data."""
+    """The configuration and the data of a training command, cheapest checks first: settings
+    (the precision on this device among them), the output directory, that the data files
+    exist, that the text model loads; then the data."""
     cfg = config_from_args(args)
+    check_precision(cfg.train.precision, resolve_device(args.device))
     if getattr(args, "seeds", None) is not None:
         check_seeds(args.seeds, "--seeds")
     if out is not None:

@@ -10,7 +10,7 @@ import argparse
 from typing import NoReturn
 
 from .. import __version__
-from ..configuration import DATASETS, DEFAULT_SEEDS, TASKS
+from ..configuration import DATASETS, DEFAULT_SEEDS, PRECISIONS, TASKS
 from ..data.layout import SPLITS
 from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES
 from .outputs import OUTPUTS, READ_ONLY
@@ -39,6 +39,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="on CUDA, deterministic kernels: bit-identical reruns and resumes, somewhat "
                         "slower (default on; the CPU path is always deterministic)")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: bf16 autocast for the "
+                   "text encoder's matrix products, on CUDA or a CPU with native bf16 (docs/precision.md)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
