@@ -89,7 +89,10 @@ def in_later_epoch(out: Path, writing: str | None, started: float) -> bool:
     """True a quarter second after this process finished an epoch: a kill inside the next one."""
     if writing is not None:
         return False
-    written = [p.stat().st_mtime for p in out.glob("seed-7/checkpoint-epoch*.pt")]
+    written = []
+    for path in out.glob("seed-7/checkpoint-epoch*.pt"):
+        with contextlib.suppress(FileNotFoundError):  # the run may rotate it away after the listing
+            written.append(path.stat().st_mtime)
     return bool(written) and max(written) > started and time.time() - max(written) >= 0.25
 
 
