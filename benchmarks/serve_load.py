@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic clips of the test suite
 
 from media import make_video  # noqa: E402
+from servers import start_serve, stop_serve  # noqa: E402
 
 
 def run_selfmm(*args: str) -> None:
@@ -95,42 +94,6 @@ def memory(pid: int) -> dict[str, float]:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(run: Path, workers: int, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    code = (f"from selfmm.serve import serve; serve({str(run)!r}, port={port}, workers={workers}, "
-            "device='cpu')")
-    server = subprocess.Popen([sys.executable, "-c", code], stdout=open(log, "w"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the server did not start within 300 s")
-        time.sleep(0.3)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
-
-
 def load(url: str, clip: bytes, requests: int, clients: int, timeout: float) -> tuple[list[float], list[str]]:
     """`requests` POSTs from `clients` threads, each with its own connection; (latencies, errors)."""
     latencies: list[float] = []
@@ -164,7 +127,8 @@ def load(url: str, clip: bytes, requests: int, clients: int, timeout: float) -> 
 
 
 def measure(run: Path, workers: int, clip: bytes, args: argparse.Namespace, work: Path) -> dict:
-    server, url = start_server(run, workers, work / f"server-{workers}.log")
+    server, url = start_serve(run, work / f"server-{workers}.log", "--workers", str(workers), "--device", "cpu",
+                              within=300)
     try:
         load(url, clip, 2 * workers, workers, args.timeout)  # every worker has scored once
         alone, _ = load(url, clip, 10, 1, args.timeout)  # latency without a queue
@@ -187,7 +151,7 @@ def measure(run: Path, workers: int, clip: bytes, args: argparse.Namespace, work
         sampler.join()
         end = memory(server.pid)
     finally:
-        stop_server(server)
+        stop_serve(server)
     ordered = sorted(latencies)
     return {
         "workers": workers, "requests": len(latencies), "clients": args.clients, "errors": len(errors),

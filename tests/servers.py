@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,3 +41,14 @@ def start_serve(run: Path, log: Path, *options: str, within: float = 180.0) -> t
             proc.kill()
             raise AssertionError(f"the server did not start within {within:.0f} s:\n{log.read_text()}")
         time.sleep(0.2)
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    """SIGTERM (uvicorn's graceful stop, which ends the scoring workers), SIGKILL to the
+    whole group if that takes over 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

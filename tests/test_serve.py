@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
 from selfmm.predict import Predictor  # noqa: E402
 from selfmm.serve import MB, create_app, is_loopback, serve  # noqa: E402
-from servers import start_serve  # noqa: E402
+from servers import start_serve, stop_serve  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCORE_KEYS = {"score", "sentiment", "text", "audio", "vision", "flags", "seconds"}
@@ -375,12 +374,7 @@ def live_server(trained, tmp_path):
     try:
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_serve(server)
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
