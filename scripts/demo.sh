@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: set up, synthesize a mosi-profile benchmark, train Self-MM with the offline MiniLM
-# encoder, print the results table. About 2 minutes on 2 CPU cores from a fresh clone.
+# encoder, print the results table. About a minute on 2 idle CPU cores from a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh minilm
