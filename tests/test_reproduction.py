@@ -235,3 +235,19 @@ def test_python_reproduce_returns_the_record(tiny_bert, synth_path, tmp_path):
     saved = json.loads((tmp_path / "run" / "reproduction.json").read_text())
     assert {k: v for k, v in saved.items() if k != "provenance"} == json.loads(json.dumps(result))
     assert set(result["sources"]) == {"paper", "mmsa"} and result["metrics"]["Mult_acc_2"]["n"] == 1
+
+
+def test_bf16_is_recorded_and_flagged_as_not_the_protocol(tiny_bert, synth_path, tmp_path, monkeypatch):
+    import warnings
+
+    import selfmm
+    from selfmm import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)  # emulated where the CPU has none
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = selfmm.load_features(synth_path("sims", scale=0.03), "sims")
+    result = selfmm.reproduce("sims", data, tmp_path / "run", seeds=[3], text_model=str(tiny_bert),
+                              max_epochs=1, device="cpu", precision="bf16", progress=False)
+    assert result["protocol"] is False and "bf16 autocast instead of float32" in result["notes"]
+    assert selfmm.load_run(tmp_path / "run").seeds[3].config.train.precision == "bf16"

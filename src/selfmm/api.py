@@ -114,13 +114,14 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
 
 def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
               text_model: str | None = None, device: str = "auto", max_epochs: int | None = None,
-              resume: bool = False, progress: bool = True, invocation: str | None = None) -> dict[str, Any]:
+              precision: str | None = None, resume: bool = False, progress: bool = True,
+              invocation: str | None = None) -> dict[str, Any]:
     """The paper's protocol: the published configuration of `dataset` (SPEC 3), seeds 1111-1115
     (SPEC 5), then the comparison with the published numbers (SPEC 7), written beside the run
     as OUT/reproduction.md and OUT/reproduction.json with the run's provenance; returns it.
 
-    Other seeds, another text model or `max_epochs` (a quick look) are allowed and flagged as
-    not the protocol. `resume=True` continues an interrupted reproduction.
+    Other seeds, another text model, `max_epochs` (a quick look) or `precision="bf16"` are
+    allowed and flagged as not the protocol. `resume=True` continues an interrupted reproduction.
     """
     check_labels(data, dataset)
     overrides: dict[str, Any] = {}
@@ -132,6 +133,10 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
         notes.append(f"at most {max_epochs} epoch(s) instead of early stopping alone")
+    if precision is not None:
+        overrides["precision"] = precision
+        if precision != "fp32":  # the published runs trained in float32
+            notes.append(f"{precision} autocast instead of float32")
     run = fit(config(dataset, **overrides), data, out, seeds, device=device, resume=resume,
               progress=progress, invocation=invocation)
     if run.results is None:  # a torchrun process other than rank 0

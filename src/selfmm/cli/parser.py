@@ -25,6 +25,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision-file", help="override the vision arrays from this MMSA file")
 
 
+PRECISION_HELP = ("fp32 (default) or bf16: bf16 autocast for the text encoder's matrix products, on CUDA "
+                  "or a CPU with native bf16 (docs/precision.md)")
+
+
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--config", help="JSON config file (ours, or MMSA's config_regression.json)")
@@ -39,8 +43,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="on CUDA, deterministic kernels: bit-identical reruns and resumes, somewhat "
                         "slower (default on; the CPU path is always deterministic)")
-    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: bf16 autocast for the "
-                   "text encoder's matrix products, on CUDA or a CPU with native bf16 (docs/precision.md)")
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "beside ours", description="Train with the published configuration of --dataset and seeds "
                  "1111-1115, then write OUT/reproduction.md and OUT/reproduction.json: per metric our mean, "
                  "std (ddof=1) and 95%% t-interval beside the paper's and MMSA's values. Another --text-model, "
-                 "--seeds or --max-epochs is allowed and flagged as not the protocol.")
+                 "--seeds, --max-epochs or --precision is allowed and flagged as not the protocol.")
     p.add_argument("--dataset", required=True, choices=DATASETS)
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "bert-base-chinese); 'minilm' for the offline one")
     p.add_argument("--max-epochs", type=int, help="a quick look: at most this many epochs (not the protocol)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + "; bf16 is not the protocol")
     p.add_argument("--resume", action="store_true", help="continue the reproduction in --out")
 
     p = _command(sub, "evaluate", "train:evaluate", "reload a trained run and compute its metrics")

@@ -44,7 +44,8 @@ def reproduce(args: argparse.Namespace) -> int:
     load_encoder_config(args.text_model or DEFAULT_TEXT_MODEL[args.dataset])
     data = data_from_args(args, args.dataset)
     comparison = run_reproduction(args.dataset, data, args.out, args.seeds, text_model=args.text_model,
-                                  device=args.device, max_epochs=args.max_epochs, resume=args.resume,
+                                  device=args.device, max_epochs=args.max_epochs, precision=args.precision,
+                                  resume=args.resume,
                                   invocation=args.invocation)
     if comparison:
         print((Path(args.out) / "reproduction.md").read_text(), end="")
