@@ -2,8 +2,9 @@
 serve, training's data-loading workers).
 
 Ctrl-C in a terminal sends SIGINT to every process of the foreground group, the workers too.
-Ours ignore it (`ignore_interrupts`, run by their initializer), so that the parent alone
-decides and no worker prints a traceback; the parent then `stop`s its pool: queued jobs are
+Ours ignore it (`ignore_interrupts`, run by their initializer; the data loader's are forked
+with it blocked, `forked_without_interrupts`), so that the parent alone decides and no worker
+prints a traceback; the parent then `stop`s its pool: queued jobs are
 cancelled and running workers are terminated, not waited for. A job must therefore write its
 results atomically (selfmm.io), so that a terminated worker leaves at most a temporary file.
 
@@ -30,6 +31,24 @@ REDELIVER_S = 0.05
 def ignore_interrupts() -> None:
     """In a worker: leave SIGINT to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def forked_without_interrupts() -> Iterator[None]:
+    """Processes forked inside the block start with SIGINT blocked, and keep it blocked.
+
+    torch's data loader forks its workers at every epoch, and a Ctrl-C that reaches one before
+    its own handler is set prints that worker's traceback. A forked child inherits the signal
+    mask of the thread that forks it (a spawned one does not); the parent's own SIGINT waits
+    until the block ends, then arrives as usual."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def stop(executor: ProcessPoolExecutor, timeout: float = STOP_TIMEOUT_S) -> None:

@@ -38,6 +38,7 @@ from .errors import SelfMMError
 from .io import write_bytes, write_json
 from .metrics import regression_metrics
 from .model import Heads, SelfMM, SelfMMOutput
+from .pools import forked_without_interrupts
 from .precision import autocast, check_precision
 from .resume import finished_seed
 from .runs import (
@@ -334,7 +335,10 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader
     # The batches pass through the bar's iterator even when it is hidden: CPU matrix kernels
     # round differently with where tensors land in memory, and a run must come out the same
     # bit for bit with the bar shown or not.
-    batches = tqdm(loader, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
+    with forked_without_interrupts():  # the loader's workers start here: Ctrl-C is the parent's
+        started = iter(loader)
+    batches = tqdm(started, total=steps, desc=progress, disable=progress is None, leave=False,
+                   dynamic_ncols=True)
     for i, host in enumerate(batches):
         batch: Batch = host.to(device, non_blocking=True)
         with autocast(device, cfg.train.precision):
