@@ -186,7 +186,7 @@ def _process_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["selfmm.serve", "selfmm.train", "selfmm.extract", "transformers"])
+    context.set_forkserver_preload(["selfmm.serve", "selfmm.inference", "selfmm.extract", "transformers"])
     return context
 
 
