@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from selfmm.data.batch import Collator
-from selfmm.data.mmsa import SPLITS, FeatureData
+from selfmm.data.layout import SPLITS
+from selfmm.data.types import FeatureData
 
 
 def tiny_split(n: int = 3, *, aligned: bool = False, seed: int = 0) -> dict:

@@ -30,7 +30,7 @@ from ..io import atomic_writer, write_json
 from .layout import EXTRACTION_KEY, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
 
 if TYPE_CHECKING:
-    from .mmsa import FeatureData, Split
+    from .types import FeatureData, Split
 
 MANIFEST = "manifest.json"
 FORMAT = "selfmm-cache"
