@@ -103,6 +103,8 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
 
     Other seeds, another text model, `max_epochs` (a quick look) or `precision="bf16"` are
     allowed and flagged as not the protocol. `resume=True` continues an interrupted reproduction.
+    Under torchrun with K processes each trains batch / K clips of every batch, so the global
+    batch stays the protocol's; a K that does not divide it is refused.
     """
     check_labels(data, dataset)
     overrides: dict[str, Any] = {}
@@ -118,6 +120,17 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
         overrides["precision"] = precision
         if precision != "fp32":  # the published runs trained in float32
             notes.append(f"{precision} autocast instead of float32")
+    processes = distributed.processes_from_env()
+    if processes > 1:
+        # Under torchrun each process takes its share of every batch: the protocol's batch is
+        # the global one, so each process gets batch / K (the gathered batches are then exactly
+        # one process's, see selfmm.distributed).
+        batch = config(dataset).optim.batch_size
+        if batch % processes:
+            raise SelfMMError(f"reproduce under torchrun with {processes} processes: the protocol's batch of "
+                              f"{batch} does not split into {processes} equal parts; start a number of "
+                              f"processes that divides {batch}")
+        overrides["batch_size"] = batch // processes
     run = fit(config(dataset, **overrides), data, out, seeds, device=device, resume=resume,
               progress=progress, invocation=invocation)
     if run.results is None:  # a torchrun process other than rank 0
