@@ -21,6 +21,7 @@ from . import distributed, provenance
 from .configuration import DEFAULT_SEEDS, DEFAULT_TEXT_MODEL, Config, check_seeds, resolve
 from .data.types import FeatureData
 from .encoder import load_encoder_config
+from .errors import SelfMMError
 from .interop import read_config_file
 from .model import SelfMM
 from .models import class_path, model_builder
@@ -115,7 +116,8 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
             notes.append(f"text model {text_model} instead of {DEFAULT_TEXT_MODEL[dataset]}")
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
-        notes.append(f"at most {max_epochs} epoch(s) instead of early stopping alone")
+        if max_epochs:  # 0: no limit, early stopping alone, as the protocol trains
+            notes.append(f"at most {max_epochs} epoch(s) instead of early stopping alone")
     if precision is not None:
         overrides["precision"] = precision
         if precision != "fp32":  # the published runs trained in float32
