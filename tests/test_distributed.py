@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfmm.data.mmsa import safe_load
+from selfmm.data.unpickle import safe_load
 from selfmm.distributed import ShardedBatchSampler
 
 WORKER = Path(__file__).with_name("dist_worker.py")

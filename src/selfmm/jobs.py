@@ -26,7 +26,7 @@ import torch
 
 from . import pools
 from .configuration import Config
-from .data.mmsa import FeatureData
+from .data.types import FeatureData
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,13 @@ def _log(line: str) -> None:
 
 
 def _fit(seed: int) -> dict[str, float]:
-    from .train import fit_seed, selfmm_builder
+    from .models import model_builder
+    from .train import fit_seed
 
-    task, cfg = _task, _task.cfg
-    build = selfmm_builder(cfg) if task.model is None else (lambda spec: task.model(spec, cfg))
-    return fit_seed(cfg, _data, task.out / f"seed-{seed}", seed, task.device, build, resume=task.resume,
-                    log=_log, progress=False, provenance=task.provenance)
+    task = _task
+    return fit_seed(task.cfg, _data, task.out / f"seed-{seed}", seed, task.device,
+                    model_builder(task.cfg, task.model), resume=task.resume, log=_log, progress=False,
+                    provenance=task.provenance)
 
 
 def fit_seeds(data: FeatureData, task: SeedTask, seeds: list[int], jobs: int,
