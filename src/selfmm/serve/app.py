@@ -26,7 +26,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..configuration import LABEL_RANGE
+from ..checks import checked, instance, integer, number, optional, sequence, text
+from ..configuration import LABEL_RANGE, MAX_WORKERS
 from ..errors import SelfMMError
 from ..predict import Predictor
 from .pool import ScoringPool, WorkerDied
@@ -37,6 +38,13 @@ from .upload import MB, Gate, receive_upload
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DEFAULT_QUEUE = 32
 RETRY_AFTER_MAX_S = 60
+# Upper bounds of the server's limits, far beyond any real use (a 2-minute 4K video is about
+# 1 GB); they catch a mistyped number, and `inf`, which no byte count compares with usefully.
+MAX_UPLOAD_MB = 10_000
+MAX_SECONDS = 3600
+MAX_QUEUE = 10_000
+LIMITS = {"workers": integer(1, MAX_WORKERS), "max_upload_mb": number(above=0, high=MAX_UPLOAD_MB),
+          "max_seconds": number(above=0, high=MAX_SECONDS), "queue_size": integer(0, MAX_QUEUE)}
 
 router = APIRouter()
 
@@ -138,6 +146,8 @@ def describe(predictor: Predictor, limits: Limits) -> Info:
     )
 
 
+@checked(predictor=instance(Predictor), token=optional(text),
+         allowed_hosts=optional(sequence(text, "a list of host names")), **LIMITS)
 def create_app(predictor: Predictor, *, workers: int, max_upload_mb: float, max_seconds: float,
                token: str | None = None, queue_size: int = DEFAULT_QUEUE,
                allowed_hosts: list[str] | None = None) -> FastAPI:

@@ -6,10 +6,11 @@ import os
 import socket
 import sys
 
-from ..configuration import check_workers
+from ..checks import checked, integer, optional, text
+from ..configuration import SEED_LIMIT, check_workers
 from ..errors import SelfMMError
 from ..predict import Predictor
-from .app import DEFAULT_QUEUE, create_app
+from .app import DEFAULT_QUEUE, LIMITS, create_app
 from .security import allowed_hosts, check_token, is_loopback
 
 SHUTDOWN_GRACE_S = 2
@@ -26,6 +27,9 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+@checked(seed=optional(integer(0, SEED_LIMIT - 1)), host=text, port=integer(0, 65535),
+         max_upload_mb=LIMITS["max_upload_mb"], max_seconds=LIMITS["max_seconds"],
+         queue_size=LIMITS["queue_size"], text_model=optional(text))
 def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0.0.1",
           port: int = 8000, workers: int | None = None, max_upload_mb: float = 200,
           max_seconds: float = 120, token: str | None = None, device: str = "auto",
@@ -38,9 +42,6 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     check_workers(workers)
-    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-seconds", max_seconds)):
-        if not value > 0:
-            raise SelfMMError(f"{name} must be positive, not {value}")
     check_token(token)
     if not is_loopback(host):
         print(f"selfmm: warning: serving on {host}, reachable from other machines, over plain "
