@@ -180,6 +180,16 @@ def instance(cls: type, what: str | None = None) -> Rule:
     return rule
 
 
+def attributes(*names: str, what: str) -> Rule:
+    """An object with these attributes (a duck type: the class itself, or a stand-in for it)."""
+    def rule(value: Any) -> Any:
+        if not all(hasattr(value, name) for name in names):
+            raise Wrong(what, kind=True)
+        return value
+
+    return rule
+
+
 def optional(inner: Rule) -> Rule:
     """None, or what `inner` takes."""
     def rule(value: Any) -> Any:

@@ -11,6 +11,7 @@ from ..configuration import SEED_LIMIT, check_workers
 from ..errors import SelfMMError
 from ..predict import Predictor
 from .app import DEFAULT_QUEUE, LIMITS, create_app
+from .pool import ScoringPool, start_fork_server, stop_fork_server
 from .security import allowed_hosts, check_token, is_loopback
 
 SHUTDOWN_GRACE_S = 2
@@ -51,12 +52,19 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
             raise SelfMMError(f"--host {host} is not loopback: pass --token TOKEN or set "
                               "SELFMM_TOKEN")
     sock = _listen(host, port)
+    pool: ScoringPool | None = None
     try:
+        start_fork_server()
         predictor = Predictor(run, seed=seed, device=device, text_model=text_model)
         predictor.tokenizer  # noqa: B018 - a run without a tokenizer fails here, not per request
         app = create_app(predictor, workers=workers, max_upload_mb=max_upload_mb,
                          max_seconds=max_seconds, token=token, queue_size=queue_size,
                          allowed_hosts=allowed_hosts(host))
+        # The workers start before uvicorn takes over the signals: a Ctrl-C or SIGTERM while
+        # they load the run (seconds) ends the command at once (uvicorn would wait for its
+        # start-up to finish, then fail it with a traceback).
+        pool = app.state.pool = ScoringPool(predictor, workers)
+        pool.wait_ready()
         bound = sock.getsockname()[1]
         print(f"selfmm: serving {predictor.run} ({predictor.cfg.dataset}) at "
               f"http://{host}:{bound}/ with {workers} worker(s)", file=sys.stderr)
@@ -66,4 +74,7 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S, log_level="info")
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        if pool is not None:
+            pool.close()
+        stop_fork_server()
         sock.close()
