@@ -13,18 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from .api import load_run
 from .configuration import LABEL_RANGE
 from .data.layout import SPLITS, UNKNOWN_FEATURES
-from .data.mmsa import Split, load_features
+from .data.mmsa import load_features
+from .data.types import Split
 from .encoder import load_tokenizer
 from .errors import SelfMMError
 from .extract import AUDIO_SETS, DEFAULT_AUDIO_FEATURES, VISION_DIM, AudioFeatureSet, audio_set, extract_clip
 from .extract.clip import flag_string
+from .inference import check_text, predict
 from .io import check_file
 from .model import SelfMM
 from .results import format_table
-from .train import check_text, predict, resolve_device
+from .runtime import resolve_device
+from .trained import load_run
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from selfmm.data.batch import Collator
-from selfmm.data.mmsa import SPLITS, FeatureData
+from selfmm.data.layout import SPLITS
+from selfmm.data.types import FeatureData
 
 
 def tiny_split(n: int = 3, *, aligned: bool = False, seed: int = 0) -> dict:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from ..api import config
 from ..configuration import Config, check_seeds, parse_assignments
-from ..data.mmsa import FeatureData, load_features
+from ..data.mmsa import load_features
+from ..data.types import FeatureData
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
 from ..io import BROKEN, LOOP, check_file, not_a_file
 from ..precision import check_precision
 from ..rundir import RunDirectory
-from ..train import resolve_device
+from ..runtime import resolve_device
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

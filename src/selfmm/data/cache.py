@@ -34,7 +34,7 @@ from ..rundir import OutputLock
 from .layout import EXTRACTION_KEY, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
 
 if TYPE_CHECKING:
-    from .mmsa import FeatureData, Split
+    from .types import FeatureData, Split
 
 MANIFEST = "manifest.json"
 FORMAT = "selfmm-cache"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import checked, integer, optional
-from ..data.mmsa import EXTRACTION_KEY
+from ..data.layout import EXTRACTION_KEY
 from ..io import atomic_writer
 from .audio import DEFAULT_AUDIO_FEATURES, acoustic_frames, audio_set
 from .media import check_dependencies, decode
