@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import os
 import pickle
@@ -41,6 +42,9 @@ class Split:
     raw_text: list[str]
     # Per clip, the comma-joined flags of files made by `selfmm extract` ("" when none or absent).
     flags: list[str] = field(default_factory=list)
+    # Per clip, files made by `selfmm extract` record where the text came from and the
+    # recognised words (docs/extraction.md); {} when absent.
+    speech: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -444,6 +448,20 @@ def _as_strings(value: Any, n: int, fallback: str, where: str = "", key: str = "
         raise DataError(f"{where}: key {key!r} holds containers too deeply nested to read as text") from None
 
 
+def _speech_records(values: list[str], where: str) -> list[dict[str, Any]]:
+    """The per-clip speech records: JSON objects as strings ("" when a clip has none)."""
+    records = []
+    for i, value in enumerate(values):
+        try:
+            record = json.loads(value) if value else {}
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: key 'speech' row {i} is not a JSON object: {value[:80]!r}")
+        records.append(record)
+    return records
+
+
 def _as_token_ids(value: Any, where: str) -> np.ndarray:
     """text_bert as stored (no copy), once its ids, mask and token types are whole numbers >= 0,
     since the encoder's embedding lookup would crash on anything else mid-training, and its
@@ -578,6 +596,8 @@ def _build_split(
     check_rows("raw_text", len(raw_text))
     flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
     check_rows("extraction_flags", len(flags))
+    speech = _speech_records(_as_strings(raw.get("speech"), n, "", where(), "speech"), where("speech"))
+    check_rows("speech", len(speech))
 
     repaired: dict[str, int] = {}
     if "audio" not in clean:
@@ -597,6 +617,7 @@ def _build_split(
         ids=ids,
         raw_text=raw_text,
         flags=flags,
+        speech=speech,
     )
     return split, repaired
 
