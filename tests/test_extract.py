@@ -206,7 +206,7 @@ def test_missing_opensmile_names_the_extra(media, monkeypatch):
 
 
 def test_missing_file_is_a_clear_error(tmp_path, tokenizer):
-    with pytest.raises(DataError, match="no such video file"):
+    with pytest.raises(DataError, match="video .*nope.mp4 does not exist"):
         extract_clip(tmp_path / "nope.mp4", "x", tokenizer)
 
 
@@ -319,7 +319,7 @@ def test_extract_dataset_layout_failures_and_resume(video_dir, tmp_path, monkeyp
     mtimes = [p.stat().st_mtime_ns for p in parts]
     calls = []
     real = dataset_module.extract_media
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *rest: calls.append(p) or real(p, s, *rest))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *a, **k: calls.append(p) or real(p, s, *a, **k))
     report = extract_dataset(video_dir, tmp_path / "label.csv", out, workers=1, progress=False)
     assert report.reused == 6 and report.extracted == 0
     assert [os.path.basename(c) for c in calls] == ["1.mp4"]  # only the corrupt one is retried
@@ -380,7 +380,7 @@ def test_extract_dataset_resumes_across_feature_sets(media, tmp_path, monkeypatc
     assert other["extraction"] == {"audio_features": "librosa"}
     assert other["train"]["audio"].shape[2] == LIBROSA.dim
     calls = []
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *rest: calls.append(s))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *a, **k: calls.append(s))
     report, again = run("egemaps")
     assert (report.extracted, report.reused, calls) == (0, 2, [])
     assert again["extraction"] == {"audio_features": "egemaps"}

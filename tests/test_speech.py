@@ -177,7 +177,7 @@ def test_language_and_threads(recogniser):
     with pytest.raises(SelfMMError, match="not one Whisper knows"):
         speech_settings(language="klingon").recogniser()
     with pytest.raises(SelfMMError, match="asr_threads"):
-        speech_settings(threads=0)
+        speech_settings(asr_threads=0)
 
 
 # --- what it hears -------------------------------------------------------------------------

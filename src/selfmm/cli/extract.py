@@ -11,18 +11,11 @@ from pathlib import Path
 from ..configuration import check_workers
 from ..encoder import load_tokenizer
 from ..errors import SelfMMError
-from ..extract.clip import RECOGNISED, extract_clip, flag_string, write_clip
+from ..extract.clip import RECOGNISED, check_lengths, extract_clip, flag_string, write_clip
 from ..extract.dataset import extract_dataset as extract_all
 from ..extract.speech import SpeechSettings, speech_settings
 from ..predict import ClipScore, Predictor, parse_input, scores_table
 from .common import read_transcript
-
-
-def _positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SelfMMError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def _speech(args: argparse.Namespace) -> SpeechSettings:
@@ -31,7 +24,6 @@ def _speech(args: argparse.Namespace) -> SpeechSettings:
 
 
 def _needs_speech(args: argparse.Namespace, needed: bool) -> SpeechSettings | None:
-    _positive(args, "asr_threads")
     if needed:
         return _speech(args)
     if args.asr_model is not None or args.language is not None:
@@ -52,7 +44,7 @@ def recognised_line(name: str, speech: dict) -> str:
 
 
 def extract(args: argparse.Namespace) -> int:
-    _positive(args, "text_len", "audio_len", "vision_len")
+    check_lengths(args.text_len, args.audio_len, args.vision_len)
     video = Path(args.video)
     out = Path(args.out) if args.out else video.with_suffix(".pkl")
     transcript = read_transcript(args.transcript) if args.transcript is not None else None
@@ -73,7 +65,7 @@ def extract(args: argparse.Namespace) -> int:
 
 
 def extract_dataset(args: argparse.Namespace) -> int:
-    _positive(args, "text_len", "audio_len", "vision_len")
+    check_lengths(args.text_len, args.audio_len, args.vision_len)
     check_workers(args.workers)
     # The model is resolved (and checked) only if some row needs it; extract_all decides.
     speech = _needs_speech(args, args.transcribe is not None or args.aligned)
@@ -96,14 +88,14 @@ def extract_dataset(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    _positive(args, "asr_threads")
     inputs = [parse_input(value) for value in args.inputs]
     videos = sum(kind == "video" for kind, _, _ in inputs)
     if args.transcript and len(args.transcript) != videos:
         raise SelfMMError(f"{videos} video input(s) but {len(args.transcript)} --transcript; "
                           "give one --transcript per video, in the order of the videos (an empty "
                           "one to recognise that video's words), or none to recognise them all")
-    given = [read_transcript(t) or None for t in args.transcript] or [None] * videos
+    # An empty --transcript stands for a video whose words are to be recognised.
+    given = [read_transcript(t) if t.strip() else None for t in args.transcript] or [None] * videos
     predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model,
                           audio_features=args.audio_features)
     if videos and (None in given or predictor.aligned):

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.mmsa import EXTRACTION_KEY
+from ..checks import checked, integer, optional
+from ..data.layout import EXTRACTION_KEY
 from ..io import atomic_writer
 from .align import align_words, frame_means, text_words, tokens_with_spans
 from .audio import DEFAULT_AUDIO_FEATURES, acoustic_frames, audio_set
@@ -23,6 +24,18 @@ from .visual import VISION_DIM, VISION_FPS, FaceDescriber
 FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged", "no_speech", "asr_unsure")
 # Where a clip's text came from, as its speech record says: typed in, or speech recognition.
 GIVEN, RECOGNISED = "given", "asr"
+# Upper bounds on the padded lengths that no real use reaches, against a slip that pads every
+# clip to gigabytes (a 2-second clip with audio_len=100000000 wrote 10 GB). The benchmark files
+# hold at most 50 tokens and 500 frames per clip; text encoders take 512 positions.
+MAX_TEXT_LEN = 4096  # 8x BERT's positions (the encoder's own limit is checked when training)
+MAX_FRAMES = 100_000  # 200x the benchmark's 500: 16 minutes of audio at 100 frames/s
+LENGTHS = {"text_len": integer(1, MAX_TEXT_LEN), "audio_len": optional(integer(1, MAX_FRAMES)),
+           "vision_len": optional(integer(1, MAX_FRAMES))}
+
+
+@checked(**LENGTHS)
+def check_lengths(text_len: int = 50, audio_len: int | None = None, vision_len: int | None = None) -> None:
+    """Refuse padded lengths out of [1, MAX_TEXT_LEN] or [1, MAX_FRAMES] before any work."""
 
 
 @dataclass
@@ -73,11 +86,12 @@ def _face_describer() -> FaceDescriber:
     return _describer
 
 
-def extract_media(video_path: str | os.PathLike,
-                  audio_features: str = DEFAULT_AUDIO_FEATURES,
+def extract_media(video_path: str | os.PathLike, audio_features: str = DEFAULT_AUDIO_FEATURES,
+                  max_seconds: float | None = None, *,
                   speech: SpeechSettings | None = None) -> MediaFeatures:
     """Decode `video_path` and compute its acoustic frames (set `audio_features`) and
-    visual frames, and with `speech` its recognised words.
+    visual frames, and with `speech` its recognised words; a clip longer than `max_seconds`,
+    as decoded, raises DataError.
 
     A file without an audio stream, with silent audio, without a video stream or without a
     detectable face gives zero frames of that modality and sets the matching flag. A file that
@@ -86,7 +100,7 @@ def extract_media(video_path: str | os.PathLike,
     acoustic = audio_set(audio_features)
     check_dependencies((acoustic.module, acoustic.package))
     recogniser = speech.recogniser() if speech is not None else None  # loaded before decoding
-    decoded = decode(video_path, VISION_FPS)
+    decoded = decode(video_path, VISION_FPS, max_seconds)
     flags = dict.fromkeys(FLAGS, False)
     flags["damaged"] = decoded.damaged
     flags["no_audio"] = decoded.audio is None or decoded.audio.size == 0
@@ -140,6 +154,7 @@ def pad_frames(frames: np.ndarray, length: int) -> tuple[np.ndarray, int]:
     return out, valid
 
 
+@checked(**LENGTHS)
 def extract_clip(
     video_path: str | os.PathLike,
     transcript: str | None,
@@ -149,12 +164,14 @@ def extract_clip(
     audio_len: int | None = None,
     vision_len: int | None = None,
     audio_features: str = DEFAULT_AUDIO_FEATURES,
+    max_seconds: float | None = None,
     speech: SpeechSettings | None = None,
     aligned: bool = False,
 ) -> ClipFeatures:
     """All three inputs of one clip, its audio as acoustic set `audio_features`. Without
     audio_len/vision_len a modality is padded to its own frame count (at least 1 row, so that a
-    flagged clip still has a valid array); audio_len counts frames of the chosen set.
+    flagged clip still has a valid array); audio_len counts frames of the chosen set. A clip
+    longer than `max_seconds` (as decoded, whatever the file states) raises DataError.
 
     `transcript` None: the words are recognised (the `asr` extra) with `speech` (default: the
     packaged tiny.en). `aligned`: MMSA's aligned layout, each token's audio and vision the
@@ -165,7 +182,7 @@ def extract_clip(
         speech = speech or speech_settings()
     else:
         speech = None  # the words are given and need no times
-    media = extract_media(video_path, audio_features, speech)
+    media = extract_media(video_path, audio_features, max_seconds, speech=speech)
     if aligned:
         return assemble_aligned(media, transcript, tokenizer, text_len)
     return _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len)

@@ -17,17 +17,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..checks import checked
 from ..configuration import check_workers
 from ..data.layout import EXTRACTION_KEY, SPLITS
 from ..encoder import load_tokenizer
 from ..errors import DataError, SelfMMError
-from ..io import atomic_writer, write_json
+from ..io import atomic_writer, check_file, write_json
 from ..pools import ignore_interrupts, stop
 from ..rundir import RunDirectory
 from .audio import DEFAULT_AUDIO_FEATURES, audio_set
 from .clip import (
     FLAGS,
     GIVEN,
+    LENGTHS,
     RECOGNISED,
     MediaFeatures,
     aligned_arrays,
@@ -91,8 +93,7 @@ def _float(value: str, path: Path, line: int, column: str) -> float:
 def read_labels(path: str | os.PathLike) -> list[LabelRow]:
     """Parse MMSA's label.csv: video_id, clip_id, text, label, mode, optional label_T/_A/_V."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such label file")
+    check_file(path, "label file", "CSV file", DataError)
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         try:
@@ -189,7 +190,7 @@ def _extract_part(video: str, part: str, key: str, audio_features: str,
     """Worker: extract one clip (with its words when `speech` is given) into its part file.
     Returns None, or the failure message."""
     try:
-        media = extract_media(video, audio_features, speech)
+        media = extract_media(video, audio_features, speech=speech)
     except SelfMMError as exc:
         return str(exc)
     except Exception as exc:  # a file that breaks a library must not stop the whole dataset
@@ -235,6 +236,7 @@ class _Words:
         return self.aligned or self.recognised_text(row)
 
 
+@checked(**LENGTHS)
 def extract_dataset(
     video_dir: str | os.PathLike,
     labels_csv: str | os.PathLike,

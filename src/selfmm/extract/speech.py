@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SelfMMError
+from ..checks import checked, integer, optional, path, text
+from ..errors import ArgumentError, SelfMMError
 from .media import SAMPLE_RATE
 
 ASR_EXTRA = "pip install 'selfmm[asr]'"
@@ -206,16 +207,22 @@ class SpeechSettings:
         return _recognisers[self]
 
 
-def speech_settings(model_dir: str | os.PathLike | None = None, language: str | None = None,
-                    threads: int = 1) -> SpeechSettings:
-    """Resolve and check the model (`model_dir` None: the packaged tiny.en) and the settings."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise SelfMMError(f"asr_threads must be a whole number of at least 1, got {threads!r}")
+# CTranslate2 takes any count; more threads than this on one clip is a typing slip.
+MAX_THREADS = 256
+
+
+@checked(asr_model=optional(path), language=optional(text), asr_threads=integer(1, MAX_THREADS))
+def speech_settings(asr_model: str | os.PathLike | None = None, language: str | None = None,
+                    asr_threads: int = 1) -> SpeechSettings:
+    """Resolve and check the model (`asr_model` None: the packaged tiny.en; else a CTranslate2
+    Whisper folder), the language (None: English for an English-only model, detected by a
+    multilingual one) and the threads of each recogniser."""
     if language is not None:
         language = language.strip().lower()
         if not language:
-            raise SelfMMError("language must be a language code such as en or de, got an empty one")
-    return SpeechSettings(speech_model(model_dir), language, threads)
+            raise ArgumentError("language: expected a language code such as en or de, got ''",
+                                parameters=("language",))
+    return SpeechSettings(speech_model(asr_model), language, asr_threads)
 
 
 _recognisers: dict[SpeechSettings, SpeechRecogniser] = {}
