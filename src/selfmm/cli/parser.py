@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "serve", "serve:serve", "serve a trained run over HTTP: an API and a web page",
                  description="Load a run once and serve GET /health, GET /info, POST /predict "
-                 "(multipart: video, transcript), a page at / and API docs at /docs. Binds "
+                 "(multipart: video, optional transcript), a page at / and API docs at /docs. Binds "
                  "127.0.0.1; any other --host needs --token (or SELFMM_TOKEN). Needs the `serve` "
                  "and `video` extras.")
     p.add_argument("--run", required=True, help="a seed directory or a run directory")
@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="required on every path but /health; default $SELFMM_TOKEN")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--asr-model", metavar="DIR",
+                   help="a CTranslate2 Whisper model folder for clips sent without a transcript "
+                   "(default: the packaged tiny.en of the `asr` extra)")
+    p.add_argument("--language", help="the language spoken (default: en for an English-only model)")
 
     for name, command in sub.choices.items():
         _common_arguments(name, command)

