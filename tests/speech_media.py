@@ -16,6 +16,21 @@ import numpy as np
 
 RATE = 16_000
 ESPEAK = shutil.which("espeak-ng")
+# Sentences for the word error rate (tests/test_speech.py) and the speed figures (benchmarks/).
+SENTENCES = [
+    "I really loved this movie and I would watch it again.",
+    "The acting was terrible and the story made no sense.",
+    "She said the food at the restaurant was very good.",
+    "We walked to the park on a sunny afternoon.",
+    "The ending of the film was a big disappointment.",
+    "My brother bought a new car last week.",
+    "Please open the window because it is hot in here.",
+    "The music in this show is beautiful and calm.",
+    "He never answers the phone when I call him.",
+    "This is the best book I have read all year.",
+    "The children played football in the garden until dark.",
+    "I am not sure that this plan will work.",
+]
 
 
 def say(text: str, voice: str = "en-us", speed: int = 160, trim: bool = False) -> np.ndarray:

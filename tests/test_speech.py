@@ -43,20 +43,7 @@ from selfmm.extract.speech import PACKAGED_SHA256, Word, speech_settings  # noqa
 
 needs_espeak = pytest.mark.skipif(sm.ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 
-SENTENCES = [
-    "I really loved this movie and I would watch it again.",
-    "The acting was terrible and the story made no sense.",
-    "She said the food at the restaurant was very good.",
-    "We walked to the park on a sunny afternoon.",
-    "The ending of the film was a big disappointment.",
-    "My brother bought a new car last week.",
-    "Please open the window because it is hot in here.",
-    "The music in this show is beautiful and calm.",
-    "He never answers the phone when I call him.",
-    "This is the best book I have read all year.",
-    "The children played football in the garden until dark.",
-    "I am not sure that this plan will work.",
-]
+SENTENCES = sm.SENTENCES
 ONE_BY_ONE = [
     "please open the window now",
     "my brother bought a new car",
