@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from selfmm.cli import main  # noqa: E402
 from selfmm.data.mmsa import load_features  # noqa: E402
 from selfmm.encoder import load_tokenizer  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
+from selfmm.extract import extract_media  # noqa: E402
 from selfmm.extract import speech as speech_module  # noqa: E402
 from selfmm.extract.align import (  # noqa: E402
     INTERPOLATED,
@@ -236,6 +238,33 @@ def test_a_clip_longer_than_the_limit(recogniser, tmp_path, monkeypatch, capsys)
     assert main(["extract", str(video), "--transcript", "this clip", "--out", str(tmp_path / "long.pkl")]) == 0
 
 
+@needs_espeak
+def test_ctrl_c_stops_recognition_after_the_window_it_is_in(recogniser, tmp_path, monkeypatch):
+    """A Ctrl-C during a long clip's extraction ends it once the 30-s window being decoded is
+    done, not after the whole clip."""
+    speech = np.concatenate([sm.say(s) for s in SENTENCES * 3])  # about 100 s: 4 windows
+    video = sm.speech_video(tmp_path / "long.mp4", speech, fps=1)
+    windows: list[int] = []
+    real = recogniser.whisper.transcribe
+
+    def interrupted_in_the_first_window(*args, **kwargs):
+        segments, info = real(*args, **kwargs)
+
+        def counted():
+            for segment in segments:
+                if not windows:
+                    os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does, to the main thread
+                windows.append(segment.seek)
+                yield segment
+
+        return counted(), info
+
+    monkeypatch.setattr(recogniser.whisper, "transcribe", interrupted_in_the_first_window)
+    with pytest.raises(KeyboardInterrupt):
+        extract_media(video, speech=speech_settings())
+    assert len(set(windows)) <= 2 and speech.size / sm.RATE > 90
+
+
 # --- word-aligned features -----------------------------------------------------------------
 
 
@@ -422,10 +451,23 @@ def test_extract_dataset_transcribes_and_aligned_output_trains(spoken, tmp_path,
     config = json.loads((run / "seed-1" / "config.json").read_text())
     assert config["data"]["aligned"] is True
 
-    # The aligned run scores a new video aligned, its words recognised.
+    # The aligned run scores new videos aligned: an empty --transcript has its words recognised.
     capsys.readouterr()
-    assert main(["predict", "--run", str(run), str(clips[5][0]), "--json", "--device", "cpu"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
-    assert row["speech"]["text_source"] == "asr" and words_of(row["transcript"]) == words_of(SENTENCES[5])
-    assert len(row["speech"]["aligned"]) == len(row["transcript"].split())
-    assert np.isfinite(row["score"])
+    assert main(["predict", "--run", str(run), str(clips[5][0]), str(clips[4][0]), "--transcript", "",
+                 "--transcript", "typed words", "--json", "--device", "cpu"]) == 0
+    heard, typed = json.loads(capsys.readouterr().out)
+    assert heard["speech"]["text_source"] == "asr" and words_of(heard["transcript"]) == words_of(SENTENCES[5])
+    assert len(heard["speech"]["aligned"]) == len(heard["transcript"].split())
+    assert typed["speech"]["text_source"] == "given" and typed["transcript"] == "typed words"
+    assert [w[0] for w in typed["speech"]["aligned"]] == ["typed", "words"]
+    assert np.isfinite(heard["score"]) and np.isfinite(typed["score"])
+
+
+def test_aligned_output_takes_no_frame_counts(spoken, tmp_path, capsys):
+    video = spoken[1][0][0]
+    for flag in ("--audio-len", "--vision-len"):
+        assert main(["extract", str(video), "--aligned", flag, "10", "--out", str(tmp_path / "a.pkl")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"selfmm: error: {flag}: frame counts do not apply to --aligned output (one step per "
+                       "text token for every modality)"]
+    assert not (tmp_path / "a.pkl").exists()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import numpy as np
 
 from ..checks import checked, integer, optional
 from ..data.layout import EXTRACTION_KEY
+from ..errors import ArgumentError
 from ..io import atomic_writer
 from .align import align_words, frame_means, text_words, tokens_with_spans
 from .audio import DEFAULT_AUDIO_FEATURES, acoustic_frames, audio_set
@@ -109,13 +113,14 @@ def extract_media(video_path: str | os.PathLike, audio_features: str = DEFAULT_A
     if recogniser is not None:
         recogniser.check_length(samples, os.fspath(video_path))  # before the long part
     kept: list[int] = []
-    with ThreadPoolExecutor(2) as pool:
+    stop_words = threading.Event()
+    with ThreadPoolExecutor(2) as pool, _set_on_error(stop_words):
         # openSMILE (through ctypes), OpenCV and CTranslate2 release the GIL, so the acoustic
         # frames and the words are computed while faces are detected.
         acoustic_job = (None if flags["no_audio"]
                         else pool.submit(acoustic_frames, decoded.audio, acoustic.name))
         words_job = (None if recogniser is None
-                     else pool.submit(recogniser.transcribe, samples, os.fspath(video_path)))
+                     else pool.submit(recogniser.transcribe, samples, os.fspath(video_path), stop_words))
         if flags["no_video"]:
             vision = np.zeros((0, VISION_DIM), np.float32)
         else:
@@ -132,6 +137,17 @@ def extract_media(video_path: str | os.PathLike, audio_features: str = DEFAULT_A
                          vision_times=np.array([decoded.times[i] for i in kept], np.float64),
                          seconds=max(decoded.decoded_seconds, samples.size / SAMPLE_RATE),
                          speech=transcript)
+
+
+@contextmanager
+def _set_on_error(event: threading.Event) -> Iterator[None]:
+    """Set `event` when the block fails (Ctrl-C included), before the pool waits for its jobs:
+    speech recognition then stops after the window it is in instead of finishing the clip."""
+    try:
+        yield
+    except BaseException:
+        event.set()
+        raise
 
 
 def tokenize(tokenizer, texts: list[str], text_len: int) -> np.ndarray:
@@ -178,6 +194,7 @@ def extract_clip(
     mean of its word's frames (align.py); the words are timed by speech recognition, so it
     runs on a clip with a transcript too (audio_len and vision_len do not apply).
     """
+    check_not_aligned(aligned, audio_len=audio_len, vision_len=vision_len)
     if transcript is None or aligned:
         speech = speech or speech_settings()
     else:
@@ -186,6 +203,14 @@ def extract_clip(
     if aligned:
         return assemble_aligned(media, transcript, tokenizer, text_len)
     return _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len)
+
+
+def check_not_aligned(aligned: bool, **lengths: int | None) -> None:
+    """Refuse frame counts given for aligned output, whose every modality has text_len steps."""
+    given = [name for name, value in lengths.items() if value is not None]
+    if aligned and given:
+        raise ArgumentError(f"{given[0]}: frame counts do not apply to aligned=True output (one step "
+                            "per text token for every modality)", parameters=(given[0], "aligned"))
 
 
 def speech_record(transcript: str | None, recognised: Transcript | None) -> dict[str, Any]:

