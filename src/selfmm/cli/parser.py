@@ -209,10 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
                  description="Compute text tokens, acoustic frames (openSMILE or librosa) and visual "
                  "frames (OpenCV face) of one clip. The file holds the clip as the only row of the test split.")
     p.add_argument("video", help="the video file (anything FFmpeg reads: mp4, mkv, avi, ...)")
-    p.add_argument("--transcript", required=True,
-                   help="what is said in the clip: the text itself, or the path of a UTF-8 text file")
+    p.add_argument("--transcript",
+                   help="what is said in the clip: the text itself, or the path of a UTF-8 text file "
+                   "(default: recognised from the speech; needs the `asr` extra)")
     p.add_argument("--out", help="output pickle (default: VIDEO with suffix .pkl)")
     _extraction_arguments(p)
+    _aligned_argument(p)
+    _speech_arguments(p)
 
     p = _command(sub, "extract-dataset", "extract:extract_dataset",
                  "an MMSA feature file from a folder of videos and MMSA's label.csv",
@@ -226,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail if any clip fails")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--transcribe", nargs="?", const="empty", choices=("empty", "all"),
+                   help="recognise the words of rows whose text is empty; `--transcribe all`: of "
+                   "every row, ignoring the given text (needs the `asr` extra)")
     _extraction_arguments(p)
+    _aligned_argument(p)
+    _speech_arguments(p)
 
     p = _command(sub, "predict", "extract:predict", "score videos or feature files with a trained run",
                  description="Print, per clip, the multimodal sentiment score, its class and the "
@@ -238,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="which seed of a run directory (default: the one with "
                    "the lowest validation loss)")
     p.add_argument("--transcript", action="append", default=[],
-                   help="what is said in a video (text, or a UTF-8 file); once per video, in order")
+                   help="what is said in a video (text, or a UTF-8 file); once per video, in order, "
+                   "or not at all: the words are then recognised (an empty one: that video's)")
     p.add_argument("--split", default="all", choices=(*SPLITS, "all"),
                    help="split of feature files to score (default: every non-empty split)")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
@@ -247,10 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose training file records none)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
+    _speech_arguments(p)
 
     p = _command(sub, "serve", "serve:serve", "serve a trained run over HTTP: an API and a web page",
                  description="Load a run once and serve GET /health, GET /info, POST /predict "
-                 "(multipart: video, transcript), a page at / and API docs at /docs. Binds "
+                 "(multipart: video, optional transcript), a page at / and API docs at /docs. Binds "
                  "127.0.0.1; any other --host needs --token (or SELFMM_TOKEN). Needs the `serve` "
                  "and `video` extras.")
     p.add_argument("--run", required=True, help="a seed directory or a run directory")
@@ -263,10 +273,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="required on every path but /health; default $SELFMM_TOKEN")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--asr-model", metavar="DIR",
+                   help="a CTranslate2 Whisper model folder for clips sent without a transcript "
+                   "(default: the packaged tiny.en of the `asr` extra)")
+    p.add_argument("--language", help="the language spoken (default: en for an English-only model)")
 
     for name, command in sub.choices.items():
         _common_arguments(name, command)
     return parser
+
+
+def _aligned_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aligned", action="store_true",
+                   help="MMSA's aligned layout: one audio and vision step per text token, each the "
+                   "mean over its word's time span (words timed by speech recognition)")
+
+
+def _speech_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--asr-model", metavar="DIR",
+                   help="a CTranslate2 Whisper model folder for speech recognition (default: the "
+                   "packaged tiny.en of the `asr` extra)")
+    p.add_argument("--language", help="the language spoken, e.g. en or de (default: en for an "
+                   "English-only model, detected by a multilingual one)")
+    p.add_argument("--asr-threads", type=int, default=1,
+                   help="threads of speech recognition (default 1: one per worker)")
 
 
 def _extraction_arguments(p: argparse.ArgumentParser) -> None:
