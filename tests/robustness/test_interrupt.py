@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -305,16 +307,24 @@ MOMENTS = [("importing", signal.SIGINT, True), ("workers starting", signal.SIGTE
            ("workers starting", signal.SIGINT, True), ("serving", signal.SIGTERM, False)]
 
 
+@pytest.fixture
+def short_temp():
+    """A temporary folder of a short path: the fork server's socket is made in it, and an
+    AF_UNIX path may have 107 bytes, which pytest's own folders pass under xdist."""
+    path = Path(tempfile.mkdtemp(prefix="selfmm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.parametrize("moment, sig, group", MOMENTS, ids=[f"{m}-{s.name}" for m, s, _ in MOMENTS])
-def test_serve_stops_on_a_signal_at_any_moment(moment, sig, group, tiny_run, tmp_path):
+def test_serve_stops_on_a_signal_at_any_moment(moment, sig, group, tiny_run, tmp_path, short_temp):
     """Ctrl-C or SIGTERM while the command imports, while its scoring workers start (the fork
     server importing torch, the workers loading the run), or while it serves: status 130 or 143
     and one line, no traceback from any process, no process left, nothing left in the temp
     folder (multiprocessing's pymp-* folder stayed after SIGTERM; torch's own compile cache,
     torchinductor_*, is a cache it keeps by design)."""
     pytest.importorskip("fastapi")
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    temp = short_temp
     log = tmp_path / "serve.log"
     command = [sys.executable, "-m", "selfmm", "serve", "--run", str(tiny_run["run"]), "--port", "0",
                "--workers", "1", "--device", "cpu"]

@@ -36,19 +36,24 @@ def process_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def start_fork_server() -> None:
+def start_fork_server() -> bool:
     """Start the fork server now, so that it imports its modules while this process loads the
     run: the first workers' start then hardly waits for it, and neither does a Ctrl-C that
-    lands during that start (pools.starting_processes holds signals while processes start)."""
+    lands during that start (pools.starting_processes holds signals while processes start).
+    True when this call started it: one already running serves other pools of this process
+    (create_app's), and is theirs to keep."""
     context = process_context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver, resource_tracker
+    if context.get_start_method() != "forkserver":
+        return False
+    from multiprocessing import forkserver, resource_tracker
 
-        # The resource tracker first: starting it unblocks SIGINT on the way out, which would
-        # undo the block that the fork server must be started under.
-        resource_tracker.ensure_running()
-        with starting_processes():
-            forkserver.ensure_running()
+    running = getattr(forkserver._forkserver, "_forkserver_pid", None) is not None
+    # The resource tracker first: starting it unblocks SIGINT on the way out, which would
+    # undo the block that the fork server must be started under.
+    resource_tracker.ensure_running()
+    with starting_processes():
+        forkserver.ensure_running()
+    return not running
 
 
 def stop_fork_server() -> None:

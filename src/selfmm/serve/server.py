@@ -73,8 +73,9 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
                               "SELFMM_TOKEN")
     sock = _listen(host, port)
     pool: ScoringPool | None = None
+    own_fork_server = False
     try:
-        start_fork_server()
+        own_fork_server = start_fork_server()
         predictor = Predictor(run, seed=seed, device=device, text_model=text_model)
         predictor.tokenizer  # noqa: B018 - a run without a tokenizer fails here, not per request
         # A run trained on aligned files needs every clip's words timed.
@@ -98,5 +99,6 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
     finally:
         if pool is not None:
             pool.close()
-        stop_fork_server()
+        if own_fork_server:
+            stop_fork_server()
         sock.close()
