@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .configuration import LABEL_RANGE
+from . import datasets
 from .data.layout import SPLITS, UNKNOWN_FEATURES
 from .data.mmsa import load_features
 from .data.types import Split
@@ -58,7 +58,7 @@ class ClipScore:
 
 
 def neutral_band(dataset: str) -> float:
-    return LABEL_RANGE[dataset][1] / NEUTRAL_DIVISOR
+    return datasets.get(dataset).label_range[1] / NEUTRAL_DIVISOR
 
 
 def sentiment_class(score: float, band: float) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from .. import __version__
-from ..configuration import DATASETS, DEFAULT_SEEDS, PRECISIONS, TASKS
+from .. import __version__, datasets
+from ..configuration import DEFAULT_SEEDS, PRECISIONS, TASKS
 from ..data.layout import SPLITS
 from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES
 from .outputs import OUTPUTS, READ_ONLY
@@ -32,7 +32,7 @@ PRECISION_HELP = ("fp32 (default) or bf16: bf16 autocast for the text encoder's 
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=datasets.names())
     p.add_argument("--config", help="JSON config file (ours, or MMSA's config_regression.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (repeatable), e.g. --set lr_audio=1e-3")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "1111-1115, then write OUT/reproduction.md and OUT/reproduction.json: per metric our mean, "
                  "std (ddof=1) and 95%% t-interval beside the paper's and MMSA's values. Another --text-model, "
                  "--seeds, --max-epochs or --precision is allowed and flagged as not the protocol.")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=datasets.names())
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
     p.add_argument("--seeds", type=int, nargs="+", help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- data ---
     p = _command(sub, "synth", "data:synth", "write the synthetic benchmark in the MMSA layout")
-    p.add_argument("--profile", required=True, choices=("mosi", "mosei", "sims"))
+    p.add_argument("--profile", required=True,
+                   choices=[name for name in datasets.names() if datasets.get(name).synthetic])
     p.add_argument("--out", required=True)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips")
     p.add_argument("--seed", type=int, default=0)
@@ -160,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "inspect", "data:inspect", "summarise and validate a feature file")
     p.add_argument("file")
-    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
+    p.add_argument("--dataset", choices=datasets.names(), help="check labels against this dataset's range")
 
     p = _command(sub, "cache", "data:cache", "convert a feature file into a memory-mapped cache folder")
     p.add_argument("file", help="MMSA feature file (.pkl)")
     p.add_argument("--out", help="cache folder (default: FILE.selfmm-cache)")
-    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
+    p.add_argument("--dataset", choices=datasets.names(), help="check labels against this dataset's range")
 
     # --- reading runs ---
     p = _command(sub, "labels", "runs:labels", "plot and summarise the generated u-labels of a run")

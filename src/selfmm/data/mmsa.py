@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..configuration import LABEL_RANGE
+from .. import datasets
 from ..errors import DataError
 from ..io import check_file
 from .cache import read_cache
@@ -342,9 +342,9 @@ def load_features(
     written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
-    if dataset is not None and dataset not in LABEL_RANGE:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(LABEL_RANGE)}")
-    label_range = LABEL_RANGE.get(dataset) if dataset else None
+    if dataset is not None and dataset not in datasets.names():
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(datasets.names())}")
+    label_range = datasets.get(dataset).label_range if dataset else None
     main, cached_repairs = _load_any(source)
     audio_features = _audio_features(main, source)
     raws = {split: dict(main[split]) for split in SPLITS}

@@ -25,9 +25,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from .. import __version__, datasets
 from ..checks import attributes, checked, integer, number, optional, sequence, text
-from ..configuration import LABEL_RANGE, MAX_WORKERS
+from ..configuration import MAX_WORKERS
 from ..errors import SelfMMError
 from ..predict import Predictor
 from .pool import ScoringPool, WorkerDied
@@ -136,7 +136,7 @@ def describe(predictor: Predictor, limits: Limits) -> Info:
     """The body of /info."""
     dataset = predictor.cfg.dataset
     return Info(
-        dataset=dataset, label_range=LABEL_RANGE[dataset], neutral_band=predictor.band,
+        dataset=dataset, label_range=datasets.get(dataset).label_range, neutral_band=predictor.band,
         feature_widths={"audio": predictor.audio_dim, "vision": predictor.vision_dim},
         # The acoustic set the run was trained on (egemaps, compare, librosa; unknown for files
         # that record none); vision has one set, the face features of selfmm.extract.visual.
