@@ -31,7 +31,7 @@ USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, er
                errno.ENOTEMPTY, errno.EXDEV, errno.ETXTBSY}
 # Packages of the optional extras, for a one-line answer when a command needs one.
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "av": "video",
-          "cv2": "video", "librosa": "video", "opensmile": "video"}
+          "cv2": "video", "librosa": "video", "opensmile": "video", "ai_edge_litert": "video"}
 
 
 def _quiet_libraries() -> None:

@@ -13,6 +13,7 @@ from ..encoder import load_tokenizer
 from ..errors import SelfMMError
 from ..extract.clip import extract_clip, flag_string, write_clip
 from ..extract.dataset import extract_dataset as extract_all
+from ..extract.overlay import draw_overlay
 from ..predict import ClipScore, Predictor, parse_input, scores_table
 from .common import read_transcript
 
@@ -28,14 +29,20 @@ def extract(args: argparse.Namespace) -> int:
     _positive(args, "text_len", "audio_len", "vision_len")
     video = Path(args.video)
     out = Path(args.out) if args.out else video.with_suffix(".pkl")
+    if args.overlay and args.visual_features == "haar":
+        raise SelfMMError("--overlay draws face landmarks, which the haar visual set has none of; "
+                          "use --visual-features mesh or mesh-raw")
     clip = extract_clip(video, read_transcript(args.transcript), load_tokenizer(args.text_model),
                         text_len=args.text_len, audio_len=args.audio_len, vision_len=args.vision_len,
-                        audio_features=args.audio_features)
+                        audio_features=args.audio_features, visual_features=args.visual_features)
     write_clip(out, clip, clip_id=f"{video.stem}$_$0")
     flags = flag_string(clip.flags)
     print(f"{out}: audio ({clip.audio_features}) {clip.audio_length} frames x {clip.audio.shape[1]}, "
-          f"vision {clip.vision_length} frames x {clip.vision.shape[1]}"
+          f"vision ({clip.visual_features}) {clip.vision_length} frames x {clip.vision.shape[1]}"
           + (f", flags: {flags}" if flags else ""))
+    if args.overlay:
+        written = draw_overlay(video, clip.faces, args.overlay)
+        print(f"{args.overlay}: {written} frames with landmarks and head pose")
     return 0
 
 
@@ -45,7 +52,7 @@ def extract_dataset(args: argparse.Namespace) -> int:
     report = extract_all(args.video_dir, args.labels, args.out, tokenizer_name=args.text_model,
                          workers=args.workers, text_len=args.text_len, audio_len=args.audio_len,
                          vision_len=args.vision_len, progress=not args.no_progress, strict=args.strict,
-                         audio_features=args.audio_features)
+                         audio_features=args.audio_features, visual_features=args.visual_features)
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     flags = ", ".join(f"{name} {n}" for name, n in report.flag_counts.items() if n)
     print(f"{report.out}: {counts} (extracted {report.extracted}, reused {report.reused})"
@@ -64,7 +71,7 @@ def predict(args: argparse.Namespace) -> int:
         raise SelfMMError(f"{videos} video input(s) but {len(args.transcript)} --transcript; "
                           "give one --transcript per video, in the order of the videos")
     predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model,
-                          audio_features=args.audio_features)
+                          audio_features=args.audio_features, visual_features=args.visual_features)
     transcripts = iter(args.transcript)
     scores: list[ClipScore] = []
     for kind, path, split in inputs:

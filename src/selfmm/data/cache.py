@@ -92,8 +92,11 @@ def write_cache(data: FeatureData, out: str | os.PathLike | None = None, *,
         "source_bytes": os.path.getsize(source), "aligned": data.aligned,
         "repairs": data.repairs, "splits": splits,
     }
-    if data.audio_features != UNKNOWN_FEATURES:
-        manifest[EXTRACTION_KEY] = {"audio_features": data.audio_features}
+    recorded = {key: name for key, name in (("audio_features", data.audio_features),
+                                            ("visual_features", data.visual_features))
+                if name != UNKNOWN_FEATURES}
+    if recorded:
+        manifest[EXTRACTION_KEY] = recorded
     write_json(out / MANIFEST, manifest)
     return out
 

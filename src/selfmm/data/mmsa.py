@@ -24,7 +24,15 @@ import numpy as np
 from ..configuration import LABEL_RANGE
 from ..errors import DataError
 from .cache import read_cache
-from .layout import EXTRACTION_KEY, LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
+from .layout import (
+    EXTRACTION_KEY,
+    LEGACY_VISUAL_FEATURES,
+    LENGTH_KEYS,
+    REQUIRED_KEYS,
+    SPLITS,
+    UNIMODAL_KEYS,
+    UNKNOWN_FEATURES,
+)
 
 
 @dataclass
@@ -59,13 +67,18 @@ class DataSpec:
     aligned: bool | None = None
     train_size: int | None = None
     audio_features: str = UNKNOWN_FEATURES  # the acoustic feature set (egemaps, ...), if known
+    visual_features: str = UNKNOWN_FEATURES  # the visual feature set (mesh, haar, ...), if known
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> DataSpec:
-        return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if obj.get(f.name) is not None})
+        spec = cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if obj.get(f.name) is not None})
+        if "visual_features" not in obj and spec.audio_features != UNKNOWN_FEATURES:
+            # Trained on a selfmm file from before the visual set was recorded: haar faces.
+            spec = dataclasses.replace(spec, visual_features=LEGACY_VISUAL_FEATURES)
+        return spec
 
 
 @dataclass
@@ -83,11 +96,15 @@ class FeatureData:
     overrides: dict[str, str] = field(default_factory=dict)
     # The acoustic feature set named in the file (egemaps, compare, librosa), or UNKNOWN_FEATURES.
     audio_features: str = UNKNOWN_FEATURES
+    # The visual feature set (mesh, mesh-raw, haar; haar for a selfmm file that names none), or
+    # UNKNOWN_FEATURES for a file without selfmm's extraction entry (benchmark files).
+    visual_features: str = UNKNOWN_FEATURES
 
     @property
     def spec(self) -> DataSpec:
         return DataSpec(self.audio_dim, self.vision_dim, self.text_len, self.audio_len,
-                        self.vision_len, self.aligned, len(self.splits["train"]), self.audio_features)
+                        self.vision_len, self.aligned, len(self.splits["train"]), self.audio_features,
+                        self.visual_features)
 
 
 # --- restricted unpickling ---------------------------------------------------------------
@@ -612,15 +629,19 @@ _OVERRIDES = {
 }
 
 
-def _audio_features(layout: dict[str, Any], source: str) -> str:
-    """The audio feature set a file records under EXTRACTION_KEY, or UNKNOWN_FEATURES."""
+def _feature_set(layout: dict[str, Any], source: str, key: str) -> str:
+    """The feature set a file records under EXTRACTION_KEY[key] ("audio_features" or
+    "visual_features"): UNKNOWN_FEATURES without the entry; a selfmm file from before the
+    visual set was recorded names only its audio set, and its faces are haar."""
     meta = layout.get(EXTRACTION_KEY)
     if meta is None:
         return UNKNOWN_FEATURES
-    name = meta.get("audio_features") if isinstance(meta, dict) else None
+    if isinstance(meta, dict) and key not in meta and meta.keys() & {"audio_features", "visual_features"}:
+        return LEGACY_VISUAL_FEATURES if key == "visual_features" else UNKNOWN_FEATURES
+    name = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose 'audio_features' names "
-                        f"the audio feature set, got {str(meta)[:100]}")
+        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose {key!r} names "
+                        f"the feature set, got {str(meta)[:100]}")
     return name
 
 
@@ -654,7 +675,8 @@ def load_features(
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(LABEL_RANGE)}")
     label_range = LABEL_RANGE.get(dataset) if dataset else None
     main, cached_repairs = _load_any(source)
-    audio_features = _audio_features(main, source)
+    audio_features = _feature_set(main, source, "audio_features")
+    visual_features = _feature_set(main, source, "visual_features")
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
@@ -666,7 +688,9 @@ def load_features(
         over, over_repairs = _load_any(over_source)
         required, *optional = _OVERRIDES[arg]
         if arg == "audio_file":
-            audio_features = _audio_features(over, over_source)
+            audio_features = _feature_set(over, over_source, "audio_features")
+        if arg == "vision_file":
+            visual_features = _feature_set(over, over_source, "visual_features")
         for split in SPLITS:
             if required not in over[split]:
                 raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
@@ -725,4 +749,5 @@ def load_features(
         repairs=repairs,
         overrides={arg: os.fspath(p) for arg, p in overrides.items() if p is not None},
         audio_features=audio_features,
+        visual_features=visual_features,
     )

@@ -14,9 +14,12 @@ from ..data.mmsa import EXTRACTION_KEY
 from ..io import atomic_writer
 from .audio import DEFAULT_AUDIO_FEATURES, acoustic_frames, audio_set
 from .media import check_dependencies, decode
-from .visual import VISION_DIM, VISION_FPS, FaceDescriber
+from .mesh_faces import FaceTrack
+from .visual import DEFAULT_VISUAL_FEATURES, VISION_FPS, VisualExtractor, visual_set
 
-FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged")
+FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged", "several_faces", "dark")
+# A clip is `dark` when its median frame's mean pixel value is below this (of 255).
+DARK_LEVEL = 20.0
 
 
 @dataclass
@@ -24,10 +27,12 @@ class MediaFeatures:
     """The text-independent part of a clip: unpadded frames and flags."""
 
     audio: np.ndarray  # (La, Da) float32, Da the width of the audio feature set
-    vision: np.ndarray  # (Lv, VISION_DIM) float32
+    vision: np.ndarray  # (Lv, Dv) float32, Dv the width of the visual feature set
     flags: dict[str, bool]
     audio_features: str = DEFAULT_AUDIO_FEATURES  # the acoustic set's name
     vision_fps: float = VISION_FPS
+    visual_features: str = DEFAULT_VISUAL_FEATURES  # the visual set's name
+    faces: FaceTrack | None = None  # the mesh sets' tracked faces per sampled frame (overlay)
 
     @property
     def audio_fps(self) -> float:
@@ -38,60 +43,58 @@ class MediaFeatures:
 class ClipFeatures:
     text_bert: np.ndarray  # (3, Lt) float32: input ids, attention mask, token type ids
     audio: np.ndarray  # (La, Da) float32, zero rows past audio_length
-    vision: np.ndarray  # (Lv, VISION_DIM) float32, zero rows past vision_length
+    vision: np.ndarray  # (Lv, Dv) float32, zero rows past vision_length
     audio_length: int
     vision_length: int
     flags: dict[str, bool] = field(default_factory=dict)
     audio_features: str = DEFAULT_AUDIO_FEATURES
     vision_fps: float = VISION_FPS
     raw_text: str = ""
+    visual_features: str = DEFAULT_VISUAL_FEATURES
+    faces: FaceTrack | None = None
 
     @property
     def audio_fps(self) -> float:
         return audio_set(self.audio_features).fps
 
 
-_describer: FaceDescriber | None = None
-
-
-def _face_describer() -> FaceDescriber:
-    global _describer  # the cascades take ~50 ms to load: once per process
-    if _describer is None:
-        _describer = FaceDescriber()
-    return _describer
-
-
 def extract_media(video_path: str | os.PathLike,
-                  audio_features: str = DEFAULT_AUDIO_FEATURES) -> MediaFeatures:
+                  audio_features: str = DEFAULT_AUDIO_FEATURES,
+                  visual_features: str = DEFAULT_VISUAL_FEATURES) -> MediaFeatures:
     """Decode `video_path` and compute its acoustic frames (set `audio_features`) and
-    visual frames.
+    visual frames (set `visual_features`).
 
     A file without an audio stream, with silent audio, without a video stream or without a
     detectable face gives zero frames of that modality and sets the matching flag. A file that
     cannot be opened raises DataError.
     """
     acoustic = audio_set(audio_features)
-    check_dependencies((acoustic.module, acoustic.package))
-    decoded = decode(video_path, VISION_FPS)
+    visual = visual_set(visual_features)
+    check_dependencies((acoustic.module, acoustic.package), (visual.module, visual.package))
+    faces = VisualExtractor(visual.name)  # loads (and checks) the face models before decoding
+    # The mesh sets track faces while the file decodes, so their frames are never all in memory.
+    decoded = decode(video_path, VISION_FPS, visual.frame_format, visual.frame_width,
+                     on_frame=lambda image, _: faces.add(image))
     flags = dict.fromkeys(FLAGS, False)
     flags["damaged"] = decoded.damaged
     flags["no_audio"] = decoded.audio is None or decoded.audio.size == 0
-    flags["no_video"] = not decoded.has_video or not decoded.frames
+    flags["no_video"] = not decoded.has_video or not decoded.times
+    flags["dark"] = bool(decoded.brightness) and float(np.median(decoded.brightness)) < DARK_LEVEL
     with ThreadPoolExecutor(1) as pool:
         # openSMILE (through ctypes) and OpenCV release the GIL, so the acoustic frames are
-        # computed while faces are detected: on a free core they add no time to the clip.
+        # computed while the haar set's faces are detected: on a free core they add no time.
         acoustic_job = (None if flags["no_audio"]
                         else pool.submit(acoustic_frames, decoded.audio, acoustic.name))
-        if flags["no_video"]:
-            vision = np.zeros((0, VISION_DIM), np.float32)
-        else:
-            vision = _face_describer().describe(decoded.frames)
+        found = faces.finish()
+        vision = found.rows if not flags["no_video"] else np.zeros((0, visual.dim), np.float32)
         if acoustic_job is None:
             audio = np.zeros((0, acoustic.dim), np.float32)
         else:
             audio, flags["silent"] = acoustic_job.result()
     flags["no_face"] = vision.shape[0] == 0
-    return MediaFeatures(audio=audio, vision=vision, flags=flags, audio_features=acoustic.name)
+    flags["several_faces"] = found.several_faces
+    return MediaFeatures(audio=audio, vision=vision, flags=flags, audio_features=acoustic.name,
+                         visual_features=visual.name, faces=found.track)
 
 
 def tokenize(tokenizer, texts: list[str], text_len: int) -> np.ndarray:
@@ -123,11 +126,13 @@ def extract_clip(
     audio_len: int | None = None,
     vision_len: int | None = None,
     audio_features: str = DEFAULT_AUDIO_FEATURES,
+    visual_features: str = DEFAULT_VISUAL_FEATURES,
 ) -> ClipFeatures:
-    """All three inputs of one clip, its audio as acoustic set `audio_features`. Without
-    audio_len/vision_len a modality is padded to its own frame count (at least 1 row, so that a
-    flagged clip still has a valid array); audio_len counts frames of the chosen set."""
-    media = extract_media(video_path, audio_features)
+    """All three inputs of one clip, its audio as acoustic set `audio_features` and its faces
+    as visual set `visual_features`. Without audio_len/vision_len a modality is padded to its
+    own frame count (at least 1 row, so that a flagged clip still has a valid array); audio_len
+    counts frames of the chosen acoustic set."""
+    media = extract_media(video_path, audio_features, visual_features)
     return _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len)
 
 
@@ -144,6 +149,8 @@ def _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len) -> 
         audio_features=media.audio_features,
         vision_fps=media.vision_fps,
         raw_text=transcript,
+        visual_features=media.visual_features,
+        faces=media.faces,
     )
 
 
@@ -152,17 +159,18 @@ def flag_string(flags: dict[str, bool]) -> str:
     return ",".join(name for name in FLAGS if flags.get(name))
 
 
-def extraction_metadata(audio_features: str) -> dict[str, str]:
-    """The file's EXTRACTION_KEY entry: the acoustic set, which our loader reads and the run
-    records (MMSA's loader reads only the splits)."""
-    return {"audio_features": audio_features}
+def extraction_metadata(audio_features: str, visual_features: str) -> dict[str, str]:
+    """The file's EXTRACTION_KEY entry: the acoustic and visual sets, which our loader reads and
+    the run records (MMSA's loader reads only the splits)."""
+    return {"audio_features": audio_features, "visual_features": visual_features}
 
 
-def empty_split(text_len: int, audio_len: int, vision_len: int, audio_dim: int) -> dict[str, np.ndarray]:
+def empty_split(text_len: int, audio_len: int, vision_len: int, audio_dim: int,
+                vision_dim: int) -> dict[str, np.ndarray]:
     return {
         "text_bert": np.zeros((0, 3, text_len), np.float32),
         "audio": np.zeros((0, audio_len, audio_dim), np.float32),
-        "vision": np.zeros((0, vision_len, VISION_DIM), np.float32),
+        "vision": np.zeros((0, vision_len, vision_dim), np.float32),
         "audio_lengths": np.zeros(0, np.int64),
         "vision_lengths": np.zeros(0, np.int64),
         "regression_labels": np.zeros(0, np.float32),
@@ -197,11 +205,11 @@ def write_clip(path: str | os.PathLike, clip: ClipFeatures, clip_id: str | None 
     "train" and "valid" have 0 rows of the same widths and lengths."""
     clip_id = clip_id or f"{Path(path).stem}$_$0"
     empty = empty_split(clip.text_bert.shape[1], clip.audio.shape[0], clip.vision.shape[0],
-                        clip.audio.shape[1])
+                        clip.audio.shape[1], clip.vision.shape[1])
     data = {
         "train": empty,
         "valid": {k: v.copy() for k, v in empty.items()},
         "test": clip_split(clip, clip_id),
-        EXTRACTION_KEY: extraction_metadata(clip.audio_features),
+        EXTRACTION_KEY: extraction_metadata(clip.audio_features, clip.visual_features),
     }
     write_pickle(path, data)

@@ -26,13 +26,14 @@ from ..rundir import RunDirectory
 from .audio import DEFAULT_AUDIO_FEATURES, audio_set
 from .clip import FLAGS, empty_split, extract_media, extraction_metadata, flag_string, tokenize, write_pickle
 from .media import check_dependencies
-from .visual import VISION_DIM, VISION_FEATURES, VISION_FPS
+from .visual import DEFAULT_VISUAL_FEATURES, VISION_FPS, visual_set
 
 EXTENSIONS = ("mp4", "avi", "mkv", "mov", "webm")
 REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 UNIMODAL_COLUMNS = ("label_T", "label_A", "label_V")
 # Bump when the features change: cached parts of another version are recomputed.
-FEATURE_VERSION = "1"
+# 2: visual feature sets, the several_faces and dark flags, frames turned upright.
+FEATURE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -135,15 +136,17 @@ def find_video(video_dir: str | os.PathLike, video_id: str, clip_id: str) -> Pat
     return None
 
 
-def _part_path(parts: Path, clip_id: str, audio_features: str) -> Path:
-    """One part per clip and audio set: switching sets keeps the other set's parts."""
+def _part_path(parts: Path, clip_id: str, audio_features: str, visual_features: str) -> Path:
+    """One part per clip and pair of sets: switching sets keeps the other sets' parts."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", clip_id)[:80]
-    return parts / f"{safe}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}.{audio_features}.npz"
+    digest = hashlib.sha1(clip_id.encode()).hexdigest()[:10]
+    return parts / f"{safe}-{digest}.{audio_features}.{visual_features}.npz"
 
 
-def _cache_key(video: Path, audio_features: str) -> str:
+def _cache_key(video: Path, audio_features: str, visual_features: str) -> str:
     stat = video.stat()
-    return f"{FEATURE_VERSION}|{audio_features}|{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return (f"{FEATURE_VERSION}|{audio_features}|{visual_features}|{video.resolve()}|{stat.st_size}|"
+            f"{stat.st_mtime_ns}")
 
 
 def _read_part(part: Path, key: str | None = None) -> dict[str, np.ndarray] | None:
@@ -158,10 +161,10 @@ def _read_part(part: Path, key: str | None = None) -> dict[str, np.ndarray] | No
     return data
 
 
-def _extract_part(video: str, part: str, key: str, audio_features: str) -> str | None:
+def _extract_part(video: str, part: str, key: str, audio_features: str, visual_features: str) -> str | None:
     """Worker: extract one clip into its part file. Returns None, or the failure message."""
     try:
-        media = extract_media(video, audio_features)
+        media = extract_media(video, audio_features, visual_features)
     except SelfMMError as exc:
         return str(exc)
     except Exception as exc:  # a file that breaks a library must not stop the whole dataset
@@ -192,6 +195,7 @@ def extract_dataset(
     progress: bool = True,
     strict: bool = False,
     audio_features: str = DEFAULT_AUDIO_FEATURES,
+    visual_features: str = DEFAULT_VISUAL_FEATURES,
 ) -> DatasetReport:
     """Extract every clip of `labels_csv` and write an MMSA feature file at `out`.
 
@@ -200,13 +204,15 @@ def extract_dataset(
     or mtime changed). Audio and vision are padded to the longest clip of the whole dataset,
     or to audio_len / vision_len (longer clips truncated; audio_len counts frames of the
     acoustic set `audio_features`, 100 per second for egemaps and compare, 50 for librosa;
-    each set keeps its own parts, so a run never mixes sets). A clip that cannot be decoded is
+    faces are the visual set `visual_features`; each pair of sets keeps its own parts, so a
+    run never mixes sets). A clip that cannot be decoded is
     left out and listed in the report; it is an error when every clip fails, or any with
     `strict`.
     """
     check_workers(workers)
     acoustic = audio_set(audio_features)
-    check_dependencies((acoustic.module, acoustic.package))
+    visual = visual_set(visual_features)
+    check_dependencies((acoustic.module, acoustic.package), (visual.module, visual.package))
     video_dir, out = Path(video_dir), Path(out)
     if not video_dir.is_dir():
         raise DataError(f"{video_dir}: no such video folder")
@@ -226,14 +232,14 @@ def extract_dataset(
                     f"(ext: {', '.join(EXTENSIONS)})"
                 )
                 continue
-            key = _cache_key(video, acoustic.name)
-            part = _part_path(parts, row.id, acoustic.name)
+            key = _cache_key(video, acoustic.name, visual.name)
+            part = _part_path(parts, row.id, acoustic.name, visual.name)
             if _read_part(part, key) is not None:
                 reused += 1
             else:
                 todo.append((row, video, part, key))
 
-        _run(todo, failures, workers, progress, acoustic.name)
+        _run(todo, failures, workers, progress, acoustic.name, visual.name)
 
         ok = [row for row in rows if row.id not in failures]
         if not ok:
@@ -243,7 +249,7 @@ def extract_dataset(
             listed = "; ".join(f"{i}: {m}" for i, m in failures.items())
             raise DataError(f"{len(failures)} clip(s) failed: {listed}")
 
-        loaded = {row.id: _read_part(_part_path(parts, row.id, acoustic.name)) for row in ok}
+        loaded = {row.id: _read_part(_part_path(parts, row.id, acoustic.name, visual.name)) for row in ok}
         la = audio_len or max(1, max(p["audio"].shape[0] for p in loaded.values()))
         lv = vision_len or max(1, max(p["vision"].shape[0] for p in loaded.values()))
         unimodal = [c for c in UNIMODAL_COLUMNS if c in rows[0].unimodal]
@@ -251,11 +257,11 @@ def extract_dataset(
         for split in SPLITS:
             members = [row for row in ok if row.mode == split]
             data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
-                                        acoustic.dim)
+                                        acoustic.dim, visual.dim)
             for row in members:
                 for name, value in zip(FLAGS, loaded[row.id]["flags"], strict=True):
                     flag_counts[name] += int(value)
-        data[EXTRACTION_KEY] = extraction_metadata(acoustic.name)
+        data[EXTRACTION_KEY] = extraction_metadata(acoustic.name, visual.name)
         write_pickle(out, data)
         report = DatasetReport(
             out=out,
@@ -277,8 +283,9 @@ def extract_dataset(
                 "audio_fps": acoustic.fps,
                 "vision_fps": VISION_FPS,
                 "audio_feature_set": acoustic.name,
+                "visual_feature_set": visual.name,
                 "audio_features": list(acoustic.columns),
-                "vision_features": list(VISION_FEATURES),
+                "vision_features": list(visual.columns),
                 "feature_version": FEATURE_VERSION,
                 "counts": report.counts,
                 "flag_counts": flag_counts,
@@ -289,13 +296,13 @@ def extract_dataset(
 
 
 def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
-         audio_features: str) -> None:
+         audio_features: str, visual_features: str) -> None:
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress or not todo)
     try:
         if workers == 1:
             for row, video, part, key in todo:
-                error = _extract_part(str(video), str(part), key, audio_features)
+                error = _extract_part(str(video), str(part), key, audio_features, visual_features)
                 if error:
                     failures[row.id] = error
                 bar.update()
@@ -304,7 +311,7 @@ def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init)
         try:
             futures = {
-                pool.submit(_extract_part, str(video), str(part), key, audio_features): row
+                pool.submit(_extract_part, str(video), str(part), key, audio_features, visual_features): row
                 for row, video, part, key in todo
             }
             for future in as_completed(futures):
@@ -323,15 +330,15 @@ def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
 
 
 def _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
-                  audio_dim: int) -> dict[str, np.ndarray]:
+                  audio_dim: int, vision_dim: int) -> dict[str, np.ndarray]:
     if not members:
-        split = empty_split(text_len, la, lv, audio_dim)
+        split = empty_split(text_len, la, lv, audio_dim, vision_dim)
         for column in unimodal:
             split[f"regression_labels_{column[-1]}"] = np.zeros(0, np.float32)
         return split
     n = len(members)
     audio = np.zeros((n, la, audio_dim), np.float32)
-    vision = np.zeros((n, lv, VISION_DIM), np.float32)
+    vision = np.zeros((n, lv, vision_dim), np.float32)
     audio_lengths = np.zeros(n, np.int64)
     vision_lengths = np.zeros(n, np.int64)
     flags = []

@@ -1,9 +1,10 @@
-"""Decoding one clip with PyAV: mono 16 kHz audio and grey video frames sampled at a fixed rate."""
+"""Decoding one clip with PyAV: mono 16 kHz audio and video frames sampled at a fixed rate."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 from ..errors import DataError, SelfMMError
 
 SAMPLE_RATE = 16_000  # Hz, the rate every clip's audio is resampled to
-DETECT_WIDTH = 360  # grey frames are scaled to at most this width before face detection
+DETECT_WIDTH = 360  # frames are scaled to at most this width unless the caller asks otherwise
 
 
 @dataclass
@@ -20,12 +21,15 @@ class DecodedClip:
     """What `decode` returns. `audio` is None when the file has no audio stream."""
 
     audio: np.ndarray | None  # (S,) float32 in [-1, 1], mono, SAMPLE_RATE
-    frames: list[np.ndarray] = field(default_factory=list)  # grey (H, W) uint8 images
-    times: list[float] = field(default_factory=list)  # seconds, one per frame
+    # (H, W) grey or (H, W, 3) RGB uint8; empty when decode passed them to on_frame instead
+    frames: list[np.ndarray] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # seconds, one per sampled frame
+    brightness: list[float] = field(default_factory=list)  # mean pixel value (0-255) per frame
     has_video: bool = False
     decode_errors: int = 0  # packets FFmpeg could not decode (truncated or damaged file)
     declared_seconds: float | None = None  # the container's duration, when it states one
     decoded_seconds: float = 0.0  # how far decoding got, in either stream
+    rotation: int = 0  # degrees counter-clockwise the frames were turned, as the file asks
 
     @property
     def damaged(self) -> bool:
@@ -57,8 +61,23 @@ def _why(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
-    """Decode `path` in one pass: all audio (resampled), and video frames every 1/vision_fps s.
+def _upright(frame, frame_format: str, max_width: int) -> tuple[np.ndarray, int]:
+    """A decoded frame as an array, turned as its display matrix asks (a phone held upright or
+    upside down records its frames turned and says so in the file), at most max_width wide."""
+    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+    scale = min(1.0, max_width / (frame.height if turns % 2 else frame.width))
+    size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
+    image = frame.reformat(width=size[0], height=size[1], format=frame_format).to_ndarray()
+    return np.ascontiguousarray(np.rot90(image, turns) if turns else image), 90 * turns
+
+
+def decode(path: str | os.PathLike, vision_fps: float, frame_format: str = "gray",
+           frame_width: int = DETECT_WIDTH, on_frame: Callable[[np.ndarray, float], None] | None = None,
+           ) -> DecodedClip:
+    """Decode `path` in one pass: all audio (resampled), and video frames every 1/vision_fps s,
+    in PyAV's `frame_format` ("gray" or "rgb24"), at most `frame_width` wide, upright. With
+    `on_frame`, each sampled frame goes to it as it is decoded, with its time in seconds,
+    instead of into `frames`.
 
     Raises DataError for a missing file, a file FFmpeg cannot open, or one with neither an
     audio nor a video stream. Packets that fail to decode are skipped and counted.
@@ -112,15 +131,17 @@ def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
                         continue
                     while next_t <= t + 1e-6:
                         next_t += step
-                    w = min(frame.width, DETECT_WIDTH)
-                    h = max(1, round(frame.height * w / frame.width))
-                    grey = frame.reformat(width=w, height=h, format="gray").to_ndarray()
-                    out.frames.append(np.ascontiguousarray(grey))
+                    image, out.rotation = _upright(frame, frame_format, frame_width)
                     out.times.append(float(t))
+                    out.brightness.append(float(image[::4, ::4].mean()))
+                    if on_frame is None:
+                        out.frames.append(image)
+                    else:
+                        on_frame(image, float(t))
         except av.FFmpegError as exc:
             # Demuxing itself failed (a damaged container): keep what was read if anything.
             out.decode_errors += 1
-            if not chunks and not out.frames:
+            if not chunks and not out.times:
                 raise DataError(f"{path}: cannot decode the file ({_why(exc)})") from exc
         if resampler is not None:
             try:
@@ -133,7 +154,7 @@ def decode(path: str | os.PathLike, vision_fps: float) -> DecodedClip:
                 if chunks
                 else np.zeros(0, np.float32)
             )
-    if not chunks and not out.frames:
+    if not chunks and not out.times:
         raise DataError(f"{path}: no audio sample or video frame could be decoded")
     if out.audio is not None:
         out.decoded_seconds = max(out.decoded_seconds, out.audio.size / SAMPLE_RATE)
