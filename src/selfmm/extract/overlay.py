@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SelfMMError
+from ..io import plain_mode
 from .face_geometry import IBUG68, head_roll
 from .media import decode
 from .mesh_faces import FaceTrack, TrackedFace
 from .visual import VISION_FPS, VISUAL_SETS
 
-VIDEO_CODECS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9"}
+# Suffix -> (FFmpeg container, video codec) of an overlay video.
+VIDEO_FORMATS = {".mp4": ("mp4", "libx264"), ".mkv": ("matroska", "libx264"), ".mov": ("mov", "libx264"),
+                 ".avi": ("avi", "mpeg4"), ".webm": ("webm", "libvpx-vp9")}
 # The iBUG outline, as runs of consecutive points (closed for the eyes and lips).
 OUTLINE = ((0, 17, False), (17, 22, False), (22, 27, False), (27, 31, False), (31, 36, False),
            (36, 42, True), (42, 48, True), (48, 60, True), (60, 68, True))
@@ -37,7 +40,7 @@ Word = tuple[str, float, float]  # text, start and end in seconds
 
 
 def is_video_path(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in VIDEO_CODECS
+    return Path(path).suffix.lower() in VIDEO_FORMATS
 
 
 def current_word(words: Sequence[Word], t: float) -> str | None:
@@ -107,11 +110,14 @@ class _VideoOut:
         import av
 
         self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        container, self.codec = VIDEO_FORMATS[path.suffix.lower()]
+        # Named like every temporary file of selfmm's writers (.NAME.XXXX.tmp), which a later
+        # run's checks know for what an interrupted write left.
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        self.container = av.open(self.tmp, "w")
+        os.chmod(self.tmp, plain_mode())
+        self.container = av.open(self.tmp, "w", format=container)
         self.stream = None
-        self.codec = VIDEO_CODECS[path.suffix.lower()]
 
     def write(self, frame: np.ndarray) -> None:
         import av
@@ -144,6 +150,7 @@ class _FramesOut:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(self.tmp, plain_mode(folder=True))
         self.count = 0
 
     def write(self, frame: np.ndarray) -> None:
@@ -166,7 +173,7 @@ class _FramesOut:
 def draw_overlay(video: str | os.PathLike, faces: FaceTrack, out: str | os.PathLike,
                  words: Sequence[Word] | None = None) -> int:
     """Draw `faces` (extraction's track of `video`, from a mesh visual set) on the video's sampled
-    frames and write them to `out`: a video when its suffix is one of VIDEO_CODECS', else a folder
+    frames and write them to `out`: a video when its suffix is one of VIDEO_FORMATS', else a folder
     of PNG frames (frame-00000.png, ...). `words`: (text, start, end) in seconds. Returns the
     number of frames written; `out` appears only once complete."""
     frame_set = VISUAL_SETS["mesh"]  # decoded as the mesh sets decode, so the frames match
@@ -188,6 +195,8 @@ def draw_overlay(video: str | os.PathLike, faces: FaceTrack, out: str | os.PathL
     ok = False
     try:
         decode(video, VISION_FPS, frame_set.frame_format, frame_set.frame_width, on_frame=on_frame)
+        if not index:
+            raise SelfMMError(f"{video}: no video frames to draw the overlay on")
         ok = True
     finally:
         writer.close(ok)
