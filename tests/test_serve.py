@@ -21,11 +21,10 @@ httpx = pytest.importorskip("httpx")  # the TestClient's, and the live server's 
 from fastapi.testclient import TestClient  # noqa: E402
 
 from media import extracted_run, make_corrupt, make_video  # noqa: E402
-from selfmm import serve as serve_module  # noqa: E402
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
 from selfmm.predict import Predictor  # noqa: E402
-from selfmm.serve import MB, create_app, is_loopback, serve  # noqa: E402
+from selfmm.serve import MB, create_app, is_loopback, security, serve, upload  # noqa: E402
 from servers import start_serve, stop_serve  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,7 +92,7 @@ def test_health_info_page_docs_and_schema(client, predictor):
     assert info["dataset"] == "mosi" and info["label_range"] == [-3.0, 3.0] and info["seed"] == 3
     assert info["neutral_band"] == pytest.approx(0.3)
     assert info["feature_widths"] == {"audio": predictor.audio_dim, "vision": predictor.vision_dim}
-    assert set(info["feature_sets"]) == {"audio", "vision"}
+    assert info["feature_sets"] == {"audio": predictor.audio_features, "vision": predictor.visual_features}
     assert info["text_model"] == predictor.cfg.model.text_model
     assert {"selfmm", "torch", "python", "fastapi"} <= set(info["versions"])
     assert info["limits"] == {"max_upload_mb": 1.0, "max_seconds": MAX_SECONDS, "workers": 1, "queue_size": 1}
@@ -231,7 +230,7 @@ def test_oversize_upload_is_refused_while_reading(client):
 
 
 def test_stalled_upload_times_out(client, monkeypatch):
-    monkeypatch.setattr(serve_module, "UPLOAD_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(upload, "UPLOAD_IDLE_SECONDS", 0.2)
     boundary = b"xyz"
 
     def stalled():
@@ -312,8 +311,8 @@ def test_a_killed_worker_is_replaced(client, trained):
 
 def test_token_guards_everything_but_health(predictor, monkeypatch):
     compared = []
-    real = serve_module.hmac.compare_digest
-    monkeypatch.setattr(serve_module.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    real = security.hmac.compare_digest
+    monkeypatch.setattr(security.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
     app = create_app(predictor, workers=1, max_upload_mb=1, max_seconds=2, token=TOKEN)
     # No lifespan (no workers): /predict is only asked to refuse.
     client = TestClient(app)

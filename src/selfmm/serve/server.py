@@ -1,0 +1,68 @@
+"""`selfmm serve`: check the settings, listen, load the run, and run uvicorn until interrupted."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from ..configuration import check_workers
+from ..errors import SelfMMError
+from ..predict import Predictor
+from .app import DEFAULT_QUEUE, create_app
+from .security import allowed_hosts, check_token, is_loopback
+
+SHUTDOWN_GRACE_S = 2
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise SelfMMError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0.0.1",
+          port: int = 8000, workers: int | None = None, max_upload_mb: float = 200,
+          max_seconds: float = 120, token: str | None = None, device: str = "auto",
+          text_model: str | None = None, queue_size: int = DEFAULT_QUEUE) -> None:
+    """Load `run` once and serve it until interrupted (`selfmm serve`). `token` defaults to
+    $SELFMM_TOKEN; a host other than loopback needs one."""
+    import uvicorn
+
+    token = token or os.environ.get("SELFMM_TOKEN") or None
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    check_workers(workers)
+    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-seconds", max_seconds)):
+        if not value > 0:
+            raise SelfMMError(f"{name} must be positive, not {value}")
+    check_token(token)
+    if not is_loopback(host):
+        print(f"selfmm: warning: serving on {host}, reachable from other machines, over plain "
+              "HTTP (put a TLS proxy in front of it); every request but /health needs the token",
+              file=sys.stderr)
+        if token is None:
+            raise SelfMMError(f"--host {host} is not loopback: pass --token TOKEN or set "
+                              "SELFMM_TOKEN")
+    sock = _listen(host, port)
+    try:
+        predictor = Predictor(run, seed=seed, device=device, text_model=text_model)
+        predictor.tokenizer  # noqa: B018 - a run without a tokenizer fails here, not per request
+        app = create_app(predictor, workers=workers, max_upload_mb=max_upload_mb,
+                         max_seconds=max_seconds, token=token, queue_size=queue_size,
+                         allowed_hosts=allowed_hosts(host))
+        bound = sock.getsockname()[1]
+        print(f"selfmm: serving {predictor.run} ({predictor.cfg.dataset}) at "
+              f"http://{host}:{bound}/ with {workers} worker(s)", file=sys.stderr)
+        # On Ctrl-C, requests still in flight get SHUTDOWN_GRACE_S to finish; then their
+        # jobs are cut short with the workers (ScoringPool.close).
+        config = uvicorn.Config(app, host=host, port=bound, timeout_keep_alive=5,
+                                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, log_level="info")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
