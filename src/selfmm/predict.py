@@ -125,23 +125,19 @@ class Predictor:
         self.cfg = seed_run.config
         self.model = seed_run.model(self.device)
         spec = seed_run.spec
-        self.audio_dim, self.vision_dim, self.audio_features = spec.audio_dim, spec.vision_dim, spec.audio_features
-        if audio_features is not None:
-            audio_set(audio_features)
-            if self.audio_features not in (UNKNOWN_FEATURES, audio_features):
+        self.audio_dim, self.vision_dim = spec.audio_dim, spec.vision_dim
+        self.audio_features, self.visual_features = spec.audio_features, spec.visual_features
+        for modality, asked, recorded in (("audio", audio_features, self.audio_features),
+                                          ("visual", visual_features, self.visual_features)):
+            if asked is None:
+                continue
+            (audio_set if modality == "audio" else visual_set)(asked)  # an unknown name: its own error
+            if recorded not in (UNKNOWN_FEATURES, asked):
                 raise SelfMMError(
-                    f"audio features {audio_features} asked for, but the run {self.run} was trained "
-                    f"on {self.audio_features} audio features; its videos are extracted with "
-                    f"{self.audio_features} (leave --audio-features out)")
+                    f"{modality} features {asked} asked for, but the run {self.run} was trained "
+                    f"on {recorded} {modality} features; its videos are extracted with "
+                    f"{recorded} (leave --{modality}-features out)")
         self.video_audio_features = audio_features or self.audio_features
-        self.visual_features = spec.visual_features
-        if visual_features is not None:
-            visual_set(visual_features)
-            if self.visual_features not in (UNKNOWN_FEATURES, visual_features):
-                raise SelfMMError(
-                    f"visual features {visual_features} asked for, but the run {self.run} was trained "
-                    f"on {self.visual_features} visual features; its videos are extracted with "
-                    f"{self.visual_features} (leave --visual-features out)")
         self.video_visual_features = visual_features or (
             LEGACY_VISUAL_FEATURES if self.visual_features == UNKNOWN_FEATURES else self.visual_features)
         self.band = neutral_band(self.cfg.dataset)
