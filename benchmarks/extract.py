@@ -105,19 +105,21 @@ def mesh_stage(frames: list[np.ndarray]) -> Callable[[], dict[str, float]]:
     return run
 
 
-def discard(fn: Callable[..., object], *args) -> Callable[[], None]:
+def discard(fn: Callable[..., object], *args, **kwargs) -> Callable[[], None]:
     def run() -> None:
-        fn(*args)
+        fn(*args, **kwargs)
     return run
 
 
 def bench_clip(path: Path, repeats: int) -> dict[str, float]:
-    grey = decode(path, VISION_FPS, "gray", VISUAL_SETS["haar"].frame_width)
-    rgb = decode(path, VISION_FPS, "rgb24", VISUAL_SETS["mesh"].frame_width)
+    grey_format = {"frame_format": "gray", "frame_width": VISUAL_SETS["haar"].frame_width}
+    rgb_format = {"frame_format": "rgb24", "frame_width": VISUAL_SETS["mesh"].frame_width}
+    grey = decode(path, VISION_FPS, **grey_format)
+    rgb = decode(path, VISION_FPS, **rgb_format)
     haar = haar_describer()
     stages: dict[str, Callable[[], dict[str, float] | None]] = {
-        "decode_grey": discard(decode, path, VISION_FPS, "gray", VISUAL_SETS["haar"].frame_width),
-        "decode_rgb": discard(decode, path, VISION_FPS, "rgb24", VISUAL_SETS["mesh"].frame_width),
+        "decode_grey": discard(decode, path, VISION_FPS, **grey_format),
+        "decode_rgb": discard(decode, path, VISION_FPS, **rgb_format),
         "haar": discard(haar.describe, grey.frames),
         "mesh": mesh_stage(rgb.frames),
     }

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from transformers import AutoModel, BertConfig
 
-from selfmm import bert, train
+from selfmm import bert, runtime, train
 from selfmm import configuration as config
 from selfmm.data import synth
-from selfmm.data.mmsa import FeatureData, Split, load_features
+from selfmm.data.mmsa import load_features
+from selfmm.data.types import FeatureData, Split
 from selfmm.model import SelfMM
 from selfmm.ulgm import UnimodalLabelGenerator
 
@@ -96,7 +97,7 @@ def variant(attention: str, deterministic: bool, device: torch.device):
         bert.supports = lambda encoder: False  # Hugging Face's own forward
     else:
         bert.ATTENTION["cuda"] = attention.removeprefix("ours-")
-    train.configure_determinism(device, deterministic)
+    runtime.configure_determinism(device, deterministic)
     try:
         yield
     finally:
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("no CUDA GPU: this benchmark measures GPUs only (benchmarks/run.py covers the CPU)")
-    device = train.resolve_device("cuda")
+    device = runtime.resolve_device("cuda")
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
                                "steps": STEPS, "warmup": WARMUP, "variants": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,14 +41,18 @@ import torch
 from selfmm import checkpoint, train
 from selfmm import configuration as config
 from selfmm.data.batch import Collator
-from selfmm.data.mmsa import FeatureData, load_features
+from selfmm.data.mmsa import load_features
 from selfmm.data.synth import write_synthetic
+from selfmm.data.types import FeatureData
 from selfmm.encoder import load_encoder
 from selfmm.errors import SelfMMError
+from selfmm.inference import predict
 from selfmm.io import write_json
 from selfmm.model import Heads, SelfMM
+from selfmm.models import selfmm_builder
 from selfmm.precision import autocast, check_precision
-from selfmm.train import fit_seed, make_optimizer, predict, seed_everything, selfmm_builder, task_losses
+from selfmm.runtime import resolve_device, seed_everything
+from selfmm.train import fit_seed, make_optimizer, task_losses
 from selfmm.ulgm import UnimodalLabelGenerator
 
 SECTIONS = ("phases", "train", "ulgm", "load", "inference")
@@ -450,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args.device = train.resolve_device(args.device)
+        args.device = resolve_device(args.device)
         for precision in args.precision:
             check_precision(precision, args.device)
     except SelfMMError as exc:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         video = Path(args.video) if args.video else astronaut_clip(Path(work))
         media = extract_media(video, visual_features="mesh")
         mesh = VISUAL_SETS["mesh"]
-        decoded = decode(video, mesh.fps, mesh.frame_format, mesh.frame_width)
+        decoded = decode(video, mesh.fps, frame_format=mesh.frame_format, frame_width=mesh.frame_width)
     if media.faces is None or not media.vision.shape[0]:
         print(f"{video}: no face found", file=sys.stderr)
         return 1

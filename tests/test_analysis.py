@@ -22,7 +22,8 @@ from selfmm.analysis import (
     summary_text,
 )
 from selfmm.cli import main
-from selfmm.data.mmsa import load_features, safe_load
+from selfmm.data.mmsa import load_features
+from selfmm.data.unpickle import safe_load
 from selfmm.errors import SelfMMError
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -91,7 +91,8 @@ def test_a_training_step_makes_at_most_two_host_syncs(data_file, encoder_dir):
     from selfmm import configuration as config
     from selfmm.data.mmsa import load_features
     from selfmm.model import SelfMM
-    from selfmm.train import make_optimizer, seed_everything, train_epoch, train_loader
+    from selfmm.runtime import seed_everything
+    from selfmm.train import make_optimizer, train_epoch, train_loader
     from selfmm.ulgm import UnimodalLabelGenerator
 
     data = load_features(data_file)
@@ -164,21 +165,21 @@ def test_packed_lstm_on_cuda_equals_the_cpu_path():
 
 
 def test_random_state_of_the_device_in_use():
-    from selfmm import train
+    from selfmm import runtime
 
     torch.cuda.manual_seed(11)
-    state = train._rng_state(CUDA)
+    state = runtime.rng_state(CUDA)
     expected = torch.rand(3, device=CUDA)
-    train._set_rng_state(state, CUDA)
+    runtime.set_rng_state(state, CUDA)
     assert torch.equal(torch.rand(3, device=CUDA), expected)
     # An earlier version's list of every GPU's state restores on a machine with fewer GPUs.
-    train._set_rng_state({**state, "cuda": [state["cuda"]] * (torch.cuda.device_count() + 3)}, CUDA)
+    runtime.set_rng_state({**state, "cuda": [state["cuda"]] * (torch.cuda.device_count() + 3)}, CUDA)
     assert torch.equal(torch.rand(3, device=CUDA), expected)
 
 
 def test_cuda_index_out_of_range_is_refused():
     from selfmm.errors import SelfMMError
-    from selfmm.train import resolve_device
+    from selfmm.runtime import resolve_device
 
     count = torch.cuda.device_count()
     with pytest.raises(SelfMMError, match=f"this machine has {count} CUDA device"):

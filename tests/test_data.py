@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selfmm.data.mmsa import SPLITS, _build_split, load_features, safe_load
+from selfmm.data.mmsa import SPLITS, _build_split, load_features
 from selfmm.data.summary import summarize
 from selfmm.data.synth import PROFILES
+from selfmm.data.unpickle import safe_load
 from selfmm.errors import DataError
 
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from selfmm import bert, distributed, train
+from selfmm import bert, distributed, runtime, train
 from selfmm import configuration as config
 from selfmm.cli import main
 from selfmm.cli.common import config_from_args
@@ -20,7 +20,8 @@ from selfmm.data.batch import Collator
 from selfmm.data.mmsa import load_features
 from selfmm.errors import SelfMMError
 from selfmm.model import SelfMM, SequenceEncoder, packed_final_state
-from selfmm.train import NumericalError, make_optimizer, seed_everything, train_epoch, train_loader
+from selfmm.runtime import seed_everything
+from selfmm.train import NumericalError, make_optimizer, train_epoch, train_loader
 from selfmm.transfer import to_device
 from selfmm.ulgm import UnimodalLabelGenerator
 from syncs import SyncCounter
@@ -264,15 +265,15 @@ class FakeCuda:
 
 def test_rng_state_holds_the_device_in_use_only(monkeypatch):
     cuda = FakeCuda(monkeypatch, count=1)
-    state = train._rng_state(torch.device("cuda", 0))
+    state = runtime.rng_state(torch.device("cuda", 0))
     assert torch.equal(state["cuda"], torch.zeros(4, dtype=torch.uint8))
-    train._set_rng_state(state, torch.device("cuda", 0))
+    runtime.set_rng_state(state, torch.device("cuda", 0))
     assert torch.equal(cuda.saved[0], state["cuda"])
     # A checkpoint of an earlier version holds every GPU's state (4 here); resumed on 1 GPU.
     old = {**state, "cuda": [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]}
-    train._set_rng_state(old, torch.device("cuda"))
+    runtime.set_rng_state(old, torch.device("cuda"))
     assert torch.equal(cuda.saved[0], old["cuda"][0])
-    assert "cuda" not in train._rng_state(torch.device("cpu"))
+    assert "cuda" not in runtime.rng_state(torch.device("cpu"))
 
 
 def test_each_rank_restores_its_own_random_state(tiny_bert, data):
@@ -282,7 +283,7 @@ def test_each_rank_restores_its_own_random_state(tiny_bert, data):
     ranks = []
     for rank in (0, 1):
         torch.manual_seed(100 + rank)
-        ranks.append(train._rng_state(cpu))
+        ranks.append(runtime.rng_state(cpu))
     saved = state.checkpoint(cfg, ranks)
     for rank in (1, 0):
         state.restore(saved, cpu, rank)
@@ -316,7 +317,7 @@ def test_cuda_index_out_of_range_is_one_line(monkeypatch, tmp_path, capsys, tiny
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(SelfMMError, match=r"device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
-        train.resolve_device("cuda:2")
+        runtime.resolve_device("cuda:2")
     assert main(["train", "--dataset", "mosi", "--data", str(synth_path("mosi", scale=0.02)), "--out",
                  str(tmp_path / "run"), "--text-model", str(tiny_bert), "--device", "cuda:5"]) == 2
     err = capsys.readouterr().err
@@ -354,15 +355,15 @@ def test_determinism_switch(monkeypatch):
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on, warn_only: calls.append((on, warn_only)))
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
-    train.configure_determinism(torch.device("cpu"), True)
+    runtime.configure_determinism(torch.device("cpu"), True)
     assert calls == [] and not torch.backends.cudnn.deterministic  # the CPU path is left alone
-    train.configure_determinism(torch.device("cuda"), True)
+    runtime.configure_determinism(torch.device("cuda"), True)
     assert calls == [(True, True)] and torch.backends.cudnn.deterministic
     import os
 
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert not torch.utils.deterministic.fill_uninitialized_memory
-    train.configure_determinism(torch.device("cuda"), False)
+    runtime.configure_determinism(torch.device("cuda"), False)
     assert calls[-1] == (False, True) and not torch.backends.cudnn.deterministic
 
 

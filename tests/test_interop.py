@@ -16,10 +16,11 @@ from selfmm.configuration import defaults_for, with_values
 from selfmm.data.mmsa import load_features
 from selfmm.encoder import load_encoder
 from selfmm.errors import ConfigError, SelfMMError
-from selfmm.interop import mmsa_results_row, mmsa_to_selfmm, rename_mmsa_state_dict, write_mmsa_results
+from selfmm.inference import predict
+from selfmm.interop import mmsa_results_row, write_mmsa_results
 from selfmm.model import SelfMM
+from selfmm.models import mmsa_to_selfmm, rename_mmsa_state_dict
 from selfmm.results import write_results
-from selfmm.train import predict
 
 # The shape of MMSA's config_regression.json: a datasetCommonParams block, other models'
 # sections, and self_mm's commonParams + datasetParams (values changed from MMSA's published

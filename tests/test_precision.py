@@ -21,9 +21,9 @@ from selfmm.cli.parser import build_parser
 from selfmm.configuration import ModelConfig
 from selfmm.data.batch import Collator
 from selfmm.errors import ConfigError, SelfMMError
+from selfmm.inference import predict
 from selfmm.model import SelfMM, SequenceEncoder
 from selfmm.predict import Predictor
-from selfmm.train import predict
 
 BF16 = torch.bfloat16
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from selfmm.cli import main
-from selfmm.data.mmsa import safe_load
+from selfmm.data.unpickle import safe_load
 from selfmm.report import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -18,15 +18,9 @@ from selfmm.data.cache import MANIFEST, write_cache
 from selfmm.data.mmsa import load_features
 from selfmm.errors import DataError
 from selfmm.model import SelfMM
-from selfmm.train import (
-    encode_all_text,
-    fit_seed,
-    make_optimizer,
-    seed_everything,
-    selfmm_builder,
-    train_epoch,
-    train_loader,
-)
+from selfmm.models import selfmm_builder
+from selfmm.runtime import seed_everything
+from selfmm.train import encode_all_text, fit_seed, make_optimizer, train_epoch, train_loader
 from selfmm.ulgm import UnimodalLabelGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +193,7 @@ def test_gpu_benchmark_runs_its_measurements(synth_path, monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "WARMUP", 1)
     monkeypatch.setattr(bench, "ENCODER", {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                            "intermediate_size": 64})
-    monkeypatch.setattr(bench.train, "configure_determinism", lambda device, on: None)
+    monkeypatch.setattr(bench.runtime, "configure_determinism", lambda device, on: None)
     with pytest.warns(UserWarning):
         data = load_features(synth_path("mosi", scale=0.03))
     rows = [bench.measure(data, "mosi", precision, attention, True, torch.device("cpu"))

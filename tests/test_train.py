@@ -16,7 +16,8 @@ from selfmm.cli import main
 from selfmm.data.batch import Collator
 from selfmm.data.mmsa import load_features
 from selfmm.model import SelfMM
-from selfmm.train import make_optimizer, seed_everything, task_losses
+from selfmm.runtime import seed_everything
+from selfmm.train import make_optimizer, task_losses
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_file_failing_validation_exits_2(tmp_path, capsys):
 def test_token_ids_outside_the_vocabulary_are_refused_before_training(tmp_path, synth_path, tiny_bert, capsys):
     import pickle
 
-    from selfmm.data.mmsa import safe_load
+    from selfmm.data.unpickle import safe_load
 
     raw = safe_load(synth_path("mosi", scale=0.03, aligned=True))
     raw["valid"]["text_bert"][3, 0, 1] = 40000  # the tiny BERT has 30522 ids
@@ -209,7 +210,7 @@ def test_texts_longer_than_the_encoder_positions_are_refused_before_training(tmp
 
     from transformers import BertConfig, BertModel
 
-    from selfmm.data.mmsa import safe_load
+    from selfmm.data.unpickle import safe_load
 
     raw = safe_load(synth_path("mosi", scale=0.03, aligned=True))
     length = raw["train"]["text_bert"].shape[2]  # 50 in the mosi profile

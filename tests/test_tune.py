@@ -18,7 +18,8 @@ import selfmm
 from selfmm.cli import main
 from selfmm.configuration import TUNING_SPACE, defaults_for, with_values
 from selfmm.data.mmsa import load_features
-from selfmm.train import fit_seed, selfmm_builder
+from selfmm.models import selfmm_builder
+from selfmm.train import fit_seed
 
 
 @pytest.fixture(scope="module")

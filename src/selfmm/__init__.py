@@ -20,15 +20,15 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "load_features": "selfmm.data.mmsa",
-    "FeatureData": "selfmm.data.mmsa",
-    "DataSpec": "selfmm.data.mmsa",
+    "FeatureData": "selfmm.data.types",
+    "DataSpec": "selfmm.data.types",
     "Batch": "selfmm.data.batch",
     "config": "selfmm.api",
     "fit": "selfmm.api",
-    "load_run": "selfmm.api",
+    "load_run": "selfmm.trained",
     "reproduce": "selfmm.api",
-    "Run": "selfmm.api",
-    "SeedRun": "selfmm.api",
+    "Run": "selfmm.trained",
+    "SeedRun": "selfmm.trained",
     "Config": "selfmm.configuration",
     "SelfMM": "selfmm.model",
     "SelfMMOutput": "selfmm.model",
@@ -54,12 +54,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ does this
-    from .api import Run, SeedRun, config, fit, load_run, reproduce
+    from .api import config, fit, reproduce
     from .configuration import Config
     from .data.batch import Batch
-    from .data.mmsa import DataSpec, FeatureData, load_features
+    from .data.mmsa import load_features
+    from .data.types import DataSpec, FeatureData
     from .errors import SelfMMError
     from .metrics import regression_metrics
     from .model import Heads, SelfMM, SelfMMOutput
     from .predict import Predictor
+    from .trained import Run, SeedRun, load_run
     from .ulgm import UnimodalLabelGenerator

@@ -14,15 +14,16 @@ from pathlib import Path
 
 from .api import fit
 from .configuration import TASKS, Config, with_values
-from .data.mmsa import FeatureData
+from .data.types import FeatureData
 from .errors import SelfMMError
 from .io import write_json, write_text
 from .model import SelfMM
+from .models import class_path
 from .provenance import data_provenance
 from .results import PerSeed, display, format_table, summarize
 from .resume import check_resume
 from .rundir import RunDirectory
-from .train import class_path, resolve_device
+from .runtime import resolve_device
 
 
 def ablation_table(results: dict[str, PerSeed], title: str = "") -> str:

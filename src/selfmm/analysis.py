@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data.mmsa import FeatureData, load_features
+from .data.mmsa import load_features
+from .data.types import FeatureData
 from .errors import SelfMMError
 from .io import write_bytes, write_text
 from .metrics import pearson

@@ -4,7 +4,7 @@
   becomes our flat config keys; `read_config_file` reads ours and MMSA's alike.
 - A `.pth` state_dict saved by MMSA's SELF_MM (keys `Model.text_model.model.*`,
   `Model.audio_model.rnn.*`, `Model.post_fusion_layer_1.*`, ...) becomes a run directory that
-  `selfmm evaluate` reloads.
+  `selfmm evaluate` reloads (the weights become our model in selfmm.models).
 - Results over seeds in MMSA's CSV layout: one row per model, one column per metric, each cell
   the text of a `(mean, std)` tuple of x100 values rounded to 2 decimals.
 """
@@ -17,18 +17,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save
-
 from .configuration import Config, coerce, flatten, read_json_object, to_bool
 from .encoder import load_encoder
 from .errors import ConfigError, SelfMMError
 from .io import atomic_writer, write_bytes
 from .model import SelfMM
+from .models import class_path, mmsa_to_selfmm, read_mmsa_weights, save_encoder_files, weights_bytes
 from .results import PerSeed, summarize
 from .rundir import RunDirectory
 from .runs import BEST_WEIGHTS, ENCODER, write_seed_config
-from .train import class_path, save_encoder_files
 
 MMSA_MODEL = "self_mm"
 
@@ -162,116 +159,6 @@ def translate_mmsa_config(obj: dict[str, Any], dataset: str | None, source: str 
 # ---------------------------------------------------------------------------------------------
 # Weights
 
-# MMSA's SELF_MM module path -> ours (selfmm.model); BertTextEncoder wraps the BertModel in
-# `.model`, AuViSubNet names its linear layer `linear_1`.
-_PREFIXES = (
-    ("text_model.model.", "text_encoder."),
-    ("audio_model.rnn.", "audio_net.rnn."),
-    ("audio_model.linear_1.", "audio_net.linear."),
-    ("video_model.rnn.", "vision_net.rnn."),
-    ("video_model.linear_1.", "vision_net.linear."),
-    ("post_fusion_layer_", "fusion_head.layer_"),
-    ("post_text_layer_", "text_head.layer_"),
-    ("post_audio_layer_", "audio_head.layer_"),
-    ("post_video_layer_", "vision_head.layer_"),
-)
-# MMSA's AMIO wrapper holds the model as `self.Model`.
-_WRAPPER = "Model."
-# Config widths and the weight whose shape tells them: (key, dimension).
-_WIDTHS = {
-    "audio_hidden": ("audio_net.rnn.weight_hh_l0", 1),
-    "vision_hidden": ("vision_net.rnn.weight_hh_l0", 1),
-    "audio_out": ("audio_net.linear.weight", 0),
-    "vision_out": ("vision_net.linear.weight", 0),
-    "post_fusion_dim": ("fusion_head.layer_1.weight", 0),
-    "post_text_dim": ("text_head.layer_1.weight", 0),
-    "post_audio_dim": ("audio_head.layer_1.weight", 0),
-    "post_vision_dim": ("vision_head.layer_1.weight", 0),
-}
-
-
-def rename_mmsa_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
-    """(our name -> tensor, our name -> MMSA name, MMSA names with no counterpart)."""
-    renamed: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    unmapped: list[str] = []
-    for key, tensor in state.items():
-        name = key[len(_WRAPPER):] if key.startswith(_WRAPPER) else key
-        for theirs, ours in _PREFIXES:
-            if name.startswith(theirs):
-                target = ours + name[len(theirs):]
-                renamed[target], origin[target] = tensor, key
-                break
-        else:
-            unmapped.append(key)
-    return renamed, origin, unmapped
-
-
-def read_mmsa_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict saved with torch.save; weights_only, so a crafted file cannot run code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SelfMMError(f"{path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise SelfMMError(f"{path}: not a readable PyTorch state_dict: {exc}") from None
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise SelfMMError(f"{path}: expected a state_dict (a mapping of names to tensors), "
-                          f"as MMSA saves with torch.save(model.state_dict())")
-    return state
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")"
-
-
-def mmsa_to_selfmm(state: dict[str, torch.Tensor], cfg: Config, encoder: torch.nn.Module,
-                   source: str = "weights") -> SelfMM:
-    """Our SelfMM with MMSA's weights loaded. Every MMSA key must map to one of ours, every one of
-    ours must be given, and every shape must match what `cfg` and the encoder build."""
-    renamed, origin, unmapped = rename_mmsa_state_dict(state)
-    if unmapped:
-        raise SelfMMError(f"{source}: keys with no counterpart in selfmm's model: {', '.join(unmapped)}")
-    anchors = ("audio_net.rnn.weight_ih_l0", "vision_net.rnn.weight_ih_l0")
-    absent = [a for a in anchors if a not in renamed]
-    if absent:
-        raise SelfMMError(f"{source}: missing keys: "
-                          + ", ".join(_WRAPPER + _to_mmsa(a) for a in absent))
-    audio_dim, vision_dim = (int(renamed[a].shape[1]) for a in anchors)
-    model = SelfMM(encoder, audio_dim, vision_dim, cfg.model)
-    expected = model.state_dict()
-    # BERT's position_ids are an arange buffer; older transformers saved it, newer ones do not.
-    extra = [origin[k] for k in renamed if k not in expected and not k.endswith("position_ids")]
-    missing = [_WRAPPER + _to_mmsa(k) for k in expected if k not in renamed]
-    if extra or missing:
-        raise SelfMMError(f"{source}: does not fit selfmm's model"
-                          + (f"; missing keys: {', '.join(missing)}" if missing else "")
-                          + (f"; unexpected keys: {', '.join(extra)}" if extra else ""))
-    wrong = [f"{origin[k]} is {_shape(renamed[k])} in the file but {_shape(v)} here"
-             for k, v in expected.items() if renamed[k].shape != v.shape]
-    if wrong:
-        hints = [f"{key}={renamed[name].shape[dim]}" for key, (name, dim) in _WIDTHS.items()
-                 if renamed[name].shape[dim] != getattr(cfg.model, key)]
-        width = renamed["text_encoder.embeddings.word_embeddings.weight"].shape[1] \
-            if "text_encoder.embeddings.word_embeddings.weight" in renamed else None
-        if width is not None and width != encoder.config.hidden_size:
-            hints.append(f"a text model of width {width} (--text-model; "
-                         f"{cfg.model.text_model!r} has {encoder.config.hidden_size})")
-        raise SelfMMError(f"{source}: shapes do not match the {cfg.dataset} configuration: "
-                          + "; ".join(wrong)
-                          + (f". The weights imply {', '.join(hints)} (--set KEY=VALUE or --config)"
-                             if hints else ""))
-    model.load_state_dict({k: v for k, v in renamed.items() if k in expected})
-    return model
-
-
-def _to_mmsa(ours: str) -> str:
-    for theirs, mine in _PREFIXES:
-        if ours.startswith(mine):
-            return theirs + ours[len(mine):]
-    return ours
-
 
 def import_mmsa(weights: Path, cfg: Config, out: Path, seed: int = 0) -> Path:
     """Write a run directory from MMSA's self_mm weights: config.json, encoder/,
@@ -283,8 +170,7 @@ def import_mmsa(weights: Path, cfg: Config, out: Path, seed: int = 0) -> Path:
     model = mmsa_to_selfmm(state, cfg, encoder, source=str(weights))
     with run_dir as path:
         save_encoder_files(model, cfg.model.text_model, path / ENCODER)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        write_bytes(path / BEST_WEIGHTS, save(tensors))
+        write_bytes(path / BEST_WEIGHTS, weights_bytes(model))
         write_seed_config(
             path, config=cfg.to_dict(), seed=seed, model_class=class_path(SelfMM),
             data={"path": None, "audio_dim": model.audio_net.rnn.input_size,

@@ -7,8 +7,6 @@ class centres) and a prediction y_s. Only y_m is used at test time.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -21,6 +19,7 @@ from .bert import cls_vector
 from .configuration import ModelConfig
 from .data.batch import Batch
 from .precision import full_precision
+from .runtime import cpu_threads
 from .transfer import to_device
 
 
@@ -45,20 +44,6 @@ class SelfMMOutput(NamedTuple):
 # idle, 51 against 48 (benchmarks/README.md, "The LSTMs' threads"). Running the audio and
 # vision LSTMs side by side, one thread each, measured no faster (55 ms idle) and was dropped.
 LSTM_THREADS: int | None = 1
-
-
-@contextlib.contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """torch's CPU thread count lowered to `threads` inside, and restored however it is left."""
-    before = torch.get_num_threads()
-    if threads is None or threads >= before:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _LSTMOnThreads(torch.autograd.Function):

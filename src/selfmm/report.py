@@ -20,12 +20,12 @@ import numpy as np
 
 from . import __version__
 from .analysis import chosen_epochs, figures, label_trajectory, load_human_data, png_bytes, summary_text
-from .api import SeedRun, load_run
 from .configuration import flatten
-from .data.mmsa import FeatureData
+from .data.types import FeatureData
 from .reproduction import table as reproduction_table
 from .results import display, summarize
 from .runs import HEADS, ULABELS, read_json, read_predictions
+from .trained import SeedRun, load_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from .configuration import LABEL_RANGE
-from .data.mmsa import FeatureData
+from .data.types import FeatureData
 from .errors import SelfMMError
 from .io import write_json, write_text
 from .metrics import METRIC_NAMES

@@ -1,21 +1,14 @@
-"""Training and evaluation of one seed (SPEC 5): the loop, selection, checkpoints, testing.
+"""Training one seed (SPEC 5): the loop, model selection, checkpoints, testing the best weights.
 
-`fit_seed` trains any model that follows the protocol below with the ULGM, the tanh weights,
-gradient accumulation, early stopping, checkpoints and exact resume, into a seed directory
-(layout in selfmm.runs):
-
-    class MyModel(torch.nn.Module):
-        feature_dims = {"m": 64, "t": 32, "a": 16, "v": 16}  # widths of F_m, F_t, F_a, F_v
-        def __init__(self, data: DataSpec, cfg: Config): ...
-        def forward(self, batch: Batch) -> SelfMMOutput: ...
-        # optional: parameter_groups(lr, weight_decay) -> Adam parameter groups
+`fit_seed` trains Self-MM, or any model that follows selfmm.models' protocol, with the ULGM,
+the tanh weights, gradient accumulation, early stopping, checkpoints and exact resume, into a
+seed directory (layout in selfmm.runs). Building the model is selfmm.models', running it on a
+split selfmm.inference's, the process's device and random state selfmm.runtime's.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,19 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from safetensors.torch import save as save_safetensors
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
 from .configuration import Config
 from .data.batch import Batch, Collator
-from .data.mmsa import DataSpec, FeatureData, Split
-from .encoder import load_encoder, load_tokenizer
+from .data.types import FeatureData, Split
 from .errors import SelfMMError
+from .inference import Predictions, check_text, eval_loader, forward, predict
 from .io import write_bytes, write_json
 from .metrics import regression_metrics
-from .model import Heads, SelfMM, SelfMMOutput
+from .model import Heads, SelfMM
+from .models import ModelBuilder, check_model, class_path, save_encoder_files, weights_bytes
 from .pools import forked_without_interrupts
 from .precision import autocast, check_precision
 from .resume import finished_seed
@@ -53,94 +46,12 @@ from .runs import (
     write_seed_config,
     write_ulabels,
 )
+from .runtime import configure_determinism, rng_state, seed_everything, set_rng_state
 from .ulgm import MODALITIES, UnimodalLabelGenerator
-
-# Builds the model of a seed from what the data tells (called after seeding).
-ModelBuilder = Callable[[DataSpec], torch.nn.Module]
 
 
 class NumericalError(SelfMMError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class Predictions:
-    ids: list[str]
-    labels: np.ndarray  # (N,)
-    heads: dict[str, np.ndarray]  # m, t, a, v -> (N,)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per clip: id, label, pred_m, pred_t, pred_a, pred_v."""
-        return [{"id": clip, "label": float(self.labels[j]),
-                 **{f"pred_{s}": float(self.heads[s][j]) for s in MODALITIES}}
-                for j, clip in enumerate(self.ids)]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    name = str(name) if name is not None else "auto"
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SelfMMError(f"device {name}: CUDA is not available on this machine")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    # torch knows many more (meta, xla, mps, ...); a model there fails far from the flag.
-    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
-        raise SelfMMError(f"device {name!r}: not a device selfmm runs on (cpu, cuda, cuda:N or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise SelfMMError(f"device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    if device.type == "cuda":
-        # TF32 tensor cores (Ampere and newer) for the float32 matmuls and cuDNN calls (all of
-        # an fp32 run's; the LSTMs and heads of a bf16 one): ~1e-3 relative rounding, finer than bf16's.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def check_text(text_bert: np.ndarray, encoder_config: Any, where: str) -> None:
-    """Token ids must exist in the encoder's vocabulary and each text must fit its positions
-    (else the embedding fails mid-run)."""
-    top = int(np.asarray(text_bert[:, 0]).max(initial=0))
-    if top >= encoder_config.vocab_size:
-        raise SelfMMError(f"{where}: token id {top} is outside the text model's vocabulary "
-                          f"({encoder_config.vocab_size} ids); the text was tokenized for another model")
-    positions = getattr(encoder_config, "max_position_embeddings", None)
-    longest = int(np.asarray(text_bert[:, 1]).sum(axis=1).max(initial=0))
-    if positions is not None and longest > positions:
-        raise SelfMMError(f"{where}: a text of {longest} tokens is longer than the text model's "
-                          f"{positions} positions; tokenize with a maximum length of {positions}")
-
-
-def selfmm_builder(cfg: Config) -> ModelBuilder:
-    """Self-MM (SPEC 3) with the configured pretrained encoder."""
-    return lambda spec: SelfMM(load_encoder(cfg.model.text_model), spec.audio_dim, spec.vision_dim,
-                               cfg.model)
-
-
-def class_path(cls: type) -> str:
-    """`module:QualName`, what a run records to rebuild its model."""
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def check_model(model: Any) -> None:
-    """A model must be a torch Module with feature_dims for m, t, a and v."""
-    name = class_path(type(model))
-    if not isinstance(model, torch.nn.Module):
-        raise SelfMMError(f"model {name} is not a torch.nn.Module")
-    dims = getattr(model, "feature_dims", None)
-    if not isinstance(dims, dict) or set(dims) != set(MODALITIES) or not all(
-            isinstance(d, int) and d > 0 for d in dims.values()):
-        raise SelfMMError(f"model {name}: feature_dims must map each of m, t, a, v to a positive "
-                          f"width, got {dims!r}")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Adam:
@@ -176,12 +87,6 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Adam:
     return optimizer
 
 
-def eval_loader(split: Split, batch_size: int, num_workers: int = 0, pin: bool = False) -> DataLoader:
-    # Evaluation never shuffles (the reference does).
-    return DataLoader(range(len(split)), batch_size=batch_size, shuffle=False,
-                      collate_fn=Collator(split), num_workers=num_workers, pin_memory=pin)
-
-
 def train_loader(split: Split, cfg: Config, seed: int, epoch: int, pin: bool = False,
                  dist: distributed.Context = distributed.ONE_PROCESS) -> DataLoader:
     # The order of epoch e is a function of (seed, e) alone, so a resumed run sees the same.
@@ -190,15 +95,6 @@ def train_loader(split: Split, cfg: Config, seed: int, epoch: int, pin: bool = F
                                               dist.rank, dist.world_size)
     return DataLoader(range(len(split)), batch_sampler=sampler, collate_fn=Collator(split),
                       num_workers=cfg.train.num_workers, pin_memory=pin)
-
-
-def forward(model: torch.nn.Module, batch: Batch, text_cache: torch.Tensor | None = None) -> SelfMMOutput:
-    """The model's output for a batch; a cached frozen encoder's [CLS] vectors replace its own."""
-    out = model(batch) if text_cache is None else model(batch, text_cache[batch.index])
-    if not isinstance(out, SelfMMOutput):
-        raise SelfMMError(f"model {class_path(type(model))}: forward returned "
-                          f"{type(out).__name__}, not a selfmm.SelfMMOutput")
-    return out
 
 
 def task_losses(pred: Heads, labels: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
@@ -233,25 +129,6 @@ def text_caches(model: torch.nn.Module, cfg: Config, data: FeatureData,
     with torch.random.fork_rng(devices=[]):
         return {name: encode_all_text(model, split, 64, device, cfg.train.precision)
                 for name, split in data.splits.items()}
-
-
-@torch.inference_mode()
-def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 64,
-            text_cache: torch.Tensor | None = None, precision: str = "fp32") -> Predictions:
-    """Every head's predictions on `split`, in the `precision` the model was trained in."""
-    model.eval()
-    heads: dict[str, list[np.ndarray]] = {s: [] for s in MODALITIES}
-    for batch in eval_loader(split, batch_size, pin=device.type == "cuda"):
-        batch = batch.to(device, non_blocking=True)
-        with autocast(device, precision):
-            out = forward(model, batch, text_cache)
-        for s in MODALITIES:
-            heads[s].append(getattr(out.predictions, s).float().cpu().numpy())
-    return Predictions(
-        ids=list(split.ids),
-        labels=np.asarray(split.labels, dtype=np.float32),
-        heads={s: np.concatenate(v) if v else np.zeros(0, np.float32) for s, v in heads.items()},
-    )
 
 
 def valid_loss(p: Predictions) -> float:
@@ -340,29 +217,33 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader
     batches = tqdm(started, total=steps, desc=progress, disable=progress is None, leave=False,
                    dynamic_ncols=True)
     for i, host in enumerate(batches):
-        batch: Batch = host.to(device, non_blocking=True)
-        with autocast(device, cfg.train.precision):
-            out = forward(model, batch, text_cache)
-        labels = {s: ulgm.labels[s][batch.index] for s in MODALITIES}
-        # The ULGM takes the indexes on the host: it checks them there without a device read.
-        losses = task_losses(out.predictions, labels, ulgm.weights(host.index), cfg.train.tasks)
-        loss = sum(losses.values())
-        features = {s: f.detach().float() for s, f in out.features._asdict().items()}
-        index, batch_features, share = host.index, features, 1.0
-        if gather is not None:
-            step = loader.batch_sampler.step(i)
-            index, batch_features = gather(step, features)
-            # DDP averages gradients over ranks; weighting each rank by its share of the global
-            # batch makes an uneven last batch count every sample once, as one process would
-            # (a rank that only stands in has share 0).
-            share = step.share
-        checks.add(i, loss, losses, features, counted=share > 0)
-        (loss * share).backward()
-        # The representations are checked above; the ULGM need not read them back itself.
-        ulgm.step(index, batch_features, epoch, check_finite=False)
         # Step every `accumulation_steps` batches and at the last batch (the reference drops
         # the last partial window's gradients).
-        if (i + 1) % cfg.optim.accumulation_steps == 0 or i + 1 == steps:
+        stepping = (i + 1) % cfg.optim.accumulation_steps == 0 or i + 1 == steps
+        # Under DDP the gradients are all-reduced only at a batch that steps: the others
+        # accumulate on each rank (one all-reduce per optimizer step instead of one per batch).
+        with distributed.accumulating(model, not stepping):
+            batch: Batch = host.to(device, non_blocking=True)
+            with autocast(device, cfg.train.precision):
+                out = forward(model, batch, text_cache)
+            labels = {s: ulgm.labels[s][batch.index] for s in MODALITIES}
+            # The ULGM takes the indexes on the host: it checks them there without a device read.
+            losses = task_losses(out.predictions, labels, ulgm.weights(host.index), cfg.train.tasks)
+            loss = sum(losses.values())
+            features = {s: f.detach().float() for s, f in out.features._asdict().items()}
+            index, batch_features, share = host.index, features, 1.0
+            if gather is not None:
+                step = loader.batch_sampler.step(i)
+                index, batch_features = gather(step, features)
+                # DDP averages gradients over ranks; weighting each rank by its share of the global
+                # batch makes an uneven last batch count every sample once, as one process would
+                # (a rank that only stands in has share 0).
+                share = step.share
+            checks.add(i, loss, losses, features, counted=share > 0)
+            (loss * share).backward()
+        # The representations are checked above; the ULGM need not read them back itself.
+        ulgm.step(index, batch_features, epoch, check_finite=False)
+        if stepping:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if (i + 1) % CHECK_EVERY == 0 and i + 1 < steps:
@@ -372,49 +253,6 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader
 
 # ---------------------------------------------------------------------------------------------
 # One seed: fit with early stopping and resume, then test the best weights.
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's random state: its CPU generators and the CUDA generator of `device`
-    alone (the other GPUs are not its own, and may not be visible when the run resumes)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, key, *rest = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-    cuda = state.get("cuda")
-    if device.type == "cuda" and isinstance(cuda, list):
-        # Earlier versions saved the state of every visible GPU.
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        cuda = cuda[index] if index < len(cuda) else None
-    if device.type == "cuda" and cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def configure_determinism(device: torch.device, enabled: bool) -> None:
-    """On CUDA, make every kernel of a run deterministic (`enabled`) or let the fastest run:
-    cuBLAS with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when this process makes its
-    first cuBLAS handle, so before its first CUDA matrix product), cuDNN's deterministic
-    algorithms (its LSTMs) and PyTorch's deterministic kernels (index_add_, the backward of
-    index_select, ...); an operation without one warns. The CPU path is deterministic anyway
-    and is left alone."""
-    if device.type != "cuda":
-        return
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # Filling every new tensor with NaN only helps find reads of uninitialised memory, which
-        # a correct program does not make; PyTorch's documentation advises turning it off for speed.
-        torch.utils.deterministic.fill_uninitialized_memory = False
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
-    torch.backends.cudnn.deterministic = enabled
 
 
 @dataclass
@@ -461,7 +299,7 @@ class TrainingState:
         return improved
 
     def checkpoint(self, cfg: Config, rng: list[dict[str, Any]]) -> dict[str, Any]:
-        """`rng`: every process's random state, in rank order (see `_rng_state`)."""
+        """`rng`: every process's random state, in rank order (see runtime.rng_state)."""
         return {"epoch": self.epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "ulgm": self.ulgm.state_dict(),
                 "rng": rng, "history": self.history, "best_valid": self.best_valid,
@@ -476,14 +314,10 @@ class TrainingState:
         self.ulgm.load_state_dict(saved["ulgm"])
         states = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]  # older: one dict
         if rank < len(states):
-            _set_rng_state(states[rank], device)
+            set_rng_state(states[rank], device)
         self.epoch, self.history = saved["epoch"], saved["history"]
         self.best_valid, self.best_epoch = saved["best_valid"], saved["best_epoch"]
         self.label_history = saved["label_history"]
-
-
-def _weights(model: torch.nn.Module) -> bytes:
-    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
 def save_epoch(out: Path, state: TrainingState, improved: bool, train_ids: list[str], cfg: Config,
@@ -491,24 +325,11 @@ def save_epoch(out: Path, state: TrainingState, improved: bool, train_ids: list[
     """What an epoch leaves in the seed directory; the checkpoint last, so that it never
     claims an epoch whose other files were not written. `rng`: every process's random state."""
     if improved:
-        write_bytes(out / BEST_WEIGHTS, _weights(state.model))
+        write_bytes(out / BEST_WEIGHTS, weights_bytes(state.model))
     write_json(out / HISTORY, state.history)
     write_ulabels(out / ULABELS, train_ids, state.label_history)
     checkpoint.save(checkpoint.epoch_path(out, state.epoch), state.checkpoint(cfg, rng))
     checkpoint.prune(out)
-
-
-def save_encoder_files(model: torch.nn.Module, name: str, directory: Path) -> None:
-    """Self-MM's encoder config, and its tokenizer when it has one, so the run reloads offline."""
-    if not isinstance(model, SelfMM):
-        return
-    model.text_encoder.config.save_pretrained(str(directory))
-    try:
-        load_tokenizer(name).save_pretrained(str(directory))
-    except (SelfMMError, OSError, ValueError):
-        # An encoder without a tokenizer (e.g. one built from a config in a test) can still be
-        # trained and evaluated on feature files; only scoring raw transcripts needs one.
-        pass
 
 
 def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,
@@ -583,7 +404,7 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
             on_epoch(epoch, valid)
         log(f"seed {seed} epoch {epoch}: train loss {train_loss:.4f}, valid loss {valid:.4f}"
             + (" (best)" if improved else f" (best {state.best_valid:.4f} at epoch {state.best_epoch})"))
-        rng = distributed.all_objects(dist, _rng_state(device))
+        rng = distributed.all_objects(dist, rng_state(device))
         if dist.is_main:
             save_epoch(out, state, improved, list(train.ids), cfg, rng)
     if not dist.is_main:

@@ -21,14 +21,16 @@ import torch
 from optuna.trial import TrialState
 
 from .configuration import TUNING_SPACE, Config, check_seeds, with_values
-from .data.mmsa import FeatureData
+from .data.types import FeatureData
 from .errors import SelfMMError
 from .io import write_json
+from .models import selfmm_builder
 from .provenance import data_provenance
 from .resume import config_differences, data_differences
 from .rundir import LOCK, RunDirectory
 from .runs import METRICS, read_json
-from .train import NumericalError, fit_seed, resolve_device, selfmm_builder
+from .runtime import resolve_device
+from .train import NumericalError, fit_seed
 
 # A trial whose process died stops beating; the next search marks it failed after this grace.
 HEARTBEAT_S = 60

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..analysis import chosen_epochs, label_trajectory, load_human_data, write_analysis
-from ..data.mmsa import FeatureData
+from ..data.types import FeatureData
 from ..errors import SelfMMError
 from ..interop import import_mmsa as import_weights
 from ..interop import write_mmsa_results

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..ablate import ablate as run_ablation
 from ..ablate import ablation_table
-from ..api import fit, load_run
+from ..api import fit
 from ..api import reproduce as run_reproduction
 from ..configuration import DEFAULT_TEXT_MODEL, check_seeds
 from ..encoder import load_encoder_config
@@ -17,6 +17,7 @@ from ..errors import SelfMMError
 from ..results import table
 from ..rundir import RunDirectory
 from ..runs import read_metrics
+from ..trained import load_run
 from ..tune import check_settings as check_tuning
 from ..tune import default_storage, summary
 from ..tune import tune as run_tuning

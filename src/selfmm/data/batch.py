@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .mmsa import Split
+from .types import Split
 
 HOST_FIELDS = ("audio_lengths", "vision_lengths", "text_lengths")
 

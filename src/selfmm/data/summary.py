@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layout import UNKNOWN_FEATURES
-from .mmsa import FeatureData, Split
+from .types import FeatureData, Split
 
 BAR_WIDTH = 40
 

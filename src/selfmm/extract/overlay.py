@@ -194,7 +194,8 @@ def draw_overlay(video: str | os.PathLike, faces: FaceTrack, out: str | os.PathL
 
     ok = False
     try:
-        decode(video, VISION_FPS, frame_set.frame_format, frame_set.frame_width, on_frame=on_frame)
+        decode(video, VISION_FPS, frame_format=frame_set.frame_format, frame_width=frame_set.frame_width,
+               on_frame=on_frame)
         if not index:
             raise SelfMMError(f"{video}: no video frames to draw the overlay on")
         ok = True

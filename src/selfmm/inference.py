@@ -1,0 +1,84 @@
+"""A trained model on data: its forward pass, every head's predictions on a split, the checks
+that a split's text fits the model's encoder.
+
+What evaluation, scoring and serving run, and what training calls to validate; it knows
+nothing of the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data.batch import Batch, Collator
+from .data.types import Split
+from .errors import SelfMMError
+from .model import SelfMMOutput
+from .models import class_path
+from .precision import autocast
+from .ulgm import MODALITIES
+
+
+@dataclass
+class Predictions:
+    ids: list[str]
+    labels: np.ndarray  # (N,)
+    heads: dict[str, np.ndarray]  # m, t, a, v -> (N,)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per clip: id, label, pred_m, pred_t, pred_a, pred_v."""
+        return [{"id": clip, "label": float(self.labels[j]),
+                 **{f"pred_{s}": float(self.heads[s][j]) for s in MODALITIES}}
+                for j, clip in enumerate(self.ids)]
+
+
+def check_text(text_bert: np.ndarray, encoder_config: Any, where: str) -> None:
+    """Token ids must exist in the encoder's vocabulary and each text must fit its positions
+    (else the embedding fails mid-run)."""
+    top = int(np.asarray(text_bert[:, 0]).max(initial=0))
+    if top >= encoder_config.vocab_size:
+        raise SelfMMError(f"{where}: token id {top} is outside the text model's vocabulary "
+                          f"({encoder_config.vocab_size} ids); the text was tokenized for another model")
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    longest = int(np.asarray(text_bert[:, 1]).sum(axis=1).max(initial=0))
+    if positions is not None and longest > positions:
+        raise SelfMMError(f"{where}: a text of {longest} tokens is longer than the text model's "
+                          f"{positions} positions; tokenize with a maximum length of {positions}")
+
+
+def eval_loader(split: Split, batch_size: int, num_workers: int = 0, pin: bool = False) -> DataLoader:
+    # Evaluation never shuffles (the reference does).
+    return DataLoader(range(len(split)), batch_size=batch_size, shuffle=False,
+                      collate_fn=Collator(split), num_workers=num_workers, pin_memory=pin)
+
+
+def forward(model: torch.nn.Module, batch: Batch, text_cache: torch.Tensor | None = None) -> SelfMMOutput:
+    """The model's output for a batch; a cached frozen encoder's [CLS] vectors replace its own."""
+    out = model(batch) if text_cache is None else model(batch, text_cache[batch.index])
+    if not isinstance(out, SelfMMOutput):
+        raise SelfMMError(f"model {class_path(type(model))}: forward returned "
+                          f"{type(out).__name__}, not a selfmm.SelfMMOutput")
+    return out
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 64,
+            text_cache: torch.Tensor | None = None, precision: str = "fp32") -> Predictions:
+    """Every head's predictions on `split`, in the `precision` the model was trained in."""
+    model.eval()
+    heads: dict[str, list[np.ndarray]] = {s: [] for s in MODALITIES}
+    for batch in eval_loader(split, batch_size, pin=device.type == "cuda"):
+        batch = batch.to(device, non_blocking=True)
+        with autocast(device, precision):
+            out = forward(model, batch, text_cache)
+        for s in MODALITIES:
+            heads[s].append(getattr(out.predictions, s).float().cpu().numpy())
+    return Predictions(
+        ids=list(split.ids),
+        labels=np.asarray(split.labels, dtype=np.float32),
+        heads={s: np.concatenate(v) if v else np.zeros(0, np.float32) for s, v in heads.items()},
+    )

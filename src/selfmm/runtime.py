@@ -1,0 +1,105 @@
+"""The process a run executes in: its device, its random generators, determinism, CPU threads.
+
+Training, evaluation and scoring all start here; nothing in this module knows of models or data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import SelfMMError
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    name = str(name) if name is not None else "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SelfMMError(f"device {name}: CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    # torch knows many more (meta, xla, mps, ...); a model there fails far from the flag.
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise SelfMMError(f"device {name!r}: not a device selfmm runs on (cpu, cuda, cuda:N or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise SelfMMError(f"device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if device.type == "cuda":
+        # TF32 tensor cores (Ampere and newer) for the float32 matmuls and cuDNN calls (all of
+        # an fp32 run's; the LSTMs and heads of a bf16 one): ~1e-3 relative rounding, finer than bf16's.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random state: its CPU generators and the CUDA generator of `device`
+    alone (the other GPUs are not its own, and may not be visible when the run resumes)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    cuda = state.get("cuda")
+    if device.type == "cuda" and isinstance(cuda, list):
+        # Earlier versions saved the state of every visible GPU.
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def configure_determinism(device: torch.device, enabled: bool) -> None:
+    """On CUDA, make every kernel of a run deterministic (`enabled`) or let the fastest run:
+    cuBLAS with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when this process makes its
+    first cuBLAS handle, so before its first CUDA matrix product), cuDNN's deterministic
+    algorithms (its LSTMs) and PyTorch's deterministic kernels (index_add_, the backward of
+    index_select, ...); an operation without one warns. The CPU path is deterministic anyway
+    and is left alone."""
+    if device.type != "cuda":
+        return
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # Filling every new tensor with NaN only helps find reads of uninitialised memory, which
+        # a correct program does not make; PyTorch's documentation advises turning it off for speed.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count lowered to `threads` inside, and restored however it is left."""
+    before = torch.get_num_threads()
+    if threads is None or threads >= before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
