@@ -351,7 +351,8 @@ def test_dataset_visual_sets_never_mix(tmp_path, one_face, monkeypatch):
 
 def test_files_without_a_visual_set_are_haar(tmp_path, one_face, capsys):
     """selfmm files from before the set was recorded name only their audio set: haar faces."""
-    from selfmm.data.mmsa import DataSpec, load_features
+    from selfmm.data.mmsa import load_features
+    from selfmm.data.types import DataSpec
 
     out = tmp_path / "clip.pkl"
     assert run_cli(capsys, "extract", str(one_face), "--transcript", "hi", "--out", str(out))[0] == 0

@@ -135,8 +135,9 @@ class _Decoder:
     """The state of one pass over a container: the audio resampled so far, the video frames
     kept every `1/vision_fps` s, and what the limits count."""
 
-    def __init__(self, path: Path, container, vision_fps: float, limits: Limits, frame_format: str,
-                 frame_width: int, on_frame: Callable[[np.ndarray, float], None] | None) -> None:
+    def __init__(self, path: Path, container, vision_fps: float, limits: Limits, frame_format: str = "gray",
+                 frame_width: int = DETECT_WIDTH, on_frame: Callable[[np.ndarray, float], None] | None = None,
+                 ) -> None:
         import av
 
         self.path, self.container, self.limits = path, container, limits
