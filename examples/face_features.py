@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from selfmm.extract import VISUAL_SETS, extract_media  # noqa: E402
 from selfmm.extract.media import decode  # noqa: E402
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     # The overlay frame: the sampled frame closest to --frame of the clip.
     index = min(len(rows) - 1, round(args.frame * (len(rows) - 1)))
     picture = draw_frame(decoded.frames[index], media.faces.faces[index], times[index], None)
-    plt.imsave(out / "face-overlay.png", picture)
+    # 256 colours keep the PNG small (Pillow comes with matplotlib).
+    Image.fromarray(picture).quantize(256).save(out / "face-overlay.png", optimize=True)
 
     def col(name: str) -> np.ndarray:
         return rows[:, COLUMNS.index(name)]
