@@ -259,3 +259,19 @@ def test_train_with_loader_workers_stops_on_ctrl_c(tiny_run, tmp_path):
     assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
     assert proc.returncode == 130 and err.rstrip().endswith("selfmm: interrupted") and "Traceback" not in err, err
     assert_group_gone(proc.pid)
+
+
+def test_train_with_jobs_stops_every_job_on_ctrl_c(tiny_run, tmp_path):
+    """Two seeds side by side (`--jobs 2`): Ctrl-C ends the command and both jobs, within the
+    same time as one job, and leaves no process and no temporary file."""
+    out = tmp_path / "run"
+    argv = [*train_argv(tiny_run["data"], out, tiny_run["bert"], "--max-epochs", "50", "--set", "batch_size=2",
+                        "--jobs", "2")]
+    argv[argv.index("--seeds") + 1:argv.index("--seeds") + 2] = ["7", "8"]
+    command = [sys.executable, "-m", "selfmm", *argv]
+    proc, took, err = interrupt_when(command, lambda: bool(list(out.glob("seed-*/checkpoint-*.pt"))),
+                                     "no epoch finished")
+    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
+    assert proc.returncode == 130 and err.rstrip().endswith("selfmm: interrupted") and "Traceback" not in err, err
+    assert_group_gone(proc.pid)
+    assert not list(out.rglob("*.tmp"))
