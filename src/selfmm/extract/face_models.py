@@ -165,6 +165,9 @@ class FaceDetector:
         self.regressors, self.classificators = outputs["regressors"], outputs["classificators"]
         self.anchors = ssd_anchors()
         self._canvas = np.zeros((DETECT_SIZE, DETECT_SIZE, 3), np.uint8)
+        # The model's input, filled in place: fresh arrays of this size cost more than the
+        # arithmetic (a new allocation of them each frame).
+        self._input = np.empty((1, DETECT_SIZE, DETECT_SIZE, 3), np.float32)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """The faces in an RGB frame (H, W, 3) uint8, best first."""
@@ -178,8 +181,9 @@ class FaceDetector:
         canvas = self._canvas
         canvas[:] = 0
         canvas[oy:oy + sh, ox:ox + sw] = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-        x = canvas.astype(np.float32)[None] * (2 / 255) - 1
-        self.interpreter.set_tensor(self.input, x)
+        np.multiply(canvas, np.float32(2 / 255), out=self._input[0], casting="unsafe")
+        self._input -= 1  # [0, 255] -> [-1, 1]
+        self.interpreter.set_tensor(self.input, self._input)
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self.regressors)[0]  # (896, 16)
         logits = self.interpreter.get_tensor(self.classificators)[0, :, 0]
@@ -240,6 +244,7 @@ class FaceLandmarker:
         self.input = self.interpreter.get_input_details()[0]["index"]
         outputs = {tuple(d["shape"]): d["index"] for d in self.interpreter.get_output_details()}
         self.points, self.presence = outputs[(1, 1, 1, 3 * N_LANDMARKS)], outputs[(1, 1, 1, 1)]
+        self._input = np.empty((1, LANDMARK_SIZE, LANDMARK_SIZE, 3), np.float32)  # filled in place
 
     def run(self, rgb: np.ndarray, region: Region) -> tuple[np.ndarray, float]:
         """(468, 3) landmarks in frame pixels (z on the scale of x, smaller is nearer the camera)
@@ -249,7 +254,8 @@ class FaceLandmarker:
         matrix = region_matrix(region, LANDMARK_SIZE)
         crop = cv2.warpAffine(rgb, matrix, (LANDMARK_SIZE, LANDMARK_SIZE),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
-        self.interpreter.set_tensor(self.input, crop.astype(np.float32)[None] * (1 / 255))
+        np.multiply(crop, np.float32(1 / 255), out=self._input[0], casting="unsafe")  # [0, 1]
+        self.interpreter.set_tensor(self.input, self._input)
         self.interpreter.invoke()
         local = self.interpreter.get_tensor(self.points).reshape(N_LANDMARKS, 3)
         logit = float(self.interpreter.get_tensor(self.presence).reshape(()))
