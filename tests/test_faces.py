@@ -353,7 +353,7 @@ def test_dataset_visual_sets_never_mix(tmp_path, one_face, monkeypatch):
     assert report["visual_feature_set"] == "mesh" and report["vision_features"] == list(MESH.columns)
     assert (run("haar").extracted, load_features(out).vision_dim) == (2, 35)
     calls = []
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p, a, v: calls.append(v))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *a, **k: calls.append(k["visual_features"]))
     report = run("mesh")
     assert (report.reused, calls, load_features(out).visual_features) == (2, [], "mesh")
     assert len(list((tmp_path / "out.pkl.parts").glob("*.npz"))) == 4

@@ -65,6 +65,7 @@ def visual_set(name: str) -> VisualFeatureSet:
 @dataclass
 class VisualFrames:
     rows: np.ndarray  # (T, dim) float32
+    kept: list[int]  # the decoded frame each row comes from (haar drops frames without a face)
     several_faces: bool = False  # the detector saw more than one face in some frame (mesh sets)
     track: FaceTrack | None = None  # the mesh sets' tracked faces (the overlay draws them)
 
@@ -111,10 +112,11 @@ class VisualExtractor:
 
     def finish(self) -> VisualFrames:
         if self._track is None:
-            return VisualFrames(haar_describer().describe(self._frames))
+            kept: list[int] = []
+            return VisualFrames(haar_describer().describe(self._frames, kept), kept)
         track = self._track.track
         rows = mesh_rows(track) if self.set.name == "mesh" else mesh_raw_rows(track)
-        return VisualFrames(rows, several_faces=any(track.several), track=track)
+        return VisualFrames(rows, list(range(len(rows))), several_faces=any(track.several), track=track)
 
 
 def visual_frames(frames: list[np.ndarray], name: str = DEFAULT_VISUAL_FEATURES) -> VisualFrames:
