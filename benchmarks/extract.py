@@ -125,9 +125,9 @@ def bench_clip(path: Path, repeats: int) -> dict[str, float]:
     }
     for name in AUDIO_SETS:
         stages[name] = discard(acoustic_frames, grey.audio, name)
-    stages["total_haar"] = discard(extract_media, path, "egemaps", "haar")
+    stages["total_haar"] = discard(extract_media, path, "egemaps", visual_features="haar")
     for name in AUDIO_SETS:
-        stages[f"total_{name}"] = discard(extract_media, path, name, "mesh")
+        stages[f"total_{name}"] = discard(extract_media, path, name, visual_features="mesh")
     out = interleaved(stages, repeats)
     out["seconds"] = len(rgb.frames) / VISION_FPS
     out["frames"] = len(rgb.frames)
@@ -169,7 +169,7 @@ def quality(work: Path) -> dict[str, float]:
     against the applied path (as fractions of the frame), face_size's against the scale."""
     width, height = 256, 192
     frames, truth = moving_face(width, height)
-    rows = extract_media(write_frames(work / "moving.mp4", frames), "egemaps", "mesh").vision
+    rows = extract_media(write_frames(work / "moving.mp4", frames), "egemaps", visual_features="mesh").vision
     col = {name: i for i, name in enumerate(VISUAL_SETS["mesh"].columns)}
     present = rows[:, col["face_present"]] == 1
     ref = np.array([rows[2, col["face_x"]] * width, rows[2, col["face_y"]] * height, 1.0])

@@ -143,7 +143,7 @@ def test_clip_with_face_and_tone(media, tokenizer):
     assert clip.vision_length >= SECONDS * VISION_FPS - 2
     assert clip.vision[:, MESH.columns.index("face_present")].mean() >= 0.9
     for rows, columns in ((clip.vision, MESH.columns),
-                          (extract_media(media["face"], "librosa", "haar").vision, HAAR.columns)):
+                          (extract_media(media["face"], "librosa", visual_features="haar").vision, HAAR.columns)):
         assert len(rows) >= SECONDS * VISION_FPS - 2
         x, y = rows[:, columns.index("face_x")], rows[:, columns.index("face_y")]
         assert np.all(np.abs(x - 0.5) < 0.1) and np.all(np.abs(y - 0.5) < 0.1)
