@@ -27,6 +27,8 @@ import torch
 from . import pools
 from .configuration import Config
 from .data.types import FeatureData
+from .models import model_builder
+from .train import fit_seed
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,6 @@ def _log(line: str) -> None:
 
 
 def _fit(seed: int) -> dict[str, float]:
-    from .models import model_builder
-    from .train import fit_seed
-
     task = _task
     return fit_seed(task.cfg, _data, task.out / f"seed-{seed}", seed, task.device,
                     model_builder(task.cfg, task.model), resume=task.resume, log=_log, progress=False,
