@@ -319,7 +319,7 @@ def test_extract_dataset_layout_failures_and_resume(video_dir, tmp_path, monkeyp
     mtimes = [p.stat().st_mtime_ns for p in parts]
     calls = []
     real = dataset_module.extract_media
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s: calls.append(p) or real(p, s))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *a, **k: calls.append(p) or real(p, s, *a, **k))
     report = extract_dataset(video_dir, tmp_path / "label.csv", out, workers=1, progress=False)
     assert report.reused == 6 and report.extracted == 0
     assert [os.path.basename(c) for c in calls] == ["1.mp4"]  # only the corrupt one is retried
@@ -380,7 +380,7 @@ def test_extract_dataset_resumes_across_feature_sets(media, tmp_path, monkeypatc
     assert other["extraction"] == {"audio_features": "librosa"}
     assert other["train"]["audio"].shape[2] == LIBROSA.dim
     calls = []
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s: calls.append(s))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *a, **k: calls.append(s))
     report, again = run("egemaps")
     assert (report.extracted, report.reused, calls) == (0, 2, [])
     assert again["extraction"] == {"audio_features": "egemaps"}

@@ -23,7 +23,7 @@ from selfmm.runs import best_seed_dir  # noqa: E402
 
 SECONDS = 1.0
 WORDS = {1: "a wonderful, great and happy film", -1: "a terrible, boring and sad film"}
-FIELDS = {"input", "split", "id", "score", "sentiment", "text", "audio", "vision", "flags"}
+FIELDS = {"input", "split", "id", "score", "sentiment", "text", "audio", "vision", "flags", "transcript", "speech"}
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,8 @@ def test_user_errors(trained, capsys, tmp_path):
     garbage = make_corrupt(tmp_path / "broken.mp4")
     assert str(garbage) in fails(capsys, "--run", run, str(garbage), "--transcript", "hi")
     assert "does not exist" in fails(capsys, "--run", str(tmp_path / "nope"), clip, "--transcript", "x")
-    assert "1 video input(s) but 0 --transcript" in fails(capsys, "--run", run, clip)
+    assert "1 video input(s) but 2 --transcript" in fails(capsys, "--run", run, clip, "--transcript", "a",
+                                                          "--transcript", "b")
     assert "does not exist" in fails(capsys, "--run", run, str(tmp_path / "missing.mp4"), "--transcript", "x")
     assert "holds no seed 7" in fails(capsys, "--run", run, "--seed", "7", clip, "--transcript", "x")
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from . import distributed, provenance
-from .configuration import DEFAULT_SEEDS, DEFAULT_TEXT_MODEL, Config, check_seeds, resolve
+from . import datasets, distributed, provenance
+from .configuration import DEFAULT_SEEDS, Config, check_seeds, resolve
 from .data.types import FeatureData
 from .encoder import load_encoder_config
 from .errors import SelfMMError
@@ -127,8 +127,9 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
     notes = []
     if text_model is not None:
         overrides["text_model"] = text_model
-        if text_model != DEFAULT_TEXT_MODEL[dataset]:
-            notes.append(f"text model {text_model} instead of {DEFAULT_TEXT_MODEL[dataset]}")
+        published = datasets.get(dataset).text_model
+        if text_model != published:
+            notes.append(f"text model {text_model} instead of {published}")
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
         if max_epochs:  # 0: no limit, early stopping alone, as the protocol trains

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .configuration import LABEL_RANGE
+from . import datasets
 from .data.layout import SPLITS, UNKNOWN_FEATURES
 from .data.mmsa import load_features
 from .data.types import Split
@@ -21,6 +21,7 @@ from .encoder import load_tokenizer
 from .errors import SelfMMError
 from .extract import AUDIO_SETS, DEFAULT_AUDIO_FEATURES, VISION_DIM, AudioFeatureSet, audio_set, extract_clip
 from .extract.clip import flag_string
+from .extract.speech import SpeechSettings, speech_settings
 from .inference import check_text, predict
 from .io import check_file
 from .model import SelfMM
@@ -50,10 +51,14 @@ class ClipScore:
     audio: float
     vision: float
     flags: list[str] = field(default_factory=list)
+    transcript: str = ""  # the clip's text: given, or recognised (see speech)
+    # Where the text came from ("text_source": "given" or "asr") and, when speech recognition
+    # ran, the model, its SHA-256 and the words with their times; {} when a file records none.
+    speech: dict[str, Any] = field(default_factory=dict)
 
 
 def neutral_band(dataset: str) -> float:
-    return LABEL_RANGE[dataset][1] / NEUTRAL_DIVISOR
+    return datasets.get(dataset).label_range[1] / NEUTRAL_DIVISOR
 
 
 def sentiment_class(score: float, band: float) -> str:
@@ -70,7 +75,7 @@ def _split_of_clip(clip: Any, clip_id: str):
         vision=clip.vision[None], audio_lengths=np.array([clip.audio_length], np.int64),
         vision_lengths=np.array([clip.vision_length], np.int64),
         labels=np.zeros(1, np.float32), unimodal_labels={}, ids=[clip_id],
-        raw_text=[clip.raw_text], flags=[flag_string(clip.flags)],
+        raw_text=[clip.raw_text], flags=[flag_string(clip.flags)], speech=[clip.speech],
     )
 
 
@@ -134,6 +139,12 @@ class Predictor:
         self.band = neutral_band(self.cfg.dataset)
         self.text_model = text_model
         self._tokenizer = None
+        # A run trained on aligned files scores videos extracted aligned, as its training data was.
+        self.aligned = bool(spec.aligned)
+        self.text_len = spec.text_len or 50
+        # Speech recognition for videos without a transcript (and aligned runs): the packaged
+        # tiny.en unless set, resolved on first use.
+        self.speech: SpeechSettings | None = None
 
     @property
     def tokenizer(self):
@@ -202,11 +213,13 @@ class Predictor:
             check_text(split.text_bert, self.model.text_encoder.config, name)
         heads = predict(self.model, split, self.device, precision=self.cfg.train.precision).heads
         flags = split.flags or [""] * len(split)
+        speech = split.speech or [{}] * len(split)
         return [
             ClipScore(input=name, split=split.name, id=clip, score=float(heads["m"][j]),
                       sentiment=sentiment_class(float(heads["m"][j]), self.band),
                       text=float(heads["t"][j]), audio=float(heads["a"][j]),
-                      vision=float(heads["v"][j]), flags=[f for f in flags[j].split(",") if f])
+                      vision=float(heads["v"][j]), flags=[f for f in flags[j].split(",") if f],
+                      transcript=split.raw_text[j], speech=speech[j])
             for j, clip in enumerate(split.ids)
         ]
 
@@ -218,15 +231,20 @@ class Predictor:
         names = [s for s, part in data.splits.items() if len(part)] if split == "all" else [split]
         return [score for s in names for score in self.score_split(data.splits[s], name)]
 
-    def score_video(self, path: str | os.PathLike, transcript: str,
+    def score_video(self, path: str | os.PathLike, transcript: str | None = None,
                     max_seconds: float | None = None) -> list[ClipScore]:
         """Extract one video's features (the `video` extra) with the run's audio feature set
-        and score it; a video longer than `max_seconds`, as decoded, raises DataError."""
+        and score it; a video longer than `max_seconds`, as decoded, raises DataError. Without
+        a transcript its words are recognised (the `asr` extra, with `self.speech`); a run
+        trained on aligned files gets the video aligned."""
         name = os.fspath(path)
         # Before the costly extraction: a run on benchmark features cannot take these.
         acoustic = self._video_audio_set(name)
+        if (transcript is None or self.aligned) and self.speech is None:
+            self.speech = speech_settings()
         clip = extract_clip(path, transcript, self.tokenizer, audio_features=acoustic.name,
-                            max_seconds=max_seconds)
+                            max_seconds=max_seconds, speech=self.speech, aligned=self.aligned,
+                            text_len=self.text_len)
         return self.score_split(_split_of_clip(clip, f"{Path(path).stem}$_$0"), name)
 
 

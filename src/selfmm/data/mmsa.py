@@ -10,13 +10,14 @@ the split, the key and the offending shape or value. The result is a FeatureData
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Any
 
 import numpy as np
 
-from ..configuration import LABEL_RANGE
+from .. import datasets
 from ..errors import DataError
 from ..io import check_file
 from .cache import read_cache
@@ -117,6 +118,20 @@ def _as_strings(value: Any, n: int, fallback: str, where: str = "", key: str = "
                 for x in _array(value, where, key, dtype=object).reshape(-1)]
     except RecursionError:
         raise DataError(f"{where}: key {key!r} holds containers too deeply nested to read as text") from None
+
+
+def _speech_records(values: list[str], where: str) -> list[dict[str, Any]]:
+    """The per-clip speech records: JSON objects as strings ("" when a clip has none)."""
+    records = []
+    for i, value in enumerate(values):
+        try:
+            record = json.loads(value) if value else {}
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: key 'speech' row {i} is not a JSON object: {value[:80]!r}")
+        records.append(record)
+    return records
 
 
 def _as_token_ids(value: Any, where: str) -> np.ndarray:
@@ -253,6 +268,8 @@ def _build_split(
     check_rows("raw_text", len(raw_text))
     flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
     check_rows("extraction_flags", len(flags))
+    speech = _speech_records(_as_strings(raw.get("speech"), n, "", where(), "speech"), where("speech"))
+    check_rows("speech", len(speech))
 
     repaired: dict[str, int] = {}
     if "audio" not in clean:
@@ -272,6 +289,7 @@ def _build_split(
         ids=ids,
         raw_text=raw_text,
         flags=flags,
+        speech=speech,
     )
     return split, repaired
 
@@ -324,9 +342,9 @@ def load_features(
     written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
-    if dataset is not None and dataset not in LABEL_RANGE:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(LABEL_RANGE)}")
-    label_range = LABEL_RANGE.get(dataset) if dataset else None
+    if dataset is not None and dataset not in datasets.names():
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(datasets.names())}")
+    label_range = datasets.get(dataset).label_range if dataset else None
     main, cached_repairs = _load_any(source)
     audio_features = _audio_features(main, source)
     raws = {split: dict(main[split]) for split in SPLITS}

@@ -26,6 +26,9 @@ class Split:
     raw_text: list[str]
     # Per clip, the comma-joined flags of files made by `selfmm extract` ("" when none or absent).
     flags: list[str] = field(default_factory=list)
+    # Per clip, files made by `selfmm extract` record where the text came from and the
+    # recognised words (docs/extraction.md); {} when absent.
+    speech: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

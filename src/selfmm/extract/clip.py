@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..checks import checked, integer, optional
 from ..data.layout import EXTRACTION_KEY
+from ..errors import ArgumentError
 from ..io import atomic_writer
+from .align import align_words, frame_means, text_words, tokens_with_spans
 from .audio import DEFAULT_AUDIO_FEATURES, acoustic_frames, audio_set
-from .media import check_dependencies, decode
+from .media import SAMPLE_RATE, check_dependencies, decode
+from .speech import SpeechSettings, Transcript, speech_settings
 from .visual import VISION_DIM, VISION_FPS, FaceDescriber
 
-FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged")
+FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged", "no_speech", "asr_unsure")
+# Where a clip's text came from, as its speech record says: typed in, or speech recognition.
+GIVEN, RECOGNISED = "given", "asr"
 # Upper bounds on the padded lengths that no real use reaches, against a slip that pads every
 # clip to gigabytes (a 2-second clip with audio_len=100000000 wrote 10 GB). The benchmark files
 # hold at most 50 tokens and 500 frames per clip; text encoders take 512 positions.
@@ -41,6 +51,9 @@ class MediaFeatures:
     flags: dict[str, bool]
     audio_features: str = DEFAULT_AUDIO_FEATURES  # the acoustic set's name
     vision_fps: float = VISION_FPS
+    vision_times: np.ndarray | None = None  # (Lv,) seconds: the time of each visual frame
+    seconds: float = 0.0  # how long the clip is (the longer stream, as decoded)
+    speech: Transcript | None = None  # the recognised words, when speech recognition ran
 
     @property
     def audio_fps(self) -> float:
@@ -58,6 +71,9 @@ class ClipFeatures:
     audio_features: str = DEFAULT_AUDIO_FEATURES
     vision_fps: float = VISION_FPS
     raw_text: str = ""
+    aligned: bool = False  # MMSA's aligned layout: one audio and vision step per text token
+    # Where the text came from and the recognised words (see speech_record); stored per clip.
+    speech: dict[str, Any] = field(default_factory=lambda: {"text_source": GIVEN})
 
     @property
     def audio_fps(self) -> float:
@@ -75,9 +91,11 @@ def _face_describer() -> FaceDescriber:
 
 
 def extract_media(video_path: str | os.PathLike, audio_features: str = DEFAULT_AUDIO_FEATURES,
-                  max_seconds: float | None = None) -> MediaFeatures:
+                  max_seconds: float | None = None, *,
+                  speech: SpeechSettings | None = None) -> MediaFeatures:
     """Decode `video_path` and compute its acoustic frames (set `audio_features`) and
-    visual frames; a clip longer than `max_seconds`, as decoded, raises DataError.
+    visual frames, and with `speech` its recognised words; a clip longer than `max_seconds`,
+    as decoded, raises DataError.
 
     A file without an audio stream, with silent audio, without a video stream or without a
     detectable face gives zero frames of that modality and sets the matching flag. A file that
@@ -85,26 +103,51 @@ def extract_media(video_path: str | os.PathLike, audio_features: str = DEFAULT_A
     """
     acoustic = audio_set(audio_features)
     check_dependencies((acoustic.module, acoustic.package))
+    recogniser = speech.recogniser() if speech is not None else None  # loaded before decoding
     decoded = decode(video_path, VISION_FPS, max_seconds)
     flags = dict.fromkeys(FLAGS, False)
     flags["damaged"] = decoded.damaged
     flags["no_audio"] = decoded.audio is None or decoded.audio.size == 0
     flags["no_video"] = not decoded.has_video or not decoded.frames
-    with ThreadPoolExecutor(1) as pool:
-        # openSMILE (through ctypes) and OpenCV release the GIL, so the acoustic frames are
-        # computed while faces are detected: on a free core they add no time to the clip.
+    samples = decoded.audio if decoded.audio is not None else np.zeros(0, np.float32)
+    if recogniser is not None:
+        recogniser.check_length(samples, os.fspath(video_path))  # before the long part
+    kept: list[int] = []
+    stop_words = threading.Event()
+    with ThreadPoolExecutor(2) as pool, _set_on_error(stop_words):
+        # openSMILE (through ctypes), OpenCV and CTranslate2 release the GIL, so the acoustic
+        # frames and the words are computed while faces are detected.
         acoustic_job = (None if flags["no_audio"]
                         else pool.submit(acoustic_frames, decoded.audio, acoustic.name))
+        words_job = (None if recogniser is None
+                     else pool.submit(recogniser.transcribe, samples, os.fspath(video_path), stop_words))
         if flags["no_video"]:
             vision = np.zeros((0, VISION_DIM), np.float32)
         else:
-            vision = _face_describer().describe(decoded.frames)
+            vision = _face_describer().describe(decoded.frames, kept)
         if acoustic_job is None:
             audio = np.zeros((0, acoustic.dim), np.float32)
         else:
             audio, flags["silent"] = acoustic_job.result()
+        transcript = None if words_job is None else words_job.result()
     flags["no_face"] = vision.shape[0] == 0
-    return MediaFeatures(audio=audio, vision=vision, flags=flags, audio_features=acoustic.name)
+    if transcript is not None:
+        flags["no_speech"], flags["asr_unsure"] = transcript.no_speech, transcript.unsure
+    return MediaFeatures(audio=audio, vision=vision, flags=flags, audio_features=acoustic.name,
+                         vision_times=np.array([decoded.times[i] for i in kept], np.float64),
+                         seconds=max(decoded.decoded_seconds, samples.size / SAMPLE_RATE),
+                         speech=transcript)
+
+
+@contextmanager
+def _set_on_error(event: threading.Event) -> Iterator[None]:
+    """Set `event` when the block fails (Ctrl-C included), before the pool waits for its jobs:
+    speech recognition then stops after the window it is in instead of finishing the clip."""
+    try:
+        yield
+    except BaseException:
+        event.set()
+        raise
 
 
 def tokenize(tokenizer, texts: list[str], text_len: int) -> np.ndarray:
@@ -130,7 +173,7 @@ def pad_frames(frames: np.ndarray, length: int) -> tuple[np.ndarray, int]:
 @checked(**LENGTHS)
 def extract_clip(
     video_path: str | os.PathLike,
-    transcript: str,
+    transcript: str | None,
     tokenizer,
     *,
     text_len: int = 50,
@@ -138,20 +181,61 @@ def extract_clip(
     vision_len: int | None = None,
     audio_features: str = DEFAULT_AUDIO_FEATURES,
     max_seconds: float | None = None,
+    speech: SpeechSettings | None = None,
+    aligned: bool = False,
 ) -> ClipFeatures:
     """All three inputs of one clip, its audio as acoustic set `audio_features`. Without
     audio_len/vision_len a modality is padded to its own frame count (at least 1 row, so that a
     flagged clip still has a valid array); audio_len counts frames of the chosen set. A clip
-    longer than `max_seconds` (as decoded, whatever the file states) raises DataError."""
-    media = extract_media(video_path, audio_features, max_seconds)
+    longer than `max_seconds` (as decoded, whatever the file states) raises DataError.
+
+    `transcript` None: the words are recognised (the `asr` extra) with `speech` (default: the
+    packaged tiny.en). `aligned`: MMSA's aligned layout, each token's audio and vision the
+    mean of its word's frames (align.py); the words are timed by speech recognition, so it
+    runs on a clip with a transcript too (audio_len and vision_len do not apply).
+    """
+    check_not_aligned(aligned, audio_len=audio_len, vision_len=vision_len)
+    if transcript is None or aligned:
+        speech = speech or speech_settings()
+    else:
+        speech = None  # the words are given and need no times
+    media = extract_media(video_path, audio_features, max_seconds, speech=speech)
+    if aligned:
+        return assemble_aligned(media, transcript, tokenizer, text_len)
     return _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len)
 
 
+def check_not_aligned(aligned: bool, **lengths: int | None) -> None:
+    """Refuse frame counts given for aligned output, whose every modality has text_len steps."""
+    given = [name for name, value in lengths.items() if value is not None]
+    if aligned and given:
+        raise ArgumentError(f"{given[0]}: frame counts do not apply to aligned=True output (one step "
+                            "per text token for every modality)", parameters=(given[0], "aligned"))
+
+
+def speech_record(transcript: str | None, recognised: Transcript | None) -> dict[str, Any]:
+    """A clip's speech record: where its text came from (GIVEN or RECOGNISED) and, when speech
+    recognition ran, the model, its SHA-256 and the recognised words (Transcript.record)."""
+    record: dict[str, Any] = {"text_source": GIVEN if transcript is not None else RECOGNISED}
+    if recognised is not None:
+        record.update(recognised.record())
+    return record
+
+
+def _text(media: MediaFeatures, transcript: str | None) -> str:
+    if transcript is not None:
+        return transcript
+    if media.speech is None:
+        raise ValueError("no transcript and no recognised words")
+    return media.speech.text
+
+
 def _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len) -> ClipFeatures:
+    text = _text(media, transcript)
     audio, la = pad_frames(media.audio, audio_len or max(1, media.audio.shape[0]))
     vision, lv = pad_frames(media.vision, vision_len or max(1, media.vision.shape[0]))
     return ClipFeatures(
-        text_bert=tokenize(tokenizer, [transcript], text_len)[0],
+        text_bert=tokenize(tokenizer, [text], text_len)[0],
         audio=audio,
         vision=vision,
         audio_length=la,
@@ -159,8 +243,40 @@ def _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len) -> 
         flags=dict(media.flags),
         audio_features=media.audio_features,
         vision_fps=media.vision_fps,
-        raw_text=transcript,
+        raw_text=text,
+        speech=speech_record(transcript, media.speech),
     )
+
+
+def aligned_arrays(media: MediaFeatures, text: str, tokenizer,
+                   text_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """text_bert (3, Lt), audio (Lt, Da), vision (Lt, Dv) with one step per token, and the
+    words' spans as stored (align.py)."""
+    words = media.speech.words if media.speech is not None else []
+    spans = align_words([w for w, _, _ in text_words(text)], words, media.seconds)
+    text_bert, token_spans = tokens_with_spans(tokenizer, text, spans, text_len)
+    audio_times = np.arange(media.audio.shape[0]) / media.audio_fps
+    vision_times = (media.vision_times if media.vision_times is not None
+                    else np.arange(media.vision.shape[0]) / media.vision_fps)
+    return (text_bert, frame_means(media.audio, audio_times, token_spans),
+            frame_means(media.vision, vision_times, token_spans), [s.record() for s in spans])
+
+
+def assemble_aligned(media: MediaFeatures, transcript: str | None, tokenizer, text_len: int) -> ClipFeatures:
+    text = _text(media, transcript)
+    text_bert, audio, vision, spans = aligned_arrays(media, text, tokenizer, text_len)
+    length = int(text_bert[1].sum())
+    return ClipFeatures(
+        text_bert=text_bert, audio=audio, vision=vision, audio_length=length, vision_length=length,
+        flags=dict(media.flags), audio_features=media.audio_features, vision_fps=media.vision_fps,
+        raw_text=text, aligned=True,
+        speech={**speech_record(transcript, media.speech), "aligned": spans},
+    )
+
+
+def speech_json(record: dict[str, Any]) -> str:
+    """The speech record as stored in a file's per-clip `speech` strings."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
 def flag_string(flags: dict[str, bool]) -> str:
@@ -174,8 +290,10 @@ def extraction_metadata(audio_features: str) -> dict[str, str]:
     return {"audio_features": audio_features}
 
 
-def empty_split(text_len: int, audio_len: int, vision_len: int, audio_dim: int) -> dict[str, np.ndarray]:
-    return {
+def empty_split(text_len: int, audio_len: int, vision_len: int, audio_dim: int,
+                aligned: bool = False) -> dict[str, np.ndarray]:
+    """A 0-row split; aligned: no length keys (MMSA's aligned files have none)."""
+    split = {
         "text_bert": np.zeros((0, 3, text_len), np.float32),
         "audio": np.zeros((0, audio_len, audio_dim), np.float32),
         "vision": np.zeros((0, vision_len, VISION_DIM), np.float32),
@@ -185,7 +303,11 @@ def empty_split(text_len: int, audio_len: int, vision_len: int, audio_dim: int) 
         "id": np.zeros(0, dtype="<U1"),
         "raw_text": np.zeros(0, dtype="<U1"),
         "extraction_flags": np.zeros(0, dtype="<U1"),
+        "speech": np.zeros(0, dtype="<U1"),
     }
+    if aligned:
+        del split["audio_lengths"], split["vision_lengths"]
+    return split
 
 
 def write_pickle(path: str | os.PathLike, data: dict) -> None:
@@ -195,7 +317,7 @@ def write_pickle(path: str | os.PathLike, data: dict) -> None:
 
 def clip_split(clip: ClipFeatures, clip_id: str, label: float = 0.0) -> dict[str, np.ndarray]:
     """A one-row MMSA split holding `clip`."""
-    return {
+    split = {
         "text_bert": clip.text_bert[None],
         "audio": clip.audio[None],
         "vision": clip.vision[None],
@@ -205,7 +327,11 @@ def clip_split(clip: ClipFeatures, clip_id: str, label: float = 0.0) -> dict[str
         "id": np.array([clip_id]),
         "raw_text": np.array([clip.raw_text]),
         "extraction_flags": np.array([flag_string(clip.flags)]),
+        "speech": np.array([speech_json(clip.speech)]),
     }
+    if clip.aligned:  # the text mask gives every modality's length
+        del split["audio_lengths"], split["vision_lengths"]
+    return split
 
 
 def write_clip(path: str | os.PathLike, clip: ClipFeatures, clip_id: str | None = None) -> None:
@@ -213,7 +339,7 @@ def write_clip(path: str | os.PathLike, clip: ClipFeatures, clip_id: str | None 
     "train" and "valid" have 0 rows of the same widths and lengths."""
     clip_id = clip_id or f"{Path(path).stem}$_$0"
     empty = empty_split(clip.text_bert.shape[1], clip.audio.shape[0], clip.vision.shape[0],
-                        clip.audio.shape[1])
+                        clip.audio.shape[1], clip.aligned)
     data = {
         "train": empty,
         "valid": {k: v.copy() for k, v in empty.items()},

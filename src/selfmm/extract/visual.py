@@ -63,15 +63,18 @@ class FaceDescriber:
         x, y, w, h = (int(v) for v in boxes[i])
         return (x, y, w, h), float(np.ravel(weights)[i])
 
-    def describe(self, frames: list[np.ndarray]) -> np.ndarray:
-        """(T, VISION_DIM) float32, one row per frame where a face was found (others dropped)."""
+    def describe(self, frames: list[np.ndarray], kept: list[int] | None = None) -> np.ndarray:
+        """(T, VISION_DIM) float32, one row per frame where a face was found (others dropped);
+        the indices of those frames are appended to `kept` when given."""
         cv2 = self.cv2
         rows = []
         prev: tuple[float, float] | None = None
-        for grey in frames:
+        for index, grey in enumerate(frames):
             found = self.detect(grey)
             if found is None:
                 continue
+            if kept is not None:
+                kept.append(index)
             (x, y, w, h), score = found
             fh, fw = grey.shape
             cx, cy = (x + w / 2) / fw, (y + h / 2) / fh

@@ -25,8 +25,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
-from ..configuration import LABEL_RANGE
+from .. import __version__, datasets
+from ..checks import attributes, checked, integer, number, optional, sequence, text
+from ..configuration import MAX_WORKERS
 from ..errors import SelfMMError
 from ..predict import Predictor
 from .pool import ScoringPool, WorkerDied
@@ -37,6 +38,13 @@ from .upload import MB, Gate, receive_upload
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DEFAULT_QUEUE = 32
 RETRY_AFTER_MAX_S = 60
+# Upper bounds of the server's limits, far beyond any real use (a 2-minute 4K video is about
+# 1 GB); they catch a mistyped number, and `inf`, which no byte count compares with usefully.
+MAX_UPLOAD_MB = 10_000
+MAX_SECONDS = 3600
+MAX_QUEUE = 10_000
+LIMITS = {"workers": integer(1, MAX_WORKERS), "max_upload_mb": number(above=0, high=MAX_UPLOAD_MB),
+          "max_seconds": number(above=0, high=MAX_SECONDS), "queue_size": integer(0, MAX_QUEUE)}
 
 router = APIRouter()
 
@@ -71,11 +79,12 @@ def busy(gate: Gate, pool: ScoringPool) -> HTTPException:
 
 @router.post(
     "/predict", response_model=Score, openapi_extra=PREDICT_BODY, responses=PREDICT_RESPONSES,
-    summary="Score one video clip with its transcript",
+    summary="Score one video clip, with its transcript or with its words recognised",
     description="`score` is the multimodal head's prediction on the label scale and "
     "`sentiment` its class; `text`, `audio` and `vision` are the unimodal heads; `flags` "
-    "name what extraction found missing; `seconds` is the worker's time for extraction "
-    "and scoring.")
+    "name what extraction found missing or doubtful; `seconds` is the worker's time for "
+    "extraction and scoring; `transcript` is the text scored and `speech` where it came from "
+    "(the recognised words with their times when speech recognition ran).")
 async def predict(request: Request) -> Score:
     """Admit (or 503 at once), stream the upload to a private file, score it in a worker; the
     file is removed on every path."""
@@ -107,14 +116,16 @@ async def predict(request: Request) -> Score:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the workers (each loading the run) and a private upload folder; at shutdown end
-    both. At most `workers + queue_size` requests to /predict are in flight."""
+    """Start the workers (each loading the run), unless `app.state.pool` holds them already,
+    and a private upload folder; at shutdown end both. At most `workers + queue_size` requests
+    to /predict are in flight."""
     state = app.state
     state.upload_dir = Path(tempfile.mkdtemp(prefix="selfmm-serve-"))  # mode 0700
     state.gate = Gate(state.limits.workers + state.limits.queue_size)
-    state.pool = ScoringPool(state.predictor, state.limits.workers)
     try:
-        await state.pool.start()
+        if getattr(state, "pool", None) is None:  # `serve` starts its pool before the app
+            state.pool = ScoringPool(state.predictor, state.limits.workers)
+            await state.pool.start()
         yield
     finally:
         state.pool.close()
@@ -125,7 +136,7 @@ def describe(predictor: Predictor, limits: Limits) -> Info:
     """The body of /info."""
     dataset = predictor.cfg.dataset
     return Info(
-        dataset=dataset, label_range=LABEL_RANGE[dataset], neutral_band=predictor.band,
+        dataset=dataset, label_range=datasets.get(dataset).label_range, neutral_band=predictor.band,
         feature_widths={"audio": predictor.audio_dim, "vision": predictor.vision_dim},
         # The acoustic set the run was trained on (egemaps, compare, librosa; unknown for files
         # that record none); vision has one set, the face features of selfmm.extract.visual.
@@ -135,9 +146,15 @@ def describe(predictor: Predictor, limits: Limits) -> Info:
         versions={"selfmm": __version__, "python": platform.python_version(),
                   "torch": torch.__version__, "fastapi": fastapi.__version__},
         limits=limits,
+        speech_recognition=None if predictor.speech is None else {
+            "model": predictor.speech.model.name, "sha256": predictor.speech.model.sha256,
+            "language": predictor.speech.language},
     )
 
 
+@checked(predictor=attributes("run", "cfg", "band", "audio_dim", "vision_dim", "audio_features",
+                              "text_model", what="a selfmm.Predictor"), token=optional(text),
+         allowed_hosts=optional(sequence(text, "a list of host names")), **LIMITS)
 def create_app(predictor: Predictor, *, workers: int, max_upload_mb: float, max_seconds: float,
                token: str | None = None, queue_size: int = DEFAULT_QUEUE,
                allowed_hosts: list[str] | None = None) -> FastAPI:

@@ -6,10 +6,13 @@ import os
 import socket
 import sys
 
-from ..configuration import check_workers
+from ..checks import checked, integer, optional, text
+from ..configuration import SEED_LIMIT, check_workers
 from ..errors import SelfMMError
+from ..extract.speech import SpeechSettings, SpeechUnavailable, speech_settings
 from ..predict import Predictor
-from .app import DEFAULT_QUEUE, create_app
+from .app import DEFAULT_QUEUE, LIMITS, create_app
+from .pool import ScoringPool, start_fork_server, stop_fork_server
 from .security import allowed_hosts, check_token, is_loopback
 
 SHUTDOWN_GRACE_S = 2
@@ -26,21 +29,40 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def speech_or_none(asr_model: str | os.PathLike | None, language: str | None,
+                   needed: bool) -> SpeechSettings | None:
+    """The server's speech recognition: the packaged model or `asr_model`, checked now; None,
+    with a note, when the `asr` extra is missing and nothing needs it (every request must then
+    bring its transcript)."""
+    try:
+        speech = speech_settings(asr_model, language)
+    except SpeechUnavailable as exc:
+        if asr_model is not None or language is not None or needed:
+            raise
+        print(f"selfmm: note: no speech recognition ({exc}); every request needs a transcript",
+              file=sys.stderr)
+        return None
+    speech.recogniser()  # the model loads and the language is checked before serving
+    return speech
+
+
+@checked(seed=optional(integer(0, SEED_LIMIT - 1)), host=text, port=integer(0, 65535),
+         max_upload_mb=LIMITS["max_upload_mb"], max_seconds=LIMITS["max_seconds"],
+         queue_size=LIMITS["queue_size"], text_model=optional(text))
 def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0.0.1",
           port: int = 8000, workers: int | None = None, max_upload_mb: float = 200,
           max_seconds: float = 120, token: str | None = None, device: str = "auto",
-          text_model: str | None = None, queue_size: int = DEFAULT_QUEUE) -> None:
+          text_model: str | None = None, queue_size: int = DEFAULT_QUEUE,
+          asr_model: str | os.PathLike | None = None, language: str | None = None) -> None:
     """Load `run` once and serve it until interrupted (`selfmm serve`). `token` defaults to
-    $SELFMM_TOKEN; a host other than loopback needs one."""
+    $SELFMM_TOKEN; a host other than loopback needs one. Clips sent without a transcript have
+    their words recognised (the `asr` extra; `asr_model` and `language` as in extract_clip)."""
     import uvicorn
 
     token = token or os.environ.get("SELFMM_TOKEN") or None
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     check_workers(workers)
-    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-seconds", max_seconds)):
-        if not value > 0:
-            raise SelfMMError(f"{name} must be positive, not {value}")
     check_token(token)
     if not is_loopback(host):
         print(f"selfmm: warning: serving on {host}, reachable from other machines, over plain "
@@ -50,12 +72,21 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
             raise SelfMMError(f"--host {host} is not loopback: pass --token TOKEN or set "
                               "SELFMM_TOKEN")
     sock = _listen(host, port)
+    pool: ScoringPool | None = None
     try:
+        start_fork_server()
         predictor = Predictor(run, seed=seed, device=device, text_model=text_model)
         predictor.tokenizer  # noqa: B018 - a run without a tokenizer fails here, not per request
+        # A run trained on aligned files needs every clip's words timed.
+        predictor.speech = speech_or_none(asr_model, language, needed=predictor.aligned)
         app = create_app(predictor, workers=workers, max_upload_mb=max_upload_mb,
                          max_seconds=max_seconds, token=token, queue_size=queue_size,
                          allowed_hosts=allowed_hosts(host))
+        # The workers start before uvicorn takes over the signals: a Ctrl-C or SIGTERM while
+        # they load the run (seconds) ends the command at once (uvicorn would wait for its
+        # start-up to finish, then fail it with a traceback).
+        pool = app.state.pool = ScoringPool(predictor, workers)
+        pool.wait_ready()
         bound = sock.getsockname()[1]
         print(f"selfmm: serving {predictor.run} ({predictor.cfg.dataset}) at "
               f"http://{host}:{bound}/ with {workers} worker(s)", file=sys.stderr)
@@ -65,4 +96,7 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S, log_level="info")
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        if pool is not None:
+            pool.close()
+        stop_fork_server()
         sock.close()
