@@ -99,7 +99,7 @@ def test_health_info_page_docs_and_schema(client, predictor):
     assert info["dataset"] == "mosi" and info["label_range"] == [-3.0, 3.0] and info["seed"] == 3
     assert info["neutral_band"] == pytest.approx(0.3)
     assert info["feature_widths"] == {"audio": predictor.audio_dim, "vision": predictor.vision_dim}
-    assert set(info["feature_sets"]) == {"audio", "vision"}
+    assert info["feature_sets"] == {"audio": predictor.audio_features, "vision": predictor.visual_features}
     assert info["text_model"] == predictor.cfg.model.text_model
     assert {"selfmm", "torch", "python", "fastapi"} <= set(info["versions"])
     assert info["limits"] == {"max_upload_mb": 1.0, "max_seconds": MAX_SECONDS, "workers": 1, "queue_size": 1}

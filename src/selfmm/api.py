@@ -32,7 +32,7 @@ from .reproduction import write as write_reproduction
 from .results import write_results
 from .resume import check_resume
 from .rundir import RunDirectory
-from .runtime import resolve_device
+from .runtime import resolve_device, restored_settings
 from .train import fit_seed
 from .trained import Run, load_run
 
@@ -50,6 +50,7 @@ def _api_call(out: Path, seeds: list[int], device: str, resume: bool, model: typ
     return f"selfmm.fit(cfg, data, {str(out)!r}, seeds={seeds}, device={device!r}, resume={resume}{extra})"
 
 
+@restored_settings()  # TF32, determinism, threads: as the caller had them, once fit returns
 def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
         device: str = "auto", resume: bool = False, progress: bool = True,
         model: type[torch.nn.Module] | None = None, invocation: str | None = None, jobs: int = 1) -> Run:
@@ -60,6 +61,8 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     (with `jobs` > 1 it must be importable by name, not defined in a notebook).
     `jobs`: seeds trained side by side, each in its own process on its share of torch's
     threads (selfmm.jobs); each seed's results equal a one-job run with that many threads.
+    The global torch settings a run changes (TF32 and the determinism flags on CUDA) are
+    restored when it returns.
     Under torchrun every process calls this and trains its shard; only rank 0 writes files.
     """
     out = Path(out)

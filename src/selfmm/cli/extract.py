@@ -13,6 +13,7 @@ from ..encoder import load_tokenizer
 from ..errors import SelfMMError
 from ..extract.clip import RECOGNISED, check_lengths, extract_clip, flag_string, write_clip
 from ..extract.dataset import extract_dataset as extract_all
+from ..extract.overlay import draw_overlay
 from ..extract.speech import SpeechSettings, speech_settings
 from ..predict import ClipScore, Predictor, parse_input, scores_table
 from .common import read_transcript
@@ -47,20 +48,31 @@ def extract(args: argparse.Namespace) -> int:
     check_lengths(args.text_len, args.audio_len, args.vision_len)
     video = Path(args.video)
     out = Path(args.out) if args.out else video.with_suffix(".pkl")
+    if args.overlay and args.visual_features == "haar":
+        raise SelfMMError("--overlay draws face landmarks, which the haar visual set has none of; "
+                          "use --visual-features mesh or mesh-raw")
     transcript = read_transcript(args.transcript) if args.transcript is not None else None
     speech = _needs_speech(args, transcript is None or args.aligned)
     clip = extract_clip(video, transcript, load_tokenizer(args.text_model),
                         text_len=args.text_len, audio_len=args.audio_len, vision_len=args.vision_len,
-                        audio_features=args.audio_features, speech=speech, aligned=args.aligned)
+                        audio_features=args.audio_features, speech=speech, aligned=args.aligned,
+                        visual_features=args.visual_features)
     write_clip(out, clip, clip_id=f"{video.stem}$_$0")
     flags = flag_string(clip.flags)
     steps = (f"aligned, {clip.audio_length} tokens: audio x {clip.audio.shape[1]}, vision x {clip.vision.shape[1]}"
              if clip.aligned else
              f"audio ({clip.audio_features}) {clip.audio_length} frames x {clip.audio.shape[1]}, "
-             f"vision {clip.vision_length} frames x {clip.vision.shape[1]}")
+             f"vision ({clip.visual_features}) {clip.vision_length} frames x {clip.vision.shape[1]}")
     print(f"{out}: {steps}" + (f", flags: {flags}" if flags else ""))
     if clip.speech["text_source"] == RECOGNISED:
         print(recognised_line(str(video), clip.speech))
+    if args.overlay:
+        # The words with their times, when speech recognition ran: the text's own words as
+        # aligned (a given transcript), else the recognised ones.
+        words = [(w[0], w[1], w[2]) for w in clip.speech.get("aligned") or clip.speech.get("words", [])]
+        written = draw_overlay(video, clip.faces, args.overlay, words=words)
+        print(f"{args.overlay}: {written} frames with landmarks, head pose"
+              + (" and the recognised words" if words else ""))
     return 0
 
 
@@ -73,7 +85,7 @@ def extract_dataset(args: argparse.Namespace) -> int:
                          workers=args.workers, text_len=args.text_len, audio_len=args.audio_len,
                          vision_len=args.vision_len, progress=not args.no_progress, strict=args.strict,
                          audio_features=args.audio_features, transcribe=args.transcribe,
-                         aligned=args.aligned, speech=speech)
+                         aligned=args.aligned, speech=speech, visual_features=args.visual_features)
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     flags = ", ".join(f"{name} {n}" for name, n in report.flag_counts.items() if n)
     recognised = report.text_sources.get(RECOGNISED, 0)
@@ -97,7 +109,7 @@ def predict(args: argparse.Namespace) -> int:
     # An empty --transcript stands for a video whose words are to be recognised.
     given = [read_transcript(t) if t.strip() else None for t in args.transcript] or [None] * videos
     predictor = Predictor(args.run, seed=args.seed, device=args.device, text_model=args.text_model,
-                          audio_features=args.audio_features)
+                          audio_features=args.audio_features, visual_features=args.visual_features)
     if videos and (None in given or predictor.aligned):
         predictor.speech = _speech(args)  # found and checked before the first video
     transcripts = iter(given)

@@ -13,6 +13,7 @@ from .. import __version__, datasets
 from ..configuration import DEFAULT_SEEDS, PRECISIONS, TASKS
 from ..data.layout import SPLITS
 from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES
+from ..extract.visual import DEFAULT_VISUAL_FEATURES, VISUAL_SETS
 from .outputs import OUTPUTS, READ_ONLY
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: cuda when available)"
@@ -207,12 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "extract", "extract:extract",
                  "features of one video clip, written as a one-clip MMSA feature file",
                  description="Compute text tokens, acoustic frames (openSMILE or librosa) and visual "
-                 "frames (OpenCV face) of one clip. The file holds the clip as the only row of the test split.")
+                 "frames (face mesh or Haar faces) of one clip. The file holds the clip as the only row of "
+                 "the test split.")
     p.add_argument("video", help="the video file (anything FFmpeg reads: mp4, mkv, avi, ...)")
     p.add_argument("--transcript",
                    help="what is said in the clip: the text itself, or the path of a UTF-8 text file "
                    "(default: recognised from the speech; needs the `asr` extra)")
     p.add_argument("--out", help="output pickle (default: VIDEO with suffix .pkl)")
+    p.add_argument("--overlay", metavar="PATH",
+                   help="also draw what the extractor saw (landmarks, head pose) on the sampled frames: "
+                   "a video when PATH ends in .mp4/.mkv/.avi/.mov/.webm, else a folder of PNG frames "
+                   "(mesh visual sets only)")
     _extraction_arguments(p)
     _aligned_argument(p)
     _speech_arguments(p)
@@ -254,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-features", choices=list(AUDIO_SETS),
                    help="acoustic set for video inputs (default: the run's; needed only for a run "
                    "whose training file records none)")
+    p.add_argument("--visual-features", choices=list(VISUAL_SETS),
+                   help="visual set for video inputs (default: the run's; a run that records none "
+                   "was trained on haar)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
     _speech_arguments(p)
@@ -303,6 +312,10 @@ def _extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-features", choices=list(AUDIO_SETS), default=DEFAULT_AUDIO_FEATURES,
                    help="acoustic set: egemaps (openSMILE eGeMAPSv02, 25 values / 10 ms; default), "
                    "compare (openSMILE ComParE_2016, 65 / 10 ms) or librosa (34 / 20 ms)")
+    p.add_argument("--visual-features", choices=list(VISUAL_SETS), default=DEFAULT_VISUAL_FEATURES,
+                   help="visual set, 10 frames / s: mesh (face landmarks: pose, expression geometry, "
+                   "68 points; 167 values; default), mesh-raw (468 landmarks x 3) or haar (selfmm's "
+                   "first set: OpenCV Haar face box and crop statistics, 35 values)")
     p.add_argument("--text-model", default="minilm",
                    help="tokenizer: 'minilm' (bert-base-uncased vocabulary, offline), a hub name or a path")
     p.add_argument("--text-len", type=int, default=50, help="tokens per clip (default 50)")

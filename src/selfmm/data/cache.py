@@ -110,8 +110,11 @@ def _write_arrays(data: FeatureData, out: Path) -> None:
         "source_bytes": os.path.getsize(data.path), "aligned": data.aligned,
         "repairs": data.repairs, "splits": splits,
     }
-    if data.audio_features != UNKNOWN_FEATURES:
-        manifest[EXTRACTION_KEY] = {"audio_features": data.audio_features}
+    recorded = {key: name for key, name in (("audio_features", data.audio_features),
+                                            ("visual_features", data.visual_features))
+                if name != UNKNOWN_FEATURES}
+    if recorded:
+        manifest[EXTRACTION_KEY] = recorded
     write_json(out / MANIFEST, manifest)
 
 

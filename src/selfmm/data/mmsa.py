@@ -21,7 +21,15 @@ from .. import datasets
 from ..errors import DataError
 from ..io import check_file
 from .cache import read_cache
-from .layout import EXTRACTION_KEY, LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
+from .layout import (
+    EXTRACTION_KEY,
+    LEGACY_VISUAL_FEATURES,
+    LENGTH_KEYS,
+    REQUIRED_KEYS,
+    SPLITS,
+    UNIMODAL_KEYS,
+    UNKNOWN_FEATURES,
+)
 from .types import FeatureData, Split
 from .unpickle import safe_load
 
@@ -305,15 +313,19 @@ _OVERRIDES = {
 }
 
 
-def _audio_features(layout: dict[str, Any], source: str) -> str:
-    """The audio feature set a file records under EXTRACTION_KEY, or UNKNOWN_FEATURES."""
+def _feature_set(layout: dict[str, Any], source: str, key: str) -> str:
+    """The feature set a file records under EXTRACTION_KEY[key] ("audio_features" or
+    "visual_features"): UNKNOWN_FEATURES without the entry; a selfmm file from before the
+    visual set was recorded names only its audio set, and its faces are haar."""
     meta = layout.get(EXTRACTION_KEY)
     if meta is None:
         return UNKNOWN_FEATURES
-    name = meta.get("audio_features") if isinstance(meta, dict) else None
+    if isinstance(meta, dict) and key not in meta and meta.keys() & {"audio_features", "visual_features"}:
+        return LEGACY_VISUAL_FEATURES if key == "visual_features" else UNKNOWN_FEATURES
+    name = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose 'audio_features' names "
-                        f"the audio feature set, got {str(meta)[:100]}")
+        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose {key!r} names "
+                        f"the feature set, got {str(meta)[:100]}")
     return name
 
 
@@ -346,7 +358,8 @@ def load_features(
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(datasets.names())}")
     label_range = datasets.get(dataset).label_range if dataset else None
     main, cached_repairs = _load_any(source)
-    audio_features = _audio_features(main, source)
+    audio_features = _feature_set(main, source, "audio_features")
+    visual_features = _feature_set(main, source, "visual_features")
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
@@ -358,7 +371,9 @@ def load_features(
         over, over_repairs = _load_any(over_source)
         required, *optional = _OVERRIDES[arg]
         if arg == "audio_file":
-            audio_features = _audio_features(over, over_source)
+            audio_features = _feature_set(over, over_source, "audio_features")
+        if arg == "vision_file":
+            visual_features = _feature_set(over, over_source, "visual_features")
         for split in SPLITS:
             if required not in over[split]:
                 raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
@@ -417,4 +432,5 @@ def load_features(
         repairs=repairs,
         overrides={arg: os.fspath(p) for arg, p in overrides.items() if p is not None},
         audio_features=audio_features,
+        visual_features=visual_features,
     )

@@ -45,13 +45,14 @@ from .clip import (
 )
 from .media import check_dependencies
 from .speech import SpeechSettings, Transcript, speech_settings
-from .visual import VISION_DIM, VISION_FEATURES, VISION_FPS
+from .visual import DEFAULT_VISUAL_FEATURES, VISION_FPS, visual_set
 
 EXTENSIONS = ("mp4", "avi", "mkv", "mov", "webm")
 REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 UNIMODAL_COLUMNS = ("label_T", "label_A", "label_V")
 # Bump when the features change: cached parts of another version are recomputed.
-FEATURE_VERSION = "2"
+# 3: visual feature sets, the several_faces and dark flags, frames turned upright.
+FEATURE_VERSION = "3"
 # --transcribe: recognise the words of rows whose text is empty, or of every row.
 TRANSCRIBE = ("empty", "all")
 
@@ -156,15 +157,17 @@ def find_video(video_dir: str | os.PathLike, video_id: str, clip_id: str) -> Pat
     return None
 
 
-def _part_path(parts: Path, clip_id: str, audio_features: str) -> Path:
+def _part_path(parts: Path, clip_id: str, audio_features: str, visual_features: str) -> Path:
     """One part per clip and audio set: switching sets keeps the other set's parts."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", clip_id)[:80]
-    return parts / f"{safe}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}.{audio_features}.npz"
+    digest = hashlib.sha1(clip_id.encode()).hexdigest()[:10]
+    return parts / f"{safe}-{digest}.{audio_features}.{visual_features}.npz"
 
 
-def _cache_key(video: Path, audio_features: str) -> str:
+def _cache_key(video: Path, audio_features: str, visual_features: str) -> str:
     stat = video.stat()
-    return f"{FEATURE_VERSION}|{audio_features}|{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return (f"{FEATURE_VERSION}|{audio_features}|{visual_features}|{video.resolve()}|{stat.st_size}|"
+            f"{stat.st_mtime_ns}")
 
 
 def _read_part(part: Path, key: str | None = None, speech_key: str | None = None) -> dict[str, np.ndarray] | None:
@@ -186,12 +189,12 @@ def _speech_key(speech: SpeechSettings) -> str:
     return f"{speech.model.sha256}|{speech.language or ''}"
 
 
-def _extract_part(video: str, part: str, key: str, audio_features: str,
+def _extract_part(video: str, part: str, key: str, audio_features: str, visual_features: str,
                   speech: SpeechSettings | None = None) -> str | None:
     """Worker: extract one clip (with its words when `speech` is given) into its part file.
     Returns None, or the failure message."""
     try:
-        media = extract_media(video, audio_features, speech=speech)
+        media = extract_media(video, audio_features, speech=speech, visual_features=visual_features)
     except SelfMMError as exc:
         return str(exc)
     except Exception as exc:  # a file that breaks a library must not stop the whole dataset
@@ -205,13 +208,13 @@ def _extract_part(video: str, part: str, key: str, audio_features: str,
     return None
 
 
-def _media(part: dict[str, np.ndarray], audio_features: str) -> MediaFeatures:
+def _media(part: dict[str, np.ndarray], audio_features: str, visual_features: str) -> MediaFeatures:
     """A part's MediaFeatures again."""
     words = str(part["speech"])
     return MediaFeatures(
         audio=part["audio"], vision=part["vision"],
         flags=dict(zip(FLAGS, part["flags"].tolist(), strict=True)), audio_features=audio_features,
-        vision_times=part["vision_times"], seconds=float(part["seconds"]),
+        visual_features=visual_features, vision_times=part["vision_times"], seconds=float(part["seconds"]),
         speech=Transcript.from_record(json.loads(words)) if words else None,
     )
 
@@ -254,6 +257,7 @@ def extract_dataset(
     transcribe: str | None = None,
     aligned: bool = False,
     speech: SpeechSettings | None = None,
+    visual_features: str = DEFAULT_VISUAL_FEATURES,
 ) -> DatasetReport:
     """Extract every clip of `labels_csv` and write an MMSA feature file at `out`.
 
@@ -262,7 +266,8 @@ def extract_dataset(
     or mtime changed). Audio and vision are padded to the longest clip of the whole dataset,
     or to audio_len / vision_len (longer clips truncated; audio_len counts frames of the
     acoustic set `audio_features`, 100 per second for egemaps and compare, 50 for librosa;
-    each set keeps its own parts, so a run never mixes sets). A clip that cannot be decoded is
+    faces are the visual set `visual_features`; each pair of sets keeps its own parts, so a run
+    never mixes sets). A clip that cannot be decoded is
     left out and listed in the report; it is an error when every clip fails, or any with
     `strict`.
 
@@ -276,7 +281,8 @@ def extract_dataset(
     if transcribe is not None and transcribe not in TRANSCRIBE:
         raise SelfMMError(f"transcribe must be None, 'empty' or 'all', got {transcribe!r}")
     acoustic = audio_set(audio_features)
-    check_dependencies((acoustic.module, acoustic.package))
+    visual = visual_set(visual_features)
+    check_dependencies((acoustic.module, acoustic.package), (visual.module, visual.package))
     video_dir, out = Path(video_dir), Path(out)
     if not video_dir.is_dir():
         raise DataError(f"{video_dir}: no such video folder")
@@ -303,15 +309,15 @@ def extract_dataset(
                     f"(ext: {', '.join(EXTENSIONS)})"
                 )
                 continue
-            key = _cache_key(video, acoustic.name)
-            part = _part_path(parts, row.id, acoustic.name)
+            key = _cache_key(video, acoustic.name, visual.name)
+            part = _part_path(parts, row.id, acoustic.name, visual.name)
             need = words.needed(row)
             if _read_part(part, key, speech_key if need else None) is not None:
                 reused += 1
             else:
                 todo.append((row, video, part, key, speech if need else None))
 
-        _run(todo, failures, workers, progress, acoustic.name)
+        _run(todo, failures, workers, progress, acoustic.name, visual.name)
 
         ok = [row for row in rows if row.id not in failures]
         if not ok:
@@ -321,7 +327,8 @@ def extract_dataset(
             listed = "; ".join(f"{i}: {m}" for i, m in failures.items())
             raise DataError(f"{len(failures)} clip(s) failed: {listed}")
 
-        loaded = {row.id: _media(_read_part(_part_path(parts, row.id, acoustic.name)), acoustic.name)
+        loaded = {row.id: _media(_read_part(_part_path(parts, row.id, acoustic.name, visual.name)),
+                                 acoustic.name, visual.name)
                   for row in ok}
         for row in ok:
             if not words.needed(row):  # words an earlier run recognised are not this run's
@@ -339,12 +346,12 @@ def extract_dataset(
         for split in SPLITS:
             members = [row for row in ok if row.mode == split]
             data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
-                                        acoustic.dim, words)
+                                        acoustic.dim, visual.dim, words)
             for row in members:
                 sources[RECOGNISED if words.recognised_text(row) else GIVEN] += 1
                 for name in FLAGS:
                     flag_counts[name] += int(loaded[row.id].flags[name])
-        data[EXTRACTION_KEY] = extraction_metadata(acoustic.name)
+        data[EXTRACTION_KEY] = extraction_metadata(acoustic.name, visual.name)
         write_pickle(out, data)
         report = DatasetReport(
             out=out,
@@ -368,8 +375,9 @@ def extract_dataset(
                 "audio_fps": acoustic.fps,
                 "vision_fps": VISION_FPS,
                 "audio_feature_set": acoustic.name,
+                "visual_feature_set": visual.name,
                 "audio_features": list(acoustic.columns),
-                "vision_features": list(VISION_FEATURES),
+                "vision_features": list(visual.columns),
                 "feature_version": FEATURE_VERSION,
                 "transcribe": transcribe,
                 "speech_model": None if speech is None else {
@@ -385,13 +393,13 @@ def extract_dataset(
 
 
 def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
-         audio_features: str) -> None:
+         audio_features: str, visual_features: str) -> None:
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress or not todo)
     try:
         if workers == 1:
             for row, video, part, key, speech in todo:
-                error = _extract_part(str(video), str(part), key, audio_features, speech)
+                error = _extract_part(str(video), str(part), key, audio_features, visual_features, speech)
                 if error:
                     failures[row.id] = error
                 bar.update()
@@ -400,7 +408,8 @@ def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init)
         try:
             futures = {
-                pool.submit(_extract_part, str(video), str(part), key, audio_features, speech): row
+                pool.submit(_extract_part, str(video), str(part), key, audio_features, visual_features,
+                            speech): row
                 for row, video, part, key, speech in todo
             }
             for future in as_completed(futures):
@@ -419,15 +428,15 @@ def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
 
 
 def _split_arrays(members, loaded: dict[str, MediaFeatures], tokenizer, text_len, la, lv, unimodal,
-                  audio_dim: int, words: _Words) -> dict[str, np.ndarray]:
+                  audio_dim: int, vision_dim: int, words: _Words) -> dict[str, np.ndarray]:
     if not members:
-        split = empty_split(text_len, la, lv, audio_dim, words.aligned)
+        split = empty_split(text_len, la, lv, audio_dim, vision_dim, words.aligned)
         for column in unimodal:
             split[f"regression_labels_{column[-1]}"] = np.zeros(0, np.float32)
         return split
     n = len(members)
     audio = np.zeros((n, la, audio_dim), np.float32)
-    vision = np.zeros((n, lv, VISION_DIM), np.float32)
+    vision = np.zeros((n, lv, vision_dim), np.float32)
     text_bert = np.zeros((n, 3, text_len), np.float32)
     audio_lengths = np.zeros(n, np.int64)
     vision_lengths = np.zeros(n, np.int64)

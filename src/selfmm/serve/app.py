@@ -138,9 +138,9 @@ def describe(predictor: Predictor, limits: Limits) -> Info:
     return Info(
         dataset=dataset, label_range=datasets.get(dataset).label_range, neutral_band=predictor.band,
         feature_widths={"audio": predictor.audio_dim, "vision": predictor.vision_dim},
-        # The acoustic set the run was trained on (egemaps, compare, librosa; unknown for files
-        # that record none); vision has one set, the face features of selfmm.extract.visual.
-        feature_sets={"audio": predictor.audio_features, "vision": "faces"},
+        # The acoustic and visual sets the run was trained on (egemaps, compare, librosa; mesh,
+        # mesh-raw, haar; unknown for files that record none).
+        feature_sets={"audio": predictor.audio_features, "vision": predictor.visual_features},
         text_model=predictor.text_model or predictor.cfg.model.text_model,
         seed=json.loads((predictor.run / "config.json").read_text()).get("seed"),
         versions={"selfmm": __version__, "python": platform.python_version(),
