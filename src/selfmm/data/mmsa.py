@@ -10,8 +10,10 @@ the split, the key and the offending shape or value. The result is a FeatureData
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -175,6 +177,72 @@ def _zero_nonfinite(arr: np.ndarray) -> tuple[np.ndarray, int]:
     return arr, count
 
 
+# Names a split, or a key of it and the override file the key came from, in a message.
+Where = Callable[..., str]
+
+
+def _where(source: str, name: str, origins: dict[str, str], key: str | None = None) -> str:
+    if key in origins:
+        return f"{source}: split {name!r} (key {key!r} from {origins[key]})"
+    return f"{source}: split {name!r}"
+
+
+def _check_rows(where: Where, key: str, rows: int, n: int) -> None:
+    if rows != n:
+        raise DataError(f"{where(key)}: key {key!r} has {rows} rows but 'regression_labels' has {n}")
+
+
+def _lengths(raw: dict[str, Any], where: Where, n: int, text_bert: np.ndarray, audio: np.ndarray,
+             vision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each clip's audio and vision frame counts: stored in an unaligned file; an aligned file
+    carries none, since every modality follows the words and the text mask gives all three
+    (SPEC 2)."""
+    present = [k for k in LENGTH_KEYS if k in raw]
+    lt, la, lv = text_bert.shape[2], audio.shape[1], vision.shape[1]
+    if len(present) == 1:
+        missing = next(k for k in LENGTH_KEYS if k not in raw)
+        raise DataError(f"{where(present[0])}: has {present[0]!r} but not {missing!r}; an unaligned file needs both")
+    if present:
+        audio_lengths = _as_lengths(raw["audio_lengths"], where("audio_lengths"), "audio_lengths", la)
+        vision_lengths = _as_lengths(raw["vision_lengths"], where("vision_lengths"), "vision_lengths", lv)
+        _check_rows(where, "audio_lengths", audio_lengths.shape[0], n)
+        _check_rows(where, "vision_lengths", vision_lengths.shape[0], n)
+        return audio_lengths, vision_lengths
+    if not la == lv == lt:
+        raise DataError(
+            f"{where()}: no 'audio_lengths'/'vision_lengths', so the file must be aligned, but "
+            f"text_bert has Lt={lt}, audio La={la}, vision Lv={lv}"
+        )
+    lengths = np.asarray(text_bert[:, 1, :]).sum(axis=1).astype(np.int64)
+    return lengths, lengths
+
+
+def _unimodal_labels(raw: dict[str, Any], where: Where, n: int,
+                     label_range: tuple[float, float] | None) -> dict[str, np.ndarray]:
+    """The t, a and v labels a file may carry: all three, or none ({})."""
+    found = [k for k in UNIMODAL_KEYS.values() if k in raw]
+    if found and len(found) != len(UNIMODAL_KEYS):
+        missing = [k for k in UNIMODAL_KEYS.values() if k not in raw]
+        raise DataError(f"{where()}: has {found} but not {missing}; unimodal labels come as all three")
+    unimodal: dict[str, np.ndarray] = {}
+    if found:
+        for short, key in UNIMODAL_KEYS.items():
+            unimodal[short] = _as_labels(raw[key], where(), key, label_range)
+            _check_rows(where, key, unimodal[short].shape[0], n)
+    return unimodal
+
+
+def _clip_strings(raw: dict[str, Any], name: str, where: Where, n: int) -> tuple[list[str], list[str], list[str]]:
+    """Each clip's id ("<split>-<i>" when absent), transcript and extraction flags."""
+    ids = _as_strings(raw.get("id"), n, f"{name}-{{i}}", where("id"), "id")
+    raw_text = _as_strings(raw.get("raw_text"), n, "", where("raw_text"), "raw_text")
+    _check_rows(where, "id", len(ids), n)
+    _check_rows(where, "raw_text", len(raw_text), n)
+    flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
+    _check_rows(where, "extraction_flags", len(flags), n)
+    return ids, raw_text, flags
+
+
 def _build_split(
     raw: dict[str, Any],
     name: str,
@@ -190,13 +258,7 @@ def _build_split(
     `clean` names keys that come from a cache, repaired when it was written: scanning them
     again would read every page of a memory-mapped array.
     """
-    origins = origins or {}
-
-    def where(key: str | None = None) -> str:
-        if key in origins:
-            return f"{source}: split {name!r} (key {key!r} from {origins[key]})"
-        return f"{source}: split {name!r}"
-
+    where = functools.partial(_where, source, name, origins or {})
     for key in REQUIRED_KEYS:
         if key not in raw:
             raise DataError(f"{where()}: missing key {key!r} (found {sorted(map(str, raw))})")
@@ -206,72 +268,20 @@ def _build_split(
     vision = _as_float_features(raw["vision"], where("vision"), "vision")
     labels = _as_labels(raw["regression_labels"], where(), "regression_labels", label_range)
     n = labels.shape[0]
-
-    def check_rows(key: str, rows: int) -> None:
-        if rows != n:
-            raise DataError(f"{where(key)}: key {key!r} has {rows} rows but 'regression_labels' has {n}")
-
-    check_rows("text_bert", text_bert.shape[0])
-    check_rows("audio", audio.shape[0])
-    check_rows("vision", vision.shape[0])
-
-    present = [k for k in LENGTH_KEYS if k in raw]
-    lt, la, lv = text_bert.shape[2], audio.shape[1], vision.shape[1]
-    if len(present) == 1:
-        missing = next(k for k in LENGTH_KEYS if k not in raw)
-        raise DataError(f"{where(present[0])}: has {present[0]!r} but not {missing!r}; an unaligned file needs both")
-    if present:
-        audio_lengths = _as_lengths(raw["audio_lengths"], where("audio_lengths"), "audio_lengths", la)
-        vision_lengths = _as_lengths(raw["vision_lengths"], where("vision_lengths"), "vision_lengths", lv)
-        check_rows("audio_lengths", audio_lengths.shape[0])
-        check_rows("vision_lengths", vision_lengths.shape[0])
-    else:
-        # Aligned files carry no lengths: every modality follows the words, so the text
-        # mask gives all three (SPEC 2).
-        if not la == lv == lt:
-            raise DataError(
-                f"{where()}: no 'audio_lengths'/'vision_lengths', so the file must be aligned, but "
-                f"text_bert has Lt={lt}, audio La={la}, vision Lv={lv}"
-            )
-        audio_lengths = np.asarray(text_bert[:, 1, :]).sum(axis=1).astype(np.int64)
-        vision_lengths = audio_lengths
-
-    unimodal: dict[str, np.ndarray] = {}
-    found = [k for k in UNIMODAL_KEYS.values() if k in raw]
-    if found and len(found) != len(UNIMODAL_KEYS):
-        missing = [k for k in UNIMODAL_KEYS.values() if k not in raw]
-        raise DataError(f"{where()}: has {found} but not {missing}; unimodal labels come as all three")
-    if found:
-        for short, key in UNIMODAL_KEYS.items():
-            unimodal[short] = _as_labels(raw[key], where(), key, label_range)
-            check_rows(key, unimodal[short].shape[0])
-
-    ids = _as_strings(raw.get("id"), n, f"{name}-{{i}}", where("id"), "id")
-    raw_text = _as_strings(raw.get("raw_text"), n, "", where("raw_text"), "raw_text")
-    check_rows("id", len(ids))
-    check_rows("raw_text", len(raw_text))
-    flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
-    check_rows("extraction_flags", len(flags))
+    for key, arr in (("text_bert", text_bert), ("audio", audio), ("vision", vision)):
+        _check_rows(where, key, arr.shape[0], n)
+    audio_lengths, vision_lengths = _lengths(raw, where, n, text_bert, audio, vision)
+    unimodal = _unimodal_labels(raw, where, n, label_range)
+    ids, raw_text, flags = _clip_strings(raw, name, where, n)
 
     repaired: dict[str, int] = {}
     if "audio" not in clean:
         audio, repaired["audio"] = _zero_nonfinite(audio)
     if "vision" not in clean:
         vision, repaired["vision"] = _zero_nonfinite(vision)
-
-    split = Split(
-        name=name,
-        text_bert=text_bert,
-        audio=audio,
-        vision=vision,
-        audio_lengths=audio_lengths,
-        vision_lengths=vision_lengths,
-        labels=labels,
-        unimodal_labels=unimodal,
-        ids=ids,
-        raw_text=raw_text,
-        flags=flags,
-    )
+    split = Split(name=name, text_bert=text_bert, audio=audio, vision=vision, audio_lengths=audio_lengths,
+                  vision_lengths=vision_lengths, labels=labels, unimodal_labels=unimodal, ids=ids,
+                  raw_text=raw_text, flags=flags)
     return split, repaired
 
 
@@ -307,6 +317,71 @@ def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     return _load_layout(path), None
 
 
+def _merge_overrides(raws: dict[str, dict[str, Any]], origins: dict[str, dict[str, str]],
+                     clean: dict[str, set[str]], overrides: dict[str, str | os.PathLike | None],
+                     audio_features: str) -> str:
+    """Put each override file's keys into the split dicts, recording the file each came from and
+    whether it still needs the non-finite scan (not when it comes from a cache); returns the
+    audio feature set, an audio override's own when there is one."""
+    for arg, override in overrides.items():
+        if override is None:
+            continue
+        over_source = os.fspath(override)
+        over, over_repairs = _load_any(over_source)
+        required, *optional = _OVERRIDES[arg]
+        if arg == "audio_file":
+            audio_features = _audio_features(over, over_source)
+        for split in SPLITS:
+            if required not in over[split]:
+                raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
+            for key in (required, *optional):
+                if key in over[split]:
+                    raws[split][key] = over[split][key]
+                    origins[split][key] = over_source
+                    if over_repairs is None:
+                        clean[split].discard(key)
+                    else:
+                        clean[split].add(key)
+    return audio_features
+
+
+def _build_splits(raws: dict[str, dict[str, Any]], source: str, label_range: tuple[float, float] | None,
+                  origins: dict[str, dict[str, str]], clean: dict[str, set[str]],
+                  cached_repairs: list[str] | None) -> tuple[dict[str, Split], list[str], int]:
+    """Every split validated; the repairs as lines, and the count of values repaired here."""
+    splits: dict[str, Split] = {}
+    # A cache's repairs still describe the arrays of its keys that no override replaced.
+    repairs = [line for line in cached_repairs or []
+               if line.split(":")[0].split("/")[1] not in origins[line.split("/")[0]]]
+    total = 0
+    for split in SPLITS:
+        splits[split], repaired = _build_split(
+            raws[split], split, source, label_range=label_range, origins=origins[split],
+            clean=frozenset(clean[split]),
+        )
+        for key, count in repaired.items():
+            if count:
+                repairs.append(f"{split}/{key}: {count} non-finite values set to 0")
+                total += count
+    return splits, repairs, total
+
+
+def _check_splits(splits: dict[str, Split], source: str) -> None:
+    """A clip somewhere, and every split's audio and vision as wide as train's."""
+    # One empty split is legitimate (`selfmm extract` writes its clip as the only row of
+    # "test"); a file without any clip is not.
+    if not any(len(s) for s in splits.values()):
+        raise DataError(f"{source}: has no clips (key 'regression_labels' is empty in every split)")
+    first = splits["train"]
+    for split in SPLITS[1:]:
+        for key in ("audio", "vision"):
+            want, got = getattr(first, key).shape[2], getattr(splits[split], key).shape[2]
+            if want != got:
+                raise DataError(
+                    f"{source}: split {split!r}: key {key!r} has width {got} but split 'train' has {want}"
+                )
+
+
 def load_features(
     path: str | os.PathLike,
     dataset: str | None = None,
@@ -333,59 +408,16 @@ def load_features(
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
     overrides = {"text_file": text_file, "audio_file": audio_file, "vision_file": vision_file}
-    for arg, override in overrides.items():
-        if override is None:
-            continue
-        over_source = os.fspath(override)
-        over, over_repairs = _load_any(over_source)
-        required, *optional = _OVERRIDES[arg]
-        if arg == "audio_file":
-            audio_features = _audio_features(over, over_source)
-        for split in SPLITS:
-            if required not in over[split]:
-                raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
-            for key in (required, *optional):
-                if key in over[split]:
-                    raws[split][key] = over[split][key]
-                    origins[split][key] = over_source
-                    if over_repairs is None:
-                        clean[split].discard(key)
-                    else:
-                        clean[split].add(key)
+    audio_features = _merge_overrides(raws, origins, clean, overrides, audio_features)
     del main  # the split dicts above hold the arrays; drop the outer references early
 
-    splits: dict[str, Split] = {}
-    # A cache's repairs still describe the arrays of its keys that no override replaced.
-    repairs = [line for line in cached_repairs or []
-               if line.split(":")[0].split("/")[1] not in origins[line.split("/")[0]]]
-    total = 0
-    for split in SPLITS:
-        splits[split], repaired = _build_split(
-            raws[split], split, source, label_range=label_range, origins=origins[split],
-            clean=frozenset(clean[split]),
-        )
-        for key, count in repaired.items():
-            if count:
-                repairs.append(f"{split}/{key}: {count} non-finite values set to 0")
-                total += count
-
-    # One empty split is legitimate (`selfmm extract` writes its clip as the only row of
-    # "test"); a file without any clip is not.
-    if not any(len(s) for s in splits.values()):
-        raise DataError(f"{source}: has no clips (key 'regression_labels' is empty in every split)")
-    first = splits["train"]
-    for split in SPLITS[1:]:
-        for key in ("audio", "vision"):
-            want, got = getattr(first, key).shape[2], getattr(splits[split], key).shape[2]
-            if want != got:
-                raise DataError(
-                    f"{source}: split {split!r}: key {key!r} has width {got} but split 'train' has {want}"
-                )
+    splits, repairs, total = _build_splits(raws, source, label_range, origins, clean, cached_repairs)
+    _check_splits(splits, source)
     if total:
         warnings.warn(
             f"{source}: {total} non-finite audio/vision values (NaN or +-inf) set to 0", stacklevel=2
         )
-
+    first = splits["train"]
     aligned = not any(key in raws[split] for split in SPLITS for key in LENGTH_KEYS)
     return FeatureData(
         path=source,

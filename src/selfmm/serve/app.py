@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from .._version import __version__
 from ..configuration import LABEL_RANGE
 from ..errors import SelfMMError
 from ..predict import Predictor
