@@ -4,6 +4,9 @@
 per-rank batch b) or as a plain script (one process, batch K*b); the two must give the same
 u-labels.
 
+`syncs`: one epoch under torchrun, counting DDP's gradient all-reduces (rounds of its
+communication hook, one per backward that synchronises) and buffer broadcasts.
+
 `stop`: `selfmm.fit` under torchrun, with a validation loss that would differ by rank (flat on
 rank 0, improving every epoch on the others); saves the epochs and validation losses each rank
 went through, and the seed of its own random streams.
@@ -75,6 +78,45 @@ def main(data_path: str, encoder_path: str, out: str, batch_size: int, epochs: i
     distributed.shutdown(dist)
 
 
+def syncs(data_path: str, encoder_path: str, out: str) -> None:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    warnings.simplefilter("ignore")
+    dist, _ = distributed.init_from_env(torch.device("cpu"))
+    counts = {"allreduce_rounds": 0, "broadcasts": 0, "optimizer_steps": 0, "batches": 0}
+
+    def counting_hook(state, bucket):
+        counts["allreduce_rounds"] += bucket.is_last()
+        return allreduce_hook(state, bucket)
+
+    broadcast = DistributedDataParallel._distributed_broadcast_coalesced
+
+    def counting_broadcast(self, *args, **kwargs):
+        counts["broadcasts"] += 1
+        return broadcast(self, *args, **kwargs)
+
+    DistributedDataParallel._distributed_broadcast_coalesced = counting_broadcast
+    cfg = config.with_values(config.defaults_for("mosi"), {"batch_size": 4})
+    data = load_features(data_path)
+    train = data.splits["train"]
+    seed_everything(5)
+    model = SelfMM(AutoModel.from_pretrained(encoder_path), data.audio_dim, data.vision_dim, cfg.model)
+    optimizer = make_optimizer(model, cfg)
+    optimizer.register_step_post_hook(lambda *args: counts.__setitem__("optimizer_steps",
+                                                                       counts["optimizer_steps"] + 1))
+    ulgm = UnimodalLabelGenerator(len(train), {"m": 128, "t": 32, "a": 16, "v": 32}, H=3.0)
+    ulgm.init_labels(torch.arange(len(train)), torch.as_tensor(train.labels))
+    net = distributed.wrap(model, dist, find_unused=False)
+    net.register_comm_hook(None, counting_hook)
+    loader = train_loader(train, cfg, seed=5, epoch=1, dist=dist)
+    counts["batches"] = len(loader)
+    train_epoch(net, optimizer, loader, ulgm, 1, cfg, torch.device("cpu"), gather=distributed.make_gather(dist),
+                dist=dist)
+    (Path(out) / f"syncs-{dist.rank}.json").write_text(json.dumps(counts))
+    distributed.shutdown(dist)
+
+
 def stop(data_path: str, encoder_path: str, out: str) -> None:
     warnings.simplefilter("ignore")
     rank = int(os.environ["RANK"])
@@ -96,5 +138,7 @@ def stop(data_path: str, encoder_path: str, out: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "stop":
         stop(*sys.argv[2:5])
+    elif sys.argv[1] == "syncs":
+        syncs(*sys.argv[2:5])
     else:
         main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])

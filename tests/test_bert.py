@@ -165,3 +165,57 @@ def test_a_text_with_no_token_reads_its_cls_alone():
         b = bert.cls_vector(encoder, ids, only_cls, types)
     assert torch.isfinite(a).all()
     torch.testing.assert_close(a, b)
+
+
+def _out_and_grads(encoder, ids, mask, types, lengths, weight, bucketed, monkeypatch):
+    monkeypatch.setattr(bert, "buckets_shapes", lambda device: bucketed)
+    encoder.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bert.cls_vector(encoder, ids, mask, types, lengths)
+    (out.float() * weight).sum().backward()
+    return out.detach().float(), {n: p.grad.to_dense().clone() for n, p in encoder.named_parameters()
+                                  if p.grad is not None}
+
+
+def test_bucketed_shapes_change_no_real_token(monkeypatch):
+    """Rounding the packed rows and the padded length up to buckets adds zero rows and padding
+    keys that no real token reads: the [CLS] vectors come out equal bit for bit under bf16
+    autocast, and every weight's gradient equal up to the order of float32 sums over more rows
+    (the products' M differs). In fp32, where bucketing is off, MKL's kernels for another M
+    round differently (measured: 1e-6 on values, 4e-5 on gradients), hence fp32 keeps its sizes."""
+    encoder = tiny(dropout=0.0).train()
+    ids, mask, types = tokens(7, 13, 500, seed=3)  # width 13 -> 14; the rows, ~50 -> a bucket above
+    lengths = mask.sum(1)
+    plan = bert.Tokens(mask, lengths, bucketed=True)
+    assert plan.L == 14 and plan.rows > plan.T == int(lengths.sum())
+    weight = torch.randn(7, 32, generator=torch.Generator().manual_seed(4))
+    exact, exact_grads = _out_and_grads(encoder, ids, mask, types, lengths, weight, False, monkeypatch)
+    for given in (lengths, None):  # planned on the host, or read from the mask
+        out, grads = _out_and_grads(encoder, ids, mask, types, given, weight, True, monkeypatch)
+        assert torch.equal(out, exact)
+        assert set(grads) == set(exact_grads)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, exact_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_buckets_only_under_cpu_bf16_autocast():
+    cpu = torch.device("cpu")
+    assert not bert.buckets_shapes(cpu)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bert.buckets_shapes(cpu)
+    assert [bert.bucket(n, 3) for n in (1, 15, 16, 17, 290, 320, 321, 512)] == [1, 15, 16, 18, 320, 320, 352, 512]
+    # At most 1/8 more rows, and few sizes: 15 for the 501 counts from 200 to 700 tokens.
+    assert all(n <= bert.bucket(n, 3) <= n * 9 / 8 for n in range(1, 2000))
+    assert len({bert.bucket(n, 3) for n in range(200, 701)}) == 15
+
+
+def test_dropout_under_bf16_keeps_nine_tenths_and_scales_by_one_over_0_9():
+    """Masks drawn in bf16 kept 89.8% (U >= bf16(0.1) = 0.10009) and scaled by bf16(1/0.9) = 1.109."""
+    torch.manual_seed(0)
+    x = torch.randn(1_000_000).bfloat16()
+    y = bert.dropout(x, 0.1, training=True)
+    assert y.dtype == torch.bfloat16
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.9, abs=0.001)
+    scale = torch.tensor(1 / 0.9, dtype=torch.float32)
+    assert torch.equal(y[kept], (x[kept].float() * scale).bfloat16())

@@ -103,6 +103,18 @@ def test_two_ranks_match_one_process_with_twice_the_batch(tmp_path, synth_path, 
         torch.testing.assert_close(rank0[s], single[s], atol=1e-5 if dtype == "float64" else 1e-4, rtol=0)
 
 
+def test_gradients_are_all_reduced_once_per_optimizer_step(tmp_path, synth_path, tiny_bert):
+    """Accumulation over 4 batches: the first three backward passes of a window keep their
+    gradients on each rank (DDP's no_sync), the fourth all-reduces them; the last, partial
+    window once as well. No buffer is broadcast before a forward. 39 clips, 2 ranks of 4: 5
+    batches, steps after batches 4 and 5. Before: 5 all-reduces (one per batch) and 5 broadcasts."""
+    data = first_rows(synth_path("mosi", scale=0.03), tmp_path / "data.pkl", 39)
+    run(torchrun(29538, str(WORKER), "syncs", str(data), str(tiny_bert), str(tmp_path)), tmp_path)
+    for rank in (0, 1):
+        counts = json.loads((tmp_path / f"syncs-{rank}.json").read_text())
+        assert counts == {"allreduce_rounds": 2, "broadcasts": 0, "optimizer_steps": 2, "batches": 5}, rank
+
+
 def test_torchrun_train_command(tmp_path, synth_path, tiny_bert):
     """The whole `selfmm train` under torchrun: rank 0 writes the run, and it evaluates."""
     run(torchrun(29534, "-m", "selfmm", "train", "--dataset", "mosi", "--data", str(synth_path("mosi", scale=0.03)),

@@ -251,3 +251,32 @@ def test_bf16_is_recorded_and_flagged_as_not_the_protocol(tiny_bert, synth_path,
                               max_epochs=1, device="cpu", precision="bf16", progress=False)
     assert result["protocol"] is False and "bf16 autocast instead of float32" in result["notes"]
     assert selfmm.load_run(tmp_path / "run").seeds[3].config.train.precision == "bf16"
+
+
+def test_under_torchrun_each_process_takes_its_share_of_the_protocol_batch(tiny_bert, synth_path, tmp_path,
+                                                                           monkeypatch):
+    """K processes used to train 16 clips each, a global batch of 16K, still called the protocol."""
+    import warnings
+
+    import selfmm
+    from selfmm import api
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = selfmm.load_features(synth_path("mosi", scale=0.03), "mosi")
+    batches = []
+
+    def fit(cfg, *args, **kwargs):
+        batches.append(cfg.optim.batch_size)
+        raise SelfMMError("stop here")
+
+    monkeypatch.setattr(api, "fit", fit)
+    for processes, per_process in (("1", 16), ("2", 8), ("4", 4), ("16", 1)):
+        monkeypatch.setenv("WORLD_SIZE", processes)
+        with pytest.raises(SelfMMError, match="stop here"):
+            selfmm.reproduce("mosi", data, tmp_path / "run", text_model=str(tiny_bert), device="cpu")
+        assert batches[-1] == per_process
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SelfMMError, match="batch of 16 does not split into 3 equal parts"):
+        selfmm.reproduce("mosi", data, tmp_path / "run", text_model=str(tiny_bert), device="cpu")
+    assert len(batches) == 4 and not (tmp_path / "run").exists()

@@ -358,3 +358,18 @@ def test_cuda_round_trip() -> None:
     for key, value in on_cpu.state_dict().items():
         torch.testing.assert_close(g.state_dict()[key], value, rtol=1e-6, atol=1e-7)
         assert torch.equal(resumed.state_dict()[key], g.state_dict()[key]), key
+
+
+def test_a_state_saved_before_the_buffers_loads() -> None:
+    """Checkpoints written before the ULGM kept its state in buffers (ef286d0) hold one (4, N)
+    "labels" tensor and "kind.s" keys; they used to fail with "ULGM state keys differ"."""
+    g = tiny()
+    g.step([0, 2], {s: torch.tensor([[0.5, 0.5], [-1.0, 1.0]]) for s in MODALITIES}, epoch=2)
+    before = snapshot(g)
+    old = {"labels": torch.stack([before[f"labels_{s}"] for s in MODALITIES])}
+    old.update({f"{kind}.{s}": before[f"{kind}_{s}"] for s in MODALITIES for kind in KINDS if kind != "labels"})
+    fresh = UnimodalLabelGenerator(3, {s: 2 for s in MODALITIES}, H=1.0)
+    fresh.load_state_dict(old)
+    assert_state_equal(fresh, before)
+    with pytest.raises(ValueError, match="keys differ"):  # a damaged old state is still refused
+        fresh.load_state_dict({k: v for k, v in old.items() if k != "sums.t"})

@@ -21,6 +21,7 @@ from . import distributed, provenance
 from .configuration import DEFAULT_SEEDS, DEFAULT_TEXT_MODEL, Config, check_seeds, resolve
 from .data.types import FeatureData
 from .encoder import load_encoder_config
+from .errors import SelfMMError
 from .interop import read_config_file
 from .model import SelfMM
 from .models import class_path, model_builder
@@ -103,6 +104,8 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
 
     Other seeds, another text model, `max_epochs` (a quick look) or `precision="bf16"` are
     allowed and flagged as not the protocol. `resume=True` continues an interrupted reproduction.
+    Under torchrun with K processes each trains batch / K clips of every batch, so the global
+    batch stays the protocol's; a K that does not divide it is refused.
     """
     check_labels(data, dataset)
     overrides: dict[str, Any] = {}
@@ -113,11 +116,23 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
             notes.append(f"text model {text_model} instead of {DEFAULT_TEXT_MODEL[dataset]}")
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
-        notes.append(f"at most {max_epochs} epoch(s) instead of early stopping alone")
+        if max_epochs:  # 0: no limit, early stopping alone, as the protocol trains
+            notes.append(f"at most {max_epochs} epoch(s) instead of early stopping alone")
     if precision is not None:
         overrides["precision"] = precision
         if precision != "fp32":  # the published runs trained in float32
             notes.append(f"{precision} autocast instead of float32")
+    processes = distributed.processes_from_env()
+    if processes > 1:
+        # Under torchrun each process takes its share of every batch: the protocol's batch is
+        # the global one, so each process gets batch / K (the gathered batches are then exactly
+        # one process's, see selfmm.distributed).
+        batch = config(dataset).optim.batch_size
+        if batch % processes:
+            raise SelfMMError(f"reproduce under torchrun with {processes} processes: the protocol's batch of "
+                              f"{batch} does not split into {processes} equal parts; start a number of "
+                              f"processes that divides {batch}")
+        overrides["batch_size"] = batch // processes
     run = fit(config(dataset, **overrides), data, out, seeds, device=device, resume=resume,
               progress=progress, invocation=invocation)
     if run.results is None:  # a torchrun process other than rank 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .io import check_file
 
 DATASETS = ("mosi", "mosei", "sims", "simsv2")
 # The paper's ablation: the multimodal task always, plus any unimodal subset.
@@ -36,6 +37,9 @@ SEED_LIMIT = 2**32
 # Worker processes of any kind (data loading, extraction, serving): more than this is never
 # faster here, and a mistyped 100000 forks until the kernel kills the process.
 MAX_WORKERS = 64
+# Widths of the model's layers: the published ones are at most 128; an LSTM of width 4096
+# already holds 270 MB of weights, and a mistyped 10^9 would fail allocating terabytes.
+MAX_WIDTH = 4096
 # A configuration file is a few kilobytes and a few levels deep (MMSA's: four).
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_DEPTH = 16
@@ -80,14 +84,14 @@ class ModelConfig:
 
     text_model: str = setting("bert-base-uncased", non_empty)
     freeze_encoder: bool = setting(False)
-    audio_hidden: int = setting(16, at_least(1))
-    vision_hidden: int = setting(32, at_least(1))
-    audio_out: int = setting(16, at_least(1))
-    vision_out: int = setting(32, at_least(1))
-    post_fusion_dim: int = setting(128, at_least(1))
-    post_text_dim: int = setting(32, at_least(1))
-    post_audio_dim: int = setting(16, at_least(1))
-    post_vision_dim: int = setting(32, at_least(1))
+    audio_hidden: int = setting(16, between(1, MAX_WIDTH))
+    vision_hidden: int = setting(32, between(1, MAX_WIDTH))
+    audio_out: int = setting(16, between(1, MAX_WIDTH))
+    vision_out: int = setting(32, between(1, MAX_WIDTH))
+    post_fusion_dim: int = setting(128, between(1, MAX_WIDTH))
+    post_text_dim: int = setting(32, between(1, MAX_WIDTH))
+    post_audio_dim: int = setting(16, between(1, MAX_WIDTH))
+    post_vision_dim: int = setting(32, between(1, MAX_WIDTH))
     post_fusion_dropout: float = setting(0.0, probability)
     post_text_dropout: float = setting(0.1, probability)
     post_audio_dropout: float = setting(0.1, probability)
@@ -330,8 +334,7 @@ def read_json_object(path: str | Path, what: str = "config file") -> dict[str, A
     regular file of at most MAX_CONFIG_BYTES, nested at most MAX_CONFIG_DEPTH deep."""
     path = Path(path)
     try:
-        if not path.is_file():
-            raise ConfigError(f"{what} {path} " + ("is not a regular file" if path.exists() else "does not exist"))
+        check_file(path, what, error=ConfigError)
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:

@@ -17,6 +17,7 @@ masks), from a seed derived from the run's seed and its rank.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,10 +51,15 @@ class Context:
 ONE_PROCESS = Context()
 
 
+def processes_from_env() -> int:
+    """How many processes torchrun started for this run (WORLD_SIZE); 1 outside torchrun."""
+    return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+
+
 def init_from_env(device: torch.device) -> tuple[Context, torch.device]:
     """Join the process group that torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK, if any;
     returns it with this process's device (cuda:LOCAL_RANK under torchrun on CUDA)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = processes_from_env()
     if world_size <= 1:
         return Context(), device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -191,7 +197,21 @@ def make_gather(ctx: Context) -> Gather | None:
 
 
 def wrap(model: torch.nn.Module, ctx: Context, find_unused: bool) -> torch.nn.Module:
-    """DistributedDataParallel around `model`; inputs are already on the right device."""
+    """DistributedDataParallel around `model`; inputs are already on the right device.
+
+    Buffers are not broadcast before every forward (DDP's default): the encoder's buffers
+    (position and token type ids) are constants, equal on every rank from the start, and the
+    ULGM's state lives outside the model, kept equal by its all-gather."""
     if not ctx.enabled:
         return model
-    return DistributedDataParallel(model, device_ids=None, find_unused_parameters=find_unused)
+    return DistributedDataParallel(model, device_ids=None, find_unused_parameters=find_unused,
+                                   broadcast_buffers=False)
+
+
+def accumulating(model: torch.nn.Module, skip_sync: bool) -> contextlib.AbstractContextManager:
+    """Inside, with `skip_sync`, a DistributedDataParallel model's backward accumulates its
+    gradients on this rank without all-reducing them (`no_sync`); the next backward outside
+    all-reduces the sum. Anything else: nothing changes."""
+    if skip_sync and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()

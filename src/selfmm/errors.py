@@ -1,11 +1,19 @@
 """Errors that mean "the user gave us something wrong", as opposed to a bug.
 
-The CLI prints these as one line and exits with status 2, without a traceback.
+The CLI prints these as one line and exits with status 2, without a traceback. A library
+error names the Python parameters it is about (`out`, `resume=True`, `max_upload_mb: ...`) and
+lists them in `parameters`; the command line shows its own flags there instead (selfmm.cli).
 """
+
+from __future__ import annotations
 
 
 class SelfMMError(Exception):
     """A user-facing error: bad input file, bad configuration, bad path."""
+
+    def __init__(self, *args: object, parameters: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.parameters = tuple(parameters)
 
 
 class DataError(SelfMMError):
@@ -14,3 +22,11 @@ class DataError(SelfMMError):
 
 class ConfigError(SelfMMError):
     """An unknown key, a wrong type or an out-of-range value in the configuration."""
+
+
+class ArgumentError(SelfMMError, ValueError):
+    """An argument of a library function that is of the right type but not a value it takes."""
+
+
+class ArgumentTypeError(SelfMMError, TypeError):
+    """An argument of a library function of the wrong type."""

@@ -22,6 +22,7 @@ from .errors import SelfMMError
 from .extract import AUDIO_SETS, DEFAULT_AUDIO_FEATURES, VISION_DIM, AudioFeatureSet, audio_set, extract_clip
 from .extract.clip import flag_string
 from .inference import check_text, predict
+from .io import check_file
 from .model import SelfMM
 from .results import format_table
 from .runtime import resolve_device
@@ -73,6 +74,16 @@ def _split_of_clip(clip: Any, clip_id: str):
     )
 
 
+def _file_kind(path: Path) -> str:
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return "video"
+    if path.suffix.lower() in (".pkl", ".pickle"):
+        return "features"
+    # Sniff: every pickle of protocol 2 or later starts with the PROTO opcode.
+    with open(path, "rb") as handle:
+        return "features" if handle.read(1) == b"\x80" else "video"
+
+
 def parse_input(value: str) -> tuple[str, Path, str | None]:
     """(kind, path, split) of one INPUT: "video", or "features" (a pickle or a cache folder)
     with an optional FILE:SPLIT."""
@@ -82,18 +93,13 @@ def parse_input(value: str) -> tuple[str, Path, str | None]:
         head, _, tail = value.rpartition(":")
         if tail in (*SPLITS, "all") and Path(head).exists():
             path, split = Path(head), tail
-    if not path.exists():
-        raise SelfMMError(f"input {value} does not exist")
     if path.is_dir():
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise SelfMMError(f"input {value} is a folder, not a video file")
         kind = "features"  # a `selfmm cache` folder; load_features says if it is not one
-    elif path.suffix.lower() in VIDEO_SUFFIXES:
-        kind = "video"
-    elif path.suffix.lower() in (".pkl", ".pickle"):
-        kind = "features"
     else:
-        # Sniff: every pickle of protocol 2 or later starts with the PROTO opcode.
-        with open(path, "rb") as handle:
-            kind = "features" if handle.read(1) == b"\x80" else "video"
+        check_file(path, "input", "video or feature file")
+        kind = _file_kind(path)
     if kind == "video" and split is not None:
         raise SelfMMError(f"input {value}: a split applies to feature files, not to videos")
     return kind, path, split
@@ -212,13 +218,15 @@ class Predictor:
         names = [s for s, part in data.splits.items() if len(part)] if split == "all" else [split]
         return [score for s in names for score in self.score_split(data.splits[s], name)]
 
-    def score_video(self, path: str | os.PathLike, transcript: str) -> list[ClipScore]:
+    def score_video(self, path: str | os.PathLike, transcript: str,
+                    max_seconds: float | None = None) -> list[ClipScore]:
         """Extract one video's features (the `video` extra) with the run's audio feature set
-        and score it."""
+        and score it; a video longer than `max_seconds`, as decoded, raises DataError."""
         name = os.fspath(path)
         # Before the costly extraction: a run on benchmark features cannot take these.
         acoustic = self._video_audio_set(name)
-        clip = extract_clip(path, transcript, self.tokenizer, audio_features=acoustic.name)
+        clip = extract_clip(path, transcript, self.tokenizer, audio_features=acoustic.name,
+                            max_seconds=max_seconds)
         return self.score_split(_split_of_clip(clip, f"{Path(path).stem}$_$0"), name)
 
 

@@ -173,29 +173,33 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader
     batches = tqdm(started, total=steps, desc=progress, disable=progress is None, leave=False,
                    dynamic_ncols=True)
     for i, host in enumerate(batches):
-        batch: Batch = host.to(device, non_blocking=True)
-        with autocast(device, cfg.train.precision):
-            out = forward(model, batch, text_cache)
-        labels = {s: ulgm.labels[s][batch.index] for s in MODALITIES}
-        # The ULGM takes the indexes on the host: it checks them there without a device read.
-        losses = task_losses(out.predictions, labels, ulgm.weights(host.index), cfg.train.tasks)
-        loss = sum(losses.values())
-        features = {s: f.detach().float() for s, f in out.features._asdict().items()}
-        index, batch_features, share = host.index, features, 1.0
-        if gather is not None:
-            step = loader.batch_sampler.step(i)
-            index, batch_features = gather(step, features)
-            # DDP averages gradients over ranks; weighting each rank by its share of the global
-            # batch makes an uneven last batch count every sample once, as one process would
-            # (a rank that only stands in has share 0).
-            share = step.share
-        checks.add(i, loss, losses, features, counted=share > 0)
-        (loss * share).backward()
-        # The representations are checked above; the ULGM need not read them back itself.
-        ulgm.step(index, batch_features, epoch, check_finite=False)
         # Step every `accumulation_steps` batches and at the last batch (the reference drops
         # the last partial window's gradients).
-        if (i + 1) % cfg.optim.accumulation_steps == 0 or i + 1 == steps:
+        stepping = (i + 1) % cfg.optim.accumulation_steps == 0 or i + 1 == steps
+        # Under DDP the gradients are all-reduced only at a batch that steps: the others
+        # accumulate on each rank (one all-reduce per optimizer step instead of one per batch).
+        with distributed.accumulating(model, not stepping):
+            batch: Batch = host.to(device, non_blocking=True)
+            with autocast(device, cfg.train.precision):
+                out = forward(model, batch, text_cache)
+            labels = {s: ulgm.labels[s][batch.index] for s in MODALITIES}
+            # The ULGM takes the indexes on the host: it checks them there without a device read.
+            losses = task_losses(out.predictions, labels, ulgm.weights(host.index), cfg.train.tasks)
+            loss = sum(losses.values())
+            features = {s: f.detach().float() for s, f in out.features._asdict().items()}
+            index, batch_features, share = host.index, features, 1.0
+            if gather is not None:
+                step = loader.batch_sampler.step(i)
+                index, batch_features = gather(step, features)
+                # DDP averages gradients over ranks; weighting each rank by its share of the global
+                # batch makes an uneven last batch count every sample once, as one process would
+                # (a rank that only stands in has share 0).
+                share = step.share
+            checks.add(i, loss, losses, features, counted=share > 0)
+            (loss * share).backward()
+        # The representations are checked above; the ULGM need not read them back itself.
+        ulgm.step(index, batch_features, epoch, check_finite=False)
+        if stepping:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if (i + 1) % CHECK_EVERY == 0 and i + 1 < steps:

@@ -103,6 +103,19 @@ def state_layout(n: int, d: int) -> dict[str, tuple[tuple[int, ...], torch.dtype
             "centres": ((2, d), torch.float32), "existed": ((2,), torch.bool)}
 
 
+def from_old_layout(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The buffers' names for a state saved before the ULGM kept them as buffers (checkpoints
+    of runs from before commit ef286d0): one (4, N) "labels" tensor with a row per modality in
+    MODALITIES order, and "reps.s", "sums.s", "counts.s", "centres.s", "existed.s". The
+    values are the same; any other state is returned unchanged."""
+    labels = state.get("labels")
+    if not (isinstance(labels, torch.Tensor) and labels.dim() == 2 and labels.shape[0] == len(MODALITIES)):
+        return state
+    out = {k.replace(".", "_", 1): v for k, v in state.items() if k != "labels"}
+    out.update({f"labels_{s}": labels[i].clone() for i, s in enumerate(MODALITIES)})
+    return out
+
+
 class UnimodalLabelGenerator(torch.nn.Module):
     """U-label state for N training samples; see the module docstring and SPEC section 4.
 
@@ -189,7 +202,9 @@ class UnimodalLabelGenerator(torch.nn.Module):
 
         Partial loading is not offered: sums and counts must agree with the labels and reps.
         Shapes and dtypes are checked first, so a bad state names its key and changes nothing.
+        A state saved before the buffers existed (see `from_old_layout`) is converted first.
         """
+        state_dict = from_old_layout(state_dict)
         expected = dict(self.named_buffers())
         if set(state_dict) != set(expected):
             raise ValueError(f"ULGM state keys differ: missing {sorted(set(expected) - set(state_dict))}, "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import resource
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from selfmm.data.batch import Collator
 from selfmm.data.layout import SPLITS
@@ -88,3 +90,19 @@ def copy_run(tiny_run: dict[str, Path], to: Path, checkpoints: bool = True) -> P
     ignore = None if checkpoints else shutil.ignore_patterns("*.pt")
     shutil.copytree(tiny_run["run"], to, ignore=ignore)
     return to
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -103,10 +104,10 @@ def test_config_file_size(tmp_path, capsys):
 
 def test_endless_and_special_config_files(tmp_path, capsys):
     for special in ("/dev/zero", "/dev/urandom", str(tmp_path)):
-        assert "is not a regular file" in refused(capsys, train(tmp_path, "--config", special))
+        assert ", not a regular file" in refused(capsys, train(tmp_path, "--config", special))
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)  # reading it would wait for a writer forever
-    assert "is not a regular file" in refused(capsys, train(tmp_path, "--config", str(fifo)))
+    assert "is a FIFO (a named pipe), not a regular file" in refused(capsys, train(tmp_path, "--config", str(fifo)))
 
 
 @pytest.mark.parametrize("depth", [17, 100_000])
@@ -128,3 +129,33 @@ def test_a_real_mmsa_config_is_within_the_bounds(tmp_path):
     path = tmp_path / "config_regression.json"
     path.write_text(json.dumps(mmsa))
     assert read_json_object(path) == mmsa
+
+
+@pytest.mark.parametrize("flag, value, shown", [
+    ("--audio-len", "100000000", "--audio-len: expected None or an integer in [1, 100000], got 100000000"),
+    ("--vision-len", "100001", "--vision-len: expected None or an integer in [1, 100000], got 100001"),
+    ("--text-len", "5000", "--text-len: expected an integer in [1, 4096], got 5000"),
+    ("--audio-len", "0", "--audio-len: expected None or an integer in [1, 100000], got 0"),
+])
+def test_extraction_lengths_are_bounded_before_any_work(flag, value, shown, tmp_path, capsys):
+    """A 2-second clip with --audio-len 100000000 wrote 10 GB: refused before the video is read."""
+    extract = ["extract", str(tmp_path / "clip.mp4"), "--transcript", "hi", flag, value]
+    dataset = ["extract-dataset", str(tmp_path), "--labels", str(tmp_path / "l.csv"), "--out",
+               str(tmp_path / "o.pkl"), flag, value]
+    for args in (extract, dataset):
+        assert shown in refused(capsys, args)
+    assert list(tmp_path.iterdir()) == []
+    # The library names its parameter, and checks it before looking for the file.
+    name = flag[2:].replace("-", "_")
+    with pytest.raises(ValueError, match=re.escape(shown.replace(flag, name))):
+        extract_dataset(tmp_path / "absent", tmp_path / "l.csv", tmp_path / "o.pkl", **{name: int(value)})
+
+
+@pytest.mark.parametrize("key", ["audio_hidden", "vision_out", "post_fusion_dim"])
+def test_model_widths(key, tmp_path, capsys):
+    """A width of 10^9 would fail allocating terabytes once training starts."""
+    err = refused(capsys, train(tmp_path, "--set", f"{key}=1000000000"))
+    assert f"config key '{key}': 1000000000 is out of range; must be in [1, 4096]" in err
+    with pytest.raises(ConfigError, match=r"must be in \[1, 4096\]"):
+        selfmm.config("mosi", **{key: 4097})
+    assert selfmm.config("mosi", **{key: 4096})

@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -29,6 +30,26 @@ EXIT_FAILURE = 1
 USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST,
                errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
                errno.ENOTEMPTY, errno.EXDEV, errno.ETXTBSY}
+# Python parameters of the library whose flag is not `--` + the name with dashes.
+PARAMETER_FLAGS: dict[str, str] = {}
+# How a library message names a parameter, and how the command line shows its flag there:
+# "resume=True" -> "--resume", "out=runs/a" -> "--out runs/a", "audio_len:" -> "--audio-len:".
+_NAMED = {"=True": "", "=": " ", ":": ":"}
+
+
+def flag_of(parameter: str) -> str:
+    return PARAMETER_FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def with_flags(exc: SelfMMError) -> str:
+    """A library error's message, the parameters it names shown as this command line's flags."""
+    line = str(exc)
+    for name in exc.parameters:
+        line = re.sub(rf"(?<![\w-]){re.escape(name)}(=True\b|=|:)",
+                      lambda m, name=name: flag_of(name) + _NAMED[m.group(1)], line)
+    return line
+
+
 # Packages of the optional extras, for a one-line answer when a command needs one.
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "av": "video",
           "cv2": "video", "librosa": "video", "opensmile": "video"}
@@ -48,9 +69,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the parsed command: its output policy first (selfmm.cli.outputs), then its handler.
     Only the handler's module is imported: `selfmm --help` needs no torch."""
-    check_output(args)
-    module, name = args.handler.split(":")
-    return int(getattr(importlib.import_module(f"{__name__}.{module}"), name)(args) or 0)
+    with check_output(args):
+        module, name = args.handler.split(":")
+        return int(getattr(importlib.import_module(f"{__name__}.{module}"), name)(args) or 0)
 
 
 def _os_error(exc: OSError) -> tuple[str, int]:
@@ -62,7 +83,7 @@ def _os_error(exc: OSError) -> tuple[str, int]:
 def failure(exc: BaseException, command: str) -> tuple[str, int]:
     """The one line and the exit status of an exception that ended a command."""
     if isinstance(exc, SelfMMError):
-        return str(exc), EXIT_USAGE
+        return with_flags(exc), EXIT_USAGE
     if isinstance(exc, ModuleNotFoundError) and exc.name in EXTRAS:
         return (f"{command} needs the package {exc.name}: pip install 'selfmm[{EXTRAS[exc.name]}]'",
                 EXIT_USAGE)

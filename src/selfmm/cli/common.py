@@ -12,6 +12,7 @@ from ..data.mmsa import load_features
 from ..data.types import FeatureData
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
+from ..io import BROKEN, LOOP, check_file, not_a_file
 from ..precision import check_precision
 from ..rundir import RunDirectory
 from ..runtime import resolve_device
@@ -44,8 +45,8 @@ def training_inputs(args: argparse.Namespace, out: RunDirectory | None = None) -
     if out is not None:
         out.check()
     for path in (args.data, args.text_file, args.audio_file, args.vision_file):
-        if path is not None and not Path(path).exists():
-            raise SelfMMError(f"data file {path} does not exist")
+        if path is not None and not Path(path).is_dir():  # a folder is a cache
+            check_file(path, "data file", "feature file")
     load_encoder_config(cfg.model.text_model)
     return cfg, data_from_args(args, cfg.dataset)
 
@@ -56,17 +57,24 @@ _FILE_NAME = re.compile(r"^(\S*[/\\]\S*|.*\.(txt|text|srt|vtt|sbv|csv|tsv|json|m
 
 def read_transcript(value: str) -> str:
     """`value` itself, or the content of the file it names. A value that looks like a file name
-    but names no file is refused rather than taken for the words said."""
+    but names no file is refused rather than taken for the words said; so is an empty one."""
+    said = ("give the words said in the clip, or the path of a UTF-8 text file that holds them")
+    if not value.strip():
+        raise SelfMMError(f"--transcript is empty: {said}")
     path = Path(value)
     try:
         if path.is_file():
-            return path.read_text(encoding="utf-8").strip()
-        if path.is_dir():
-            raise SelfMMError(f"--transcript {value}: a folder, not a text file")
+            text = path.read_text(encoding="utf-8").strip()
+            if not text:
+                raise SelfMMError(f"--transcript {value}: the file is empty; {said}")
+            return text
     except OSError:  # a long sentence is not a valid path on every system
         pass
     except UnicodeDecodeError:
         raise SelfMMError(f"{path}: the transcript file is not UTF-8 text") from None
+    why = not_a_file(path)
+    if why in (LOOP, BROKEN) or (why or "").startswith("is a "):  # a folder, a FIFO, a device...
+        raise SelfMMError(f"--transcript {value}: {why.removeprefix('is ')}, not a text file")
     if _FILE_NAME.match(value.strip()):
         raise SelfMMError(f"--transcript {value}: no such file (a transcript given as text is the "
                           "words said, not a file name)")

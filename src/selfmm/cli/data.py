@@ -11,6 +11,7 @@ from ..data.mmsa import load_features
 from ..data.summary import summarize
 from ..data.synth import write_synthetic
 from ..errors import SelfMMError
+from ..io import check_file
 from ..runs import read_json
 
 
@@ -31,8 +32,9 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def cache(args: argparse.Namespace) -> int:
-    if not Path(args.file).is_file():
-        raise SelfMMError(f"{args.file} is not a feature file")
+    if Path(args.file).is_dir():
+        raise SelfMMError(f"{args.file} is a folder: a cache already, or not a feature file")
+    check_file(args.file, "feature file", "feature file")
     out = Path(args.out) if args.out else default_out(args.file)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the repairs are reported below

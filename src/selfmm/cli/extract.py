@@ -11,21 +11,14 @@ from pathlib import Path
 from ..configuration import check_workers
 from ..encoder import load_tokenizer
 from ..errors import SelfMMError
-from ..extract.clip import extract_clip, flag_string, write_clip
+from ..extract.clip import check_lengths, extract_clip, flag_string, write_clip
 from ..extract.dataset import extract_dataset as extract_all
 from ..predict import ClipScore, Predictor, parse_input, scores_table
 from .common import read_transcript
 
 
-def _positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SelfMMError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-
-
 def extract(args: argparse.Namespace) -> int:
-    _positive(args, "text_len", "audio_len", "vision_len")
+    check_lengths(args.text_len, args.audio_len, args.vision_len)
     video = Path(args.video)
     out = Path(args.out) if args.out else video.with_suffix(".pkl")
     clip = extract_clip(video, read_transcript(args.transcript), load_tokenizer(args.text_model),
@@ -40,7 +33,7 @@ def extract(args: argparse.Namespace) -> int:
 
 
 def extract_dataset(args: argparse.Namespace) -> int:
-    _positive(args, "text_len", "audio_len", "vision_len")
+    check_lengths(args.text_len, args.audio_len, args.vision_len)
     check_workers(args.workers)
     report = extract_all(args.video_dir, args.labels, args.out, tokenizer_name=args.text_model,
                          workers=args.workers, text_len=args.text_len, audio_len=args.audio_len,

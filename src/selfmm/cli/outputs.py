@@ -9,6 +9,11 @@ goes through before its handler runs (docs/cli.md lists it command by command).
   A folder that holds anything else is refused, whatever the flags.
 - An output never replaces one of the command's inputs, and its names must fit the file system.
 
+- `--force` replaces only a regular file, never a FIFO, a device node or a socket.
+- One command per output: the command holds the output's lock (selfmm.rundir.OutputLock) while
+  it runs, so a second command on the same output is refused while the first writes it; the
+  holder removes the temporary files that a killed writer of the output left.
+
 A command opts in with `output=Output(...)` where the parser declares it; the parser then adds
 `--force` where the policy allows replacing. Commands that write nothing are listed in
 READ_ONLY, so that a new command has to choose one or the other (tests/robustness/test_outputs.py).
@@ -17,12 +22,14 @@ READ_ONLY, so that a new command has to choose one or the other (tests/robustnes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import enum
 import fnmatch
 import json
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +37,18 @@ from ..configuration import TASKS
 from ..data.cache import MANIFEST, default_out
 from ..data.layout import SPLITS
 from ..errors import SelfMMError
-from ..rundir import LOCK
+from ..io import BROKEN, LOOP, MISSING, not_a_file
+from ..rundir import LOCK, OutputLock, remove_temporaries
 
 # Commands that write no file of their own (they print, or serve).
 READ_ONLY = ("evaluate", "inspect", "predict", "serve")
-# What an atomic writer adds to a name for its temporary file: "." + name + ".XXXXXXXX.tmp".
+# What an atomic writer adds to a name for its temporary file (or folder): "." + name +
+# ".XXXXXXXX.tmp"; the lock beside an output adds less ("." + name + LOCK).
 _TEMPORARY_EXTRA = 14
-# Names our writers may leave behind in any folder: the lock and an interrupted write.
-_ALWAYS = (LOCK, ".*.tmp", ".selfmm.probe")
+# Names our writers may leave behind in any folder: the locks and an interrupted write.
+_ALWAYS = (LOCK, f".*{LOCK}", ".*.tmp", ".selfmm.probe")
+# An atomic writer's temporary file, of any name (selfmm.io).
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 
 
 class Reuse(enum.Enum):
@@ -130,7 +141,7 @@ def labels_folder(path: Path, args: argparse.Namespace) -> Reuse | None:
 
 def default_report(path: Path, args: argparse.Namespace) -> Reuse | None:
     """RUN/report.html, the default, is the report's own place and is refreshed."""
-    return Reuse.FREE if path.resolve() == (Path(args.run) / "report.html").resolve() else None
+    return Reuse.FREE if _same_file(path, Path(args.run) / "report.html") else None
 
 
 def mmsa_results(path: Path, args: argparse.Namespace) -> Reuse | None:
@@ -176,10 +187,10 @@ def _check_names(path: Path, label: str, folder: bool) -> None:
         if len(os.fsencode(part)) > limit:
             raise SelfMMError(f"{label} {path}: the name {part[:40]}... is {len(os.fsencode(part))} bytes, "
                               f"longer than the file system allows ({limit})")
-    own = len(os.fsencode(path.name)) + (0 if folder else _TEMPORARY_EXTRA)
-    if own > limit:
+    if len(os.fsencode(path.name)) + _TEMPORARY_EXTRA > limit:
         raise SelfMMError(f"{label} {path}: the name is too long for the file system ({len(os.fsencode(path.name))} "
-                          f"bytes; at most {limit - (0 if folder else _TEMPORARY_EXTRA)} for a file selfmm writes)")
+                          f"bytes; at most {limit - _TEMPORARY_EXTRA} for a {'folder' if folder else 'file'} "
+                          "selfmm writes)")
     for ancestor in path.parents:
         if ancestor.exists() or ancestor.is_symlink():
             if not ancestor.is_dir():
@@ -190,7 +201,7 @@ def _check_names(path: Path, label: str, folder: bool) -> None:
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return False
 
 
@@ -208,6 +219,10 @@ def _check(spec: Output, path: Path, label: str, args: argparse.Namespace) -> No
     if not spec.folder:
         if path.is_dir():
             raise SelfMMError(f"{label} {path} is a folder; name a file")
+        why = not_a_file(path)
+        # A link that leads nowhere is itself what a write replaces.
+        if why not in (None, MISSING, LOOP, BROKEN):
+            raise SelfMMError(f"{label} {path} {why}; selfmm replaces only regular files, --force or not")
         if (spec.own and spec.own(path, args) is Reuse.FREE) or force:
             return
         raise SelfMMError(f"{label} {path} exists; pass --force to replace it")
@@ -246,20 +261,44 @@ def output_path(spec: Output, args: argparse.Namespace) -> Path | None:
     return Path(value) if value is not None else None
 
 
-def check_output(args: argparse.Namespace) -> None:
+def check_output(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
     """Refuse, as one line, an output that would replace or mix with what the user did not ask
-    to replace; nothing has been read or written yet."""
+    to replace; nothing has been read or written yet. Returns the claim on the output that the
+    command holds while it runs (`with check_output(args): ...`): entering it takes the
+    output's lock, checks again under it, and clears what a killed writer left."""
     spec: Output | None = getattr(args, "output", None)
-    if spec is None:
-        return
-    path = output_path(spec, args)
-    if path is None:
-        return
+    path = output_path(spec, args) if spec is not None else None
+    if spec is None or path is None:
+        return contextlib.nullcontext()
     flag = getattr(args, spec.flag, None)
     label = f"--{spec.flag.replace('_', '-')}" if flag is not None else "output"
+    _check_all(spec, path, label, args)
+    return _claim(spec, path, label, args)
+
+
+def _check_all(spec: Output, path: Path, label: str, args: argparse.Namespace) -> None:
     _check(spec, path, label, args)
     for suffix, companion in spec.companions:
         _check(companion, Path(f"{path}{suffix}"), f"{label} companion", args)
+
+
+@contextlib.contextmanager
+def _claim(spec: Output, path: Path, label: str, args: argparse.Namespace) -> Iterator[None]:
+    if int(os.environ.get("RANK", "0") or 0):
+        # Under torchrun every process runs the command, and only rank 0 writes (selfmm.distributed).
+        yield
+        return
+    with OutputLock(path, f"{label} {path}"):
+        # Another command may have written the output between the first check and the lock.
+        _check_all(spec, path, label, args)
+        for each, folder in [(path, spec.folder), *((Path(f"{path}{suffix}"), c.folder)
+                                                    for suffix, c in spec.companions)]:
+            remove_temporaries(each)
+            if folder and each.is_dir():
+                for tmp in each.rglob(".*.tmp"):
+                    if _TEMPORARY.fullmatch(tmp.name) and not tmp.is_dir():
+                        tmp.unlink(missing_ok=True)
+        yield
 
 
 # --- the outputs of the commands, declared where the parser builds them ----------------------

@@ -8,8 +8,11 @@ Layout of FILE.selfmm-cache/:
   <split>.<key>.npy       one array per split and key, MMSA's key names, as validated
   <split>.strings.json    {"id": [...], "raw_text": [...], "extraction_flags": [...]}
   manifest.json           format, version, source, shapes and dtypes, the repairs made, the
-                          file's `extraction` entry (its audio feature set) when it has one;
-                          written last, so its presence marks a complete cache
+                          file's `extraction` entry (its audio feature set) when it has one
+
+The folder is built under a temporary name beside OUT and renamed into place when complete,
+so a folder named OUT is always a whole cache (older versions wrote in place and marked a
+complete cache by writing the manifest last).
 
 The cache holds what `load_features` validated and repaired (non-finite audio/vision values
 already set to 0), so opening it skips the full scan for NaN and infinities, which would read
@@ -26,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, SelfMMError
-from ..io import atomic_writer, write_json
+from ..io import atomic_folder, atomic_writer, write_json
+from ..rundir import OutputLock
 from .layout import EXTRACTION_KEY, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
 
 if TYPE_CHECKING:
@@ -62,19 +66,31 @@ def _split_arrays(split: Split, aligned: bool) -> dict[str, np.ndarray]:
 
 def write_cache(data: FeatureData, out: str | os.PathLike | None = None, *,
                 force: bool = False) -> Path:
-    """Write the cache folder of loaded, validated `data`; returns the folder."""
+    """Write the cache folder of loaded, validated `data`; returns the folder.
+
+    The folder is built beside `out` and takes its place only when complete (selfmm.io's
+    atomic_folder), under `out`'s lock: an interruption or a full disk leaves `out` as it was,
+    and two writers cannot mix their arrays."""
     source = data.path
     out = Path(out) if out is not None else default_out(source)
     if Path(source).resolve() == out.resolve():
         raise SelfMMError(f"{source} is already a cache")
-    if (out / MANIFEST).exists():
-        if not force:
-            raise SelfMMError(f"{out} already holds a cache; pass --force to rewrite it")
-        # Without its manifest the folder reads as incomplete until the rewrite finishes.
-        (out / MANIFEST).unlink()
-    elif out.exists() and not out.is_dir():
-        raise SelfMMError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, f"cache {out}"):
+        if (out / MANIFEST).exists() and not force:
+            raise SelfMMError(f"{out} already holds a cache; pass force=True to rewrite it")
+        with atomic_folder(out) as building:
+            _write_arrays(data, building)
+    return out
+
+
+def _write_npy(handle: Any, arr: np.ndarray) -> None:
+    """`arr` in the .npy format. Not np.save: its C-level write reports a full disk as an
+    OSError without errno ("N requested and M written"), which cannot be told from a bug."""
+    np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(arr))
+    handle.write(memoryview(arr).cast("B"))
+
+
+def _write_arrays(data: FeatureData, out: Path) -> None:
     splits: dict[str, dict[str, Any]] = {}
     for name in SPLITS:
         split = data.splits[name]
@@ -82,20 +98,19 @@ def write_cache(data: FeatureData, out: str | os.PathLike | None = None, *,
         for key, arr in _split_arrays(split, data.aligned).items():
             arr = np.ascontiguousarray(arr)
             with atomic_writer(out / f"{name}.{key}.npy", "wb") as handle:
-                np.lib.format.write_array(handle, arr, allow_pickle=False)
+                _write_npy(handle, arr)
             entry[key] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
         write_json(out / f"{name}.strings.json", {"id": split.ids, "raw_text": split.raw_text,
                                                   "extraction_flags": split.flags})
         splits[name] = entry
     manifest = {
-        "format": FORMAT, "version": VERSION, "source": os.path.abspath(source),
-        "source_bytes": os.path.getsize(source), "aligned": data.aligned,
+        "format": FORMAT, "version": VERSION, "source": os.path.abspath(data.path),
+        "source_bytes": os.path.getsize(data.path), "aligned": data.aligned,
         "repairs": data.repairs, "splits": splits,
     }
     if data.audio_features != UNKNOWN_FEATURES:
         manifest[EXTRACTION_KEY] = {"audio_features": data.audio_features}
     write_json(out / MANIFEST, manifest)
-    return out
 
 
 def _check_manifest(root: Path, manifest: Any, splits: tuple[str, ...]) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..configuration import LABEL_RANGE
 from ..errors import DataError
+from ..io import check_file
 from .cache import read_cache
 from .layout import EXTRACTION_KEY, LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
 from .types import FeatureData, Split
@@ -310,10 +311,9 @@ def _audio_features(layout: dict[str, Any], source: str) -> str:
 
 def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     """A pickle's split dicts, or a cache folder's (see data/cache.py) with its recorded repairs."""
-    if not os.path.exists(path):
-        raise DataError(f"data file {path} does not exist")
     if os.path.isdir(path):
         return read_cache(path)
+    check_file(path, "data file", "feature file", DataError)
     return _load_layout(path), None
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import checked, integer, optional
 from ..data.layout import EXTRACTION_KEY
 from ..io import atomic_writer
 from .audio import DEFAULT_AUDIO_FEATURES, acoustic_frames, audio_set
@@ -17,6 +18,18 @@ from .media import check_dependencies, decode
 from .visual import VISION_DIM, VISION_FPS, FaceDescriber
 
 FLAGS = ("no_audio", "silent", "no_video", "no_face", "damaged")
+# Upper bounds on the padded lengths that no real use reaches, against a slip that pads every
+# clip to gigabytes (a 2-second clip with audio_len=100000000 wrote 10 GB). The benchmark files
+# hold at most 50 tokens and 500 frames per clip; text encoders take 512 positions.
+MAX_TEXT_LEN = 4096  # 8x BERT's positions (the encoder's own limit is checked when training)
+MAX_FRAMES = 100_000  # 200x the benchmark's 500: 16 minutes of audio at 100 frames/s
+LENGTHS = {"text_len": integer(1, MAX_TEXT_LEN), "audio_len": optional(integer(1, MAX_FRAMES)),
+           "vision_len": optional(integer(1, MAX_FRAMES))}
+
+
+@checked(**LENGTHS)
+def check_lengths(text_len: int = 50, audio_len: int | None = None, vision_len: int | None = None) -> None:
+    """Refuse padded lengths out of [1, MAX_TEXT_LEN] or [1, MAX_FRAMES] before any work."""
 
 
 @dataclass
@@ -61,10 +74,10 @@ def _face_describer() -> FaceDescriber:
     return _describer
 
 
-def extract_media(video_path: str | os.PathLike,
-                  audio_features: str = DEFAULT_AUDIO_FEATURES) -> MediaFeatures:
+def extract_media(video_path: str | os.PathLike, audio_features: str = DEFAULT_AUDIO_FEATURES,
+                  max_seconds: float | None = None) -> MediaFeatures:
     """Decode `video_path` and compute its acoustic frames (set `audio_features`) and
-    visual frames.
+    visual frames; a clip longer than `max_seconds`, as decoded, raises DataError.
 
     A file without an audio stream, with silent audio, without a video stream or without a
     detectable face gives zero frames of that modality and sets the matching flag. A file that
@@ -72,7 +85,7 @@ def extract_media(video_path: str | os.PathLike,
     """
     acoustic = audio_set(audio_features)
     check_dependencies((acoustic.module, acoustic.package))
-    decoded = decode(video_path, VISION_FPS)
+    decoded = decode(video_path, VISION_FPS, max_seconds)
     flags = dict.fromkeys(FLAGS, False)
     flags["damaged"] = decoded.damaged
     flags["no_audio"] = decoded.audio is None or decoded.audio.size == 0
@@ -114,6 +127,7 @@ def pad_frames(frames: np.ndarray, length: int) -> tuple[np.ndarray, int]:
     return out, valid
 
 
+@checked(**LENGTHS)
 def extract_clip(
     video_path: str | os.PathLike,
     transcript: str,
@@ -123,11 +137,13 @@ def extract_clip(
     audio_len: int | None = None,
     vision_len: int | None = None,
     audio_features: str = DEFAULT_AUDIO_FEATURES,
+    max_seconds: float | None = None,
 ) -> ClipFeatures:
     """All three inputs of one clip, its audio as acoustic set `audio_features`. Without
     audio_len/vision_len a modality is padded to its own frame count (at least 1 row, so that a
-    flagged clip still has a valid array); audio_len counts frames of the chosen set."""
-    media = extract_media(video_path, audio_features)
+    flagged clip still has a valid array); audio_len counts frames of the chosen set. A clip
+    longer than `max_seconds` (as decoded, whatever the file states) raises DataError."""
+    media = extract_media(video_path, audio_features, max_seconds)
     return _assemble(media, transcript, tokenizer, text_len, audio_len, vision_len)
 
 

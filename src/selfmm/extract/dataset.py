@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..checks import checked
 from ..configuration import check_workers
 from ..data.layout import EXTRACTION_KEY, SPLITS
 from ..encoder import load_tokenizer
 from ..errors import DataError, SelfMMError
-from ..io import atomic_writer, write_json
+from ..io import atomic_writer, check_file, write_json
 from ..pools import ignore_interrupts, stop
 from ..rundir import RunDirectory
 from .audio import DEFAULT_AUDIO_FEATURES, audio_set
-from .clip import FLAGS, empty_split, extract_media, extraction_metadata, flag_string, tokenize, write_pickle
+from .clip import FLAGS, LENGTHS, empty_split, extract_media, extraction_metadata, flag_string, tokenize, write_pickle
 from .media import check_dependencies
 from .visual import VISION_DIM, VISION_FEATURES, VISION_FPS
 
@@ -72,8 +73,7 @@ def _float(value: str, path: Path, line: int, column: str) -> float:
 def read_labels(path: str | os.PathLike) -> list[LabelRow]:
     """Parse MMSA's label.csv: video_id, clip_id, text, label, mode, optional label_T/_A/_V."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such label file")
+    check_file(path, "label file", "CSV file", DataError)
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         try:
@@ -179,6 +179,7 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
+@checked(**LENGTHS)
 def extract_dataset(
     video_dir: str | os.PathLike,
     labels_csv: str | os.PathLike,
