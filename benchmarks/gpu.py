@@ -47,6 +47,7 @@ from selfmm import configuration as config
 from selfmm.data import synth
 from selfmm.data.mmsa import load_features
 from selfmm.data.types import FeatureData, Split
+from selfmm.io import atomic_writer, write_json
 from selfmm.model import SelfMM
 from selfmm.optim import make_optimizer
 from selfmm.ulgm import UnimodalLabelGenerator
@@ -74,7 +75,9 @@ def feature_file(work: Path, profile: str) -> FeatureData:
     path = work / f"{profile}-x1.pkl"
     if not path.exists():
         synth._tokenizer = WordTokenizer  # called as synth._tokenizer()(sentences, ...)
-        with open(path, "wb") as handle:
+        # Written beside its final name and renamed when whole: a run killed while writing (a
+        # time-out) leaves no truncated file for the next run to trip on.
+        with atomic_writer(path, "wb") as handle:
             pickle.dump(synth.make_synthetic(profile, scale=1.0, seed=0), handle, protocol=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the synthetic files' -inf repairs are intended
@@ -202,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     device = runtime.resolve_device("cuda")
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
                                "steps": STEPS, "warmup": WARMUP, "variants": []}
+
+    def save(results: dict[str, Any]) -> None:
+        """What is measured so far, after every part: a time-out keeps it."""
+        if args.json:
+            write_json(args.json, results)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -214,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             for precision, attention, deterministic in runs:
                 results["variants"].append(measure(data, profile, precision, attention, deterministic, device))
                 print(json.dumps(results["variants"][-1]), file=sys.stderr, flush=True)
+                save(results)
             if profile == "mosei" and not args.no_epoch:
                 results["epoch"] = whole_epoch(data, device)
+                save(results)
             del data
     print(render(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 

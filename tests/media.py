@@ -105,6 +105,24 @@ def make_video(
     return path
 
 
+def make_raw_h264(path: str | Path, seconds: float, fps: int, size: int = 32) -> Path:
+    """An elementary H.264 stream (.h264): no container, so no duration and no timestamps."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(int(seconds * fps)):
+            image = np.full((size, size, 3), i % 250, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, "bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
 def make_corrupt(path: str | Path, source: Path | None = None, seed: int = 0) -> Path:
     """Random bytes, or `source` truncated to its first quarter with its header scrambled."""
     path = Path(path)

@@ -109,7 +109,7 @@ def test_gradients_are_all_reduced_once_per_optimizer_step(tmp_path, synth_path,
     window once as well. No buffer is broadcast before a forward. 39 clips, 2 ranks of 4: 5
     batches, steps after batches 4 and 5. Before: 5 all-reduces (one per batch) and 5 broadcasts."""
     data = first_rows(synth_path("mosi", scale=0.03), tmp_path / "data.pkl", 39)
-    run(torchrun(29538, str(WORKER), "syncs", str(data), str(tiny_bert), str(tmp_path)), tmp_path)
+    run(torchrun(29539, str(WORKER), "syncs", str(data), str(tiny_bert), str(tmp_path)), tmp_path)
     for rank in (0, 1):
         counts = json.loads((tmp_path / f"syncs-{rank}.json").read_text())
         assert counts == {"allreduce_rounds": 2, "broadcasts": 0, "optimizer_steps": 2, "batches": 5}, rank

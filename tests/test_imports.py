@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trained runs", ("selfmm.inference", "selfmm.trained", "selfmm.interop", "selfmm.analysis",
                       "selfmm.report")),
     ("scoring", ("selfmm.predict", "selfmm.serve")),
-    ("training", ("selfmm.train", "selfmm.api", "selfmm.tune", "selfmm.ablate")),
+    ("training", ("selfmm.train", "selfmm.jobs", "selfmm.api", "selfmm.tune", "selfmm.ablate")),
     ("front doors", ("selfmm", "selfmm.__main__", "selfmm.cli")),
 ]
 # What scoring a clip runs: none of it may import the training loop, even indirectly.

@@ -20,7 +20,7 @@ httpx = pytest.importorskip("httpx")  # the TestClient's, and the live server's 
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from media import extracted_run, make_corrupt, make_video  # noqa: E402
+from media import extracted_run, make_corrupt, make_raw_h264, make_video  # noqa: E402
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
 from selfmm.predict import Predictor  # noqa: E402
@@ -135,6 +135,9 @@ BAD_INPUTS = {
     "not a video": (lambda t: b"video_id,clip_id\nvid0,0\n", "x", "not a readable video file"),
     "empty file": (lambda t: b"", "x", "video: the file is empty"),
     "too long": (lambda t: t / "long.mp4", "x", f"over the limit of {MAX_SECONDS:g} s"),
+    # No duration and no timestamps to check before decoding: refused by what is decoded.
+    "too long, raw stream": (lambda t: make_raw_h264(t / "long.h264", seconds=10, fps=10), "x",
+                             f"over the limit of {MAX_SECONDS:g} s (video decoded past it)"),
     "no video": (lambda t: None, "x", "missing field: video"),
     "no transcript": (lambda t: t / "good.mp4", None, "missing field: transcript"),
     "blank transcript": (lambda t: t / "good.mp4", " \n\t ", "transcript: empty"),
@@ -349,7 +352,7 @@ def test_serve_refuses_unsafe_settings(tmp_path, capsys):
         serve(missing, token="short", port=0)
     with pytest.raises(SelfMMError, match=r"--workers must be in \[1, 64\], got 0"):
         serve(missing, workers=0, port=0)
-    with pytest.raises(SelfMMError, match="--max-seconds must be positive"):
+    with pytest.raises(SelfMMError, match=r"max_seconds: expected a finite number in \(0, 3600\], got 0"):
         serve(missing, max_seconds=0, port=0)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

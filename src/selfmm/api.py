@@ -23,6 +23,7 @@ from .data.types import FeatureData
 from .encoder import load_encoder_config
 from .errors import SelfMMError
 from .interop import read_config_file
+from .jobs import SeedTask, fit_seeds, threads_per_job
 from .model import SelfMM
 from .models import class_path, model_builder
 from .precision import check_precision
@@ -51,16 +52,24 @@ def _api_call(out: Path, seeds: list[int], device: str, resume: bool, model: typ
 
 def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
         device: str = "auto", resume: bool = False, progress: bool = True,
-        model: type[torch.nn.Module] | None = None, invocation: str | None = None) -> Run:
+        model: type[torch.nn.Module] | None = None, invocation: str | None = None, jobs: int = 1) -> Run:
     """Train one model per seed into the run directory `out`, test each seed's best weights,
     and write results.json; what `selfmm train` does (`resume=True` is `--resume`).
 
-    `model`: a class of your own (see selfmm.models) trained with the ULGM instead of Self-MM.
+    `model`: a class of your own (see selfmm.models) trained with the ULGM instead of Self-MM
+    (with `jobs` > 1 it must be importable by name, not defined in a notebook).
+    `jobs`: seeds trained side by side, each in its own process on its share of torch's
+    threads (selfmm.jobs); each seed's results equal a one-job run with that many threads.
     Under torchrun every process calls this and trains its shard; only rank 0 writes files.
     """
     out = Path(out)
     seeds = list(seeds) if seeds is not None else list(DEFAULT_SEEDS)
     check_seeds(seeds)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise SelfMMError(f"jobs: expected a whole number of processes of at least 1, got {jobs!r}")
+    if jobs > 1 and distributed.processes_from_env() > 1:
+        raise SelfMMError("jobs: under torchrun every process already trains a shard of each seed; "
+                          "run seeds side by side (jobs > 1) without torchrun")
     torch_device = resolve_device(device)
     check_precision(cfg.train.precision, torch_device)
     run_dir = RunDirectory(out, resume=resume)
@@ -82,7 +91,10 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     try:
         with run_dir if dist.is_main else contextlib.nullcontext(out) as path:
             distributed.barrier(dist)
-            for seed in seeds:
+            if jobs > 1 and len(seeds) > 1:
+                task = SeedTask(cfg, Path(path), torch_device, model, resume, record)
+                per_seed = fit_seeds(data, task, seeds, jobs, threads_per_job(min(jobs, len(seeds))))
+            for seed in seeds if not per_seed else ():
                 per_seed[seed] = fit_seed(cfg, data, path / f"seed-{seed}", seed, torch_device, build,
                                           resume=resume, dist=dist, log=log,
                                           progress=progress and dist.is_main,
@@ -97,7 +109,7 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
 def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
               text_model: str | None = None, device: str = "auto", max_epochs: int | None = None,
               precision: str | None = None, resume: bool = False, progress: bool = True,
-              invocation: str | None = None) -> dict[str, Any]:
+              invocation: str | None = None, jobs: int = 1) -> dict[str, Any]:
     """The paper's protocol: the published configuration of `dataset` (SPEC 3), seeds 1111-1115
     (SPEC 5), then the comparison with the published numbers (SPEC 7), written beside the run
     as OUT/reproduction.md and OUT/reproduction.json with the run's provenance; returns it.
@@ -105,7 +117,7 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
     Other seeds, another text model, `max_epochs` (a quick look) or `precision="bf16"` are
     allowed and flagged as not the protocol. `resume=True` continues an interrupted reproduction.
     Under torchrun with K processes each trains batch / K clips of every batch, so the global
-    batch stays the protocol's; a K that does not divide it is refused.
+    batch stays the protocol's; a K that does not divide it is refused. `jobs`: as in `fit`.
     """
     check_labels(data, dataset)
     overrides: dict[str, Any] = {}
@@ -134,7 +146,7 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
                               f"processes that divides {batch}")
         overrides["batch_size"] = batch // processes
     run = fit(config(dataset, **overrides), data, out, seeds, device=device, resume=resume,
-              progress=progress, invocation=invocation)
+              progress=progress, invocation=invocation, jobs=jobs)
     if run.results is None:  # a torchrun process other than rank 0
         return {}
     comparison = compare(run.results["seeds"], dataset, protocol=not notes, notes=notes)

@@ -93,11 +93,12 @@ def checked(**rules: Rule) -> Callable[[F], F]:
 # --- rules ---------------------------------------------------------------------------------
 
 
-def _bounds(low: float | None, high: float | None) -> str:
-    if low is not None and high is not None:
-        return f" in [{low:g}, {high:g}]"
-    if low is not None:
-        return f" >= {low:g}"
+def _bounds(low: float | None, high: float | None, above: float | None = None) -> str:
+    opening, start = ("(", above) if above is not None else ("[", low)
+    if start is not None and high is not None:
+        return f" in {opening}{start:g}, {high:g}]"
+    if start is not None:
+        return f" {'>' if above is not None else '>='} {start:g}"
     return f" <= {high:g}" if high is not None else ""
 
 
@@ -116,8 +117,8 @@ def integer(low: int | None = None, high: int | None = None) -> Rule:
 
 
 def number(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Rule:
-    """A finite real number within [low, high], or > `above`."""
-    expects = "a finite number" + (f" > {above:g}" if above is not None else "") + _bounds(low, high)
+    """A finite real number within [low, high] (or (above, high])."""
+    expects = "a finite number" + _bounds(low, high, above)
 
     def rule(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -174,6 +175,16 @@ def instance(cls: type, what: str | None = None) -> Rule:
     def rule(value: Any) -> Any:
         if not isinstance(value, cls):
             raise Wrong(expects, kind=True)
+        return value
+
+    return rule
+
+
+def attributes(*names: str, what: str) -> Rule:
+    """An object with these attributes (a duck type: the class itself, or a stand-in for it)."""
+    def rule(value: Any) -> Any:
+        if not all(hasattr(value, name) for name in names):
+            raise Wrong(what, kind=True)
         return value
 
     return rule

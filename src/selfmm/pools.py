@@ -10,6 +10,12 @@ results atomically (selfmm.io), so that a terminated worker leaves at most a tem
 
 `keep_interrupts` makes sure the parent does stop: Python drops a KeyboardInterrupt raised
 while a finalizer runs, and torch's data loader joins its workers in one (between epochs).
+
+SIGTERM (`kill`, a service manager, a job's time limit) stops a command the same way: within
+`terminate_as_interrupt` it raises `Terminated`, a KeyboardInterrupt, so that every clean-up
+Ctrl-C runs runs too (pools stopped, temporary files removed, locks released, the
+multiprocessing temporary folder removed at exit); Python's default would end the process on
+the spot.
 """
 
 from __future__ import annotations
@@ -28,9 +34,33 @@ STOP_TIMEOUT_S = 2.0
 REDELIVER_S = 0.05
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (see `terminate_as_interrupt`)."""
+
+
 def ignore_interrupts() -> None:
-    """In a worker: leave SIGINT to the parent."""
+    """In a worker: leave SIGINT to the parent, and let SIGTERM (the parent's `stop`) end it
+    quietly even where it inherited the parent's handler."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated in the main thread, as SIGINT raises
+    KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -49,6 +79,27 @@ def forked_without_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def starting_processes() -> Iterator[None]:
+    """Around code that starts worker processes: SIGINT is blocked (so a fork server started
+    here, which imports for seconds before it ignores SIGINT itself, and the workers it forks
+    never see a Ctrl-C to the process group) and SIGTERM waits; both arrive when the block
+    ends. So a signal never lands half-way through starting a process, which would leave a
+    child that its parent does not know of, and that `stop` cannot end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+    try:
+        with forked_without_interrupts():
+            yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if noted:
+            signal.raise_signal(signal.SIGTERM)
 
 
 def stop(executor: ProcessPoolExecutor, timeout: float = STOP_TIMEOUT_S) -> None:

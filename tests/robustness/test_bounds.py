@@ -159,3 +159,18 @@ def test_model_widths(key, tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"must be in \[1, 4096\]"):
         selfmm.config("mosi", **{key: 4097})
     assert selfmm.config("mosi", **{key: 4096})
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--port", "70000"], "--port: expected an integer in [0, 65535], got 70000"),
+    (["--port", "-1"], "--port: expected an integer in [0, 65535], got -1"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb: expected a finite number in (0, 10000], got inf"),
+    (["--max-upload-mb", "nan"], "--max-upload-mb: expected a finite number in (0, 10000], got nan"),
+    (["--max-upload-mb", "0"], "--max-upload-mb: expected a finite number in (0, 10000], got 0.0"),
+    (["--max-seconds", "1e9"], "--max-seconds: expected a finite number in (0, 3600], got 1000000000.0"),
+    (["--max-seconds=-inf"], "--max-seconds: expected a finite number in (0, 3600], got -inf"),
+])
+def test_serve_limits(args, shown, tmp_path, capsys):
+    """Checked before the run is read or a port is bound (70000 served on 4464; inf crashed)."""
+    pytest.importorskip("fastapi")
+    assert shown in refused(capsys, ["serve", "--run", str(tmp_path / "absent"), *args])

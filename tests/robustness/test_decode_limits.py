@@ -8,37 +8,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 av = pytest.importorskip("av")
 pytest.importorskip("cv2")
 
-from media import make_video  # noqa: E402
+from media import make_raw_h264, make_video  # noqa: E402
 from selfmm.errors import DataError  # noqa: E402
 from selfmm.extract.media import MAX_FPS, Limits, _Decoder, decode  # noqa: E402
-
-
-def raw_h264(path: Path, seconds: float, fps: int, size: int = 32) -> Path:
-    """An elementary H.264 stream: no container, no duration, no timestamps."""
-    with av.open(str(path), "w", format="h264") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        for i in range(int(seconds * fps)):
-            image = np.full((size, size, 3), i % 250, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, "bgr24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("limits")
     return {
-        "raw": raw_h264(root / "long.h264", seconds=20, fps=10),  # 200 frames, ~5 KB
+        "raw": make_raw_h264(root / "long.h264", seconds=20, fps=10),  # 200 frames, ~5 KB
         "fast": make_video(root / "fast.mkv", seconds=2, fps=1000, width=32, height=32, audio=None),
         "audio": make_video(root / "speech.mp4", seconds=12, video=False),
         "small": make_video(root / "small.mp4", seconds=1, width=64, height=48),

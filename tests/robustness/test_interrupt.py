@@ -259,3 +259,89 @@ def test_train_with_loader_workers_stops_on_ctrl_c(tiny_run, tmp_path):
     assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
     assert proc.returncode == 130 and err.rstrip().endswith("selfmm: interrupted") and "Traceback" not in err, err
     assert_group_gone(proc.pid)
+
+
+def test_train_with_jobs_stops_every_job_on_ctrl_c(tiny_run, tmp_path):
+    """Two seeds side by side (`--jobs 2`): Ctrl-C ends the command and both jobs, within the
+    same time as one job, and leaves no process and no temporary file."""
+    out = tmp_path / "run"
+    argv = [*train_argv(tiny_run["data"], out, tiny_run["bert"], "--max-epochs", "50", "--set", "batch_size=2",
+                        "--jobs", "2")]
+    argv[argv.index("--seeds") + 1:argv.index("--seeds") + 2] = ["7", "8"]
+    command = [sys.executable, "-m", "selfmm", *argv]
+    proc, took, err = interrupt_when(command, lambda: bool(list(out.glob("seed-*/checkpoint-*.pt"))),
+                                     "no epoch finished")
+    assert took < EXIT_WITHIN_S, f"exited {took:.1f} s after SIGINT"
+    assert proc.returncode == 130 and err.rstrip().endswith("selfmm: interrupted") and "Traceback" not in err, err
+    assert_group_gone(proc.pid)
+    assert not list(out.rglob("*.tmp"))
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def fork_server(pid: int) -> int | None:
+    for child in children(pid):
+        try:
+            if "forkserver" in Path(f"/proc/{child}/cmdline").read_text():
+                return child
+        except OSError:
+            pass
+    return None
+
+
+# (moment, signal, to the whole group as Ctrl-C does or to the command alone as `kill` does)
+MOMENTS = [("importing", signal.SIGINT, True), ("workers starting", signal.SIGTERM, False),
+           ("workers starting", signal.SIGINT, True), ("serving", signal.SIGTERM, False)]
+
+
+@pytest.mark.parametrize("moment, sig, group", MOMENTS, ids=[f"{m}-{s.name}" for m, s, _ in MOMENTS])
+def test_serve_stops_on_a_signal_at_any_moment(moment, sig, group, tiny_run, tmp_path):
+    """Ctrl-C or SIGTERM while the command imports, while its scoring workers start (the fork
+    server importing torch, the workers loading the run), or while it serves: status 130 or 143
+    and one line, no traceback from any process, no process left, nothing left in the temp
+    folder (multiprocessing's pymp-* folder stayed after SIGTERM; torch's own compile cache,
+    torchinductor_*, is a cache it keeps by design)."""
+    pytest.importorskip("fastapi")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "selfmm", "serve", "--run", str(tiny_run["run"]), "--port", "0",
+               "--workers", "1", "--device", "cpu"]
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**environment(), "TMPDIR": str(temp)})
+    ready = {
+        "importing": lambda: "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text(),
+        "workers starting": lambda: (server := fork_server(proc.pid)) is not None and bool(children(server))
+        and "serving" not in log.read_text(),
+        "serving": lambda: "Application startup complete" in log.read_text(),
+    }[moment]
+    try:
+        deadline = time.monotonic() + 180
+        while not ready():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"never {moment}:\n{log.read_text()}"
+            time.sleep(0.02)
+        os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = log.read_text()
+    expected = {signal.SIGINT: (130, "selfmm: interrupted"), signal.SIGTERM: (143, "selfmm: terminated")}[sig]
+    assert (proc.returncode, output.rstrip().splitlines()[-1]) == expected, output
+    assert "Traceback" not in output and "Error" not in output, output
+    assert_group_gone(proc.pid)
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []

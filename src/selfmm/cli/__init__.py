@@ -18,12 +18,14 @@ import traceback
 import warnings
 
 from ..errors import SelfMMError
-from ..pools import keep_interrupts
+from ..pools import Terminated, keep_interrupts, terminate_as_interrupt
 from .outputs import check_output
 from .parser import build_parser
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 128 + 2  # the shell's status for SIGINT (Ctrl-C)
+EXIT_TERMINATED = 128 + 15  # and for SIGTERM
 # Errors of the system calls that name what the user gave: a path that is missing, a folder
 # for a file, a name too long, no permission, a full or read-only disk. Anything else
 # (EIO, ENOMEM, ...) is the machine's.
@@ -105,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             # that ran others before (a notebook, a test runner that records warnings).
             warnings.simplefilter("default")
             warnings.showwarning = _show_warning
-            with keep_interrupts():
+            with keep_interrupts(), terminate_as_interrupt():
                 return dispatch(args)
+    except Terminated:
+        print("selfmm: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("selfmm: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one guard: no command ends in a bare traceback
         line, status = failure(exc, args.command)
         if args.debug:

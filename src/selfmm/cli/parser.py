@@ -16,6 +16,8 @@ from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES
 from .outputs import OUTPUTS, READ_ONLY
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: cuda when available)"
+JOBS_HELP = ("seeds trained side by side, each in its own process with its share of the CPU threads "
+             "(default 1); on a GPU the jobs share the device")
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(p)
     p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
 
     p = _command(sub, "reproduce", "train:reproduce", "the paper's protocol, with the published numbers "
                  "beside ours", description="Train with the published configuration of --dataset and seeds "
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP + "; bf16 is not the protocol")
     p.add_argument("--resume", action="store_true", help="continue the reproduction in --out")
+    p.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
 
     p = _command(sub, "evaluate", "train:evaluate", "reload a trained run and compute its metrics")
     p.add_argument("--run", required=True, help="a seed directory (DIR/seed-N) or a run directory")

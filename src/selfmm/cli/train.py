@@ -24,10 +24,16 @@ from ..tune import tune as run_tuning
 from .common import data_from_args, training_inputs
 
 
+def _check_jobs(args: argparse.Namespace) -> None:
+    if args.jobs < 1:
+        raise SelfMMError(f"--jobs must be at least 1, got {args.jobs}")
+
+
 def train(args: argparse.Namespace) -> int:
+    _check_jobs(args)
     cfg, data = training_inputs(args, RunDirectory(args.out, resume=args.resume))
     run = fit(cfg, data, args.out, args.seeds, device=args.device, resume=args.resume,
-              invocation=args.invocation)
+              invocation=args.invocation, jobs=args.jobs)
     if run.results is not None:  # rank 0 of a torchrun job, or the only process
         per_seed = {int(s): m for s, m in run.results["seeds"].items()}
         title = f"{cfg.dataset} test metrics (x100), {len(per_seed)} seed(s)"
@@ -39,6 +45,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    _check_jobs(args)
     if args.seeds is not None:
         check_seeds(args.seeds, "--seeds")
     RunDirectory(args.out, resume=args.resume).check()
@@ -46,7 +53,7 @@ def reproduce(args: argparse.Namespace) -> int:
     data = data_from_args(args, args.dataset)
     comparison = run_reproduction(args.dataset, data, args.out, args.seeds, text_model=args.text_model,
                                   device=args.device, max_epochs=args.max_epochs, precision=args.precision,
-                                  resume=args.resume,
+                                  resume=args.resume, jobs=args.jobs,
                                   invocation=args.invocation)
     if comparison:
         print((Path(args.out) / "reproduction.md").read_text(), end="")

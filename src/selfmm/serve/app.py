@@ -26,7 +26,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from .._version import __version__
-from ..configuration import LABEL_RANGE
+from ..checks import attributes, checked, integer, number, optional, sequence, text
+from ..configuration import LABEL_RANGE, MAX_WORKERS
 from ..errors import SelfMMError
 from ..predict import Predictor
 from .pool import ScoringPool, WorkerDied
@@ -37,6 +38,13 @@ from .upload import MB, Gate, receive_upload
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DEFAULT_QUEUE = 32
 RETRY_AFTER_MAX_S = 60
+# Upper bounds of the server's limits, far beyond any real use (a 2-minute 4K video is about
+# 1 GB); they catch a mistyped number, and `inf`, which no byte count compares with usefully.
+MAX_UPLOAD_MB = 10_000
+MAX_SECONDS = 3600
+MAX_QUEUE = 10_000
+LIMITS = {"workers": integer(1, MAX_WORKERS), "max_upload_mb": number(above=0, high=MAX_UPLOAD_MB),
+          "max_seconds": number(above=0, high=MAX_SECONDS), "queue_size": integer(0, MAX_QUEUE)}
 
 router = APIRouter()
 
@@ -107,14 +115,16 @@ async def predict(request: Request) -> Score:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the workers (each loading the run) and a private upload folder; at shutdown end
-    both. At most `workers + queue_size` requests to /predict are in flight."""
+    """Start the workers (each loading the run), unless `app.state.pool` holds them already,
+    and a private upload folder; at shutdown end both. At most `workers + queue_size` requests
+    to /predict are in flight."""
     state = app.state
     state.upload_dir = Path(tempfile.mkdtemp(prefix="selfmm-serve-"))  # mode 0700
     state.gate = Gate(state.limits.workers + state.limits.queue_size)
-    state.pool = ScoringPool(state.predictor, state.limits.workers)
     try:
-        await state.pool.start()
+        if getattr(state, "pool", None) is None:  # `serve` starts its pool before the app
+            state.pool = ScoringPool(state.predictor, state.limits.workers)
+            await state.pool.start()
         yield
     finally:
         state.pool.close()
@@ -138,6 +148,9 @@ def describe(predictor: Predictor, limits: Limits) -> Info:
     )
 
 
+@checked(predictor=attributes("run", "cfg", "band", "audio_dim", "vision_dim", "audio_features",
+                              "text_model", what="a selfmm.Predictor"), token=optional(text),
+         allowed_hosts=optional(sequence(text, "a list of host names")), **LIMITS)
 def create_app(predictor: Predictor, *, workers: int, max_upload_mb: float, max_seconds: float,
                token: str | None = None, queue_size: int = DEFAULT_QUEUE,
                allowed_hosts: list[str] | None = None) -> FastAPI:

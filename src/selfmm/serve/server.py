@@ -6,10 +6,12 @@ import os
 import socket
 import sys
 
-from ..configuration import check_workers
+from ..checks import checked, integer, optional, text
+from ..configuration import SEED_LIMIT, check_workers
 from ..errors import SelfMMError
 from ..predict import Predictor
-from .app import DEFAULT_QUEUE, create_app
+from .app import DEFAULT_QUEUE, LIMITS, create_app
+from .pool import ScoringPool, start_fork_server, stop_fork_server
 from .security import allowed_hosts, check_token, is_loopback
 
 SHUTDOWN_GRACE_S = 2
@@ -26,6 +28,9 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+@checked(seed=optional(integer(0, SEED_LIMIT - 1)), host=text, port=integer(0, 65535),
+         max_upload_mb=LIMITS["max_upload_mb"], max_seconds=LIMITS["max_seconds"],
+         queue_size=LIMITS["queue_size"], text_model=optional(text))
 def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0.0.1",
           port: int = 8000, workers: int | None = None, max_upload_mb: float = 200,
           max_seconds: float = 120, token: str | None = None, device: str = "auto",
@@ -38,9 +43,6 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     check_workers(workers)
-    for name, value in (("--max-upload-mb", max_upload_mb), ("--max-seconds", max_seconds)):
-        if not value > 0:
-            raise SelfMMError(f"{name} must be positive, not {value}")
     check_token(token)
     if not is_loopback(host):
         print(f"selfmm: warning: serving on {host}, reachable from other machines, over plain "
@@ -50,12 +52,19 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
             raise SelfMMError(f"--host {host} is not loopback: pass --token TOKEN or set "
                               "SELFMM_TOKEN")
     sock = _listen(host, port)
+    pool: ScoringPool | None = None
     try:
+        start_fork_server()
         predictor = Predictor(run, seed=seed, device=device, text_model=text_model)
         predictor.tokenizer  # noqa: B018 - a run without a tokenizer fails here, not per request
         app = create_app(predictor, workers=workers, max_upload_mb=max_upload_mb,
                          max_seconds=max_seconds, token=token, queue_size=queue_size,
                          allowed_hosts=allowed_hosts(host))
+        # The workers start before uvicorn takes over the signals: a Ctrl-C or SIGTERM while
+        # they load the run (seconds) ends the command at once (uvicorn would wait for its
+        # start-up to finish, then fail it with a traceback).
+        pool = app.state.pool = ScoringPool(predictor, workers)
+        pool.wait_ready()
         bound = sock.getsockname()[1]
         print(f"selfmm: serving {predictor.run} ({predictor.cfg.dataset}) at "
               f"http://{host}:{bound}/ with {workers} worker(s)", file=sys.stderr)
@@ -65,4 +74,7 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S, log_level="info")
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        if pool is not None:
+            pool.close()
+        stop_fork_server()
         sock.close()

@@ -65,8 +65,8 @@ def score(path: str, transcript: str, max_seconds: float) -> dict[str, Any]:
     assert _predictor is not None, "the worker's initializer did not run"
     started = time.perf_counter()
     try:
-        check_duration(path, max_seconds)
-        clip = _predictor.score_video(path, transcript)[0]
+        check_duration(path, max_seconds)  # what the file states: cheap, before decoding
+        clip = _predictor.score_video(path, transcript, max_seconds)[0]  # what it holds
     except SelfMMError as exc:
         # The upload's name on disk means nothing to the client: name the request field.
         raise SelfMMError(" ".join(str(exc).replace(path, "video").split())) from None
