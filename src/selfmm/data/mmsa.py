@@ -105,6 +105,9 @@ def _as_lengths(value: Any, where: str, key: str, limit: int) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
             raise DataError(f"{where}: key {key!r} row {bad[0]} is {arr[bad[0]]}, not a whole number")
+    elif arr.dtype.kind in "USVMm":
+        # An empty array of text, bytes or dates holds no length and cannot be compared with one.
+        raise DataError(f"{where}: key {key!r} has non-numeric dtype {arr.dtype}")
     bad = np.flatnonzero((arr < 0) | (arr > limit))
     if bad.size:
         raise DataError(f"{where}: key {key!r} row {bad[0]} is {arr[bad[0]]}, outside [0, {limit}]")
