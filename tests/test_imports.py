@@ -23,8 +23,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 # above scoring although neither needs the other, so that scoring (predict, serve) can never
 # reach the training loop: a served request runs forward and nothing else.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("selfmm._version", "selfmm.errors", "selfmm.checks", "selfmm.io", "selfmm.pools",
-              "selfmm.transfer", "selfmm.runtime", "selfmm.metrics")),
+    ("base", ("selfmm._version", "selfmm.errors", "selfmm.checks", "selfmm.datasets", "selfmm.io",
+              "selfmm.pools", "selfmm.transfer", "selfmm.runtime", "selfmm.metrics")),
     ("settings and data", ("selfmm.configuration", "selfmm.precision", "selfmm.encoder", "selfmm.data",
                            "selfmm.extract", "selfmm.runs", "selfmm.rundir", "selfmm.checkpoint",
                            "selfmm.results", "selfmm.provenance", "selfmm.resume", "selfmm.reproduction",

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from . import distributed, provenance
-from .configuration import DEFAULT_SEEDS, DEFAULT_TEXT_MODEL, Config, check_seeds, resolve
+from . import datasets, distributed, provenance
+from .configuration import DEFAULT_SEEDS, Config, check_seeds, resolve
 from .data.types import FeatureData
 from .encoder import load_encoder_config
 from .errors import SelfMMError
@@ -32,7 +32,7 @@ from .reproduction import write as write_reproduction
 from .results import write_results
 from .resume import check_resume
 from .rundir import RunDirectory
-from .runtime import resolve_device
+from .runtime import resolve_device, restored_settings
 from .train import fit_seed
 from .trained import Run, load_run
 
@@ -50,6 +50,7 @@ def _api_call(out: Path, seeds: list[int], device: str, resume: bool, model: typ
     return f"selfmm.fit(cfg, data, {str(out)!r}, seeds={seeds}, device={device!r}, resume={resume}{extra})"
 
 
+@restored_settings()  # TF32, determinism, threads: as the caller had them, once fit returns
 def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
         device: str = "auto", resume: bool = False, progress: bool = True,
         model: type[torch.nn.Module] | None = None, invocation: str | None = None, jobs: int = 1) -> Run:
@@ -60,6 +61,8 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     (with `jobs` > 1 it must be importable by name, not defined in a notebook).
     `jobs`: seeds trained side by side, each in its own process on its share of torch's
     threads (selfmm.jobs); each seed's results equal a one-job run with that many threads.
+    The global torch settings a run changes (TF32 and the determinism flags on CUDA) are
+    restored when it returns.
     Under torchrun every process calls this and trains its shard; only rank 0 writes files.
     """
     out = Path(out)
@@ -124,8 +127,9 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
     notes = []
     if text_model is not None:
         overrides["text_model"] = text_model
-        if text_model != DEFAULT_TEXT_MODEL[dataset]:
-            notes.append(f"text model {text_model} instead of {DEFAULT_TEXT_MODEL[dataset]}")
+        published = datasets.get(dataset).text_model
+        if text_model != published:
+            notes.append(f"text model {text_model} instead of {published}")
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
         if max_epochs:  # 0: no limit, early stopping alone, as the protocol trains

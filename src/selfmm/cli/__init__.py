@@ -54,7 +54,8 @@ def with_flags(exc: SelfMMError) -> str:
 
 # Packages of the optional extras, for a one-line answer when a command needs one.
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "av": "video",
-          "cv2": "video", "librosa": "video", "opensmile": "video"}
+          "cv2": "video", "librosa": "video", "opensmile": "video", "ai_edge_litert": "video",
+          "faster_whisper": "asr", "ctranslate2": "asr"}
 
 
 def _quiet_libraries() -> None:

@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from .. import datasets
 from ..ablate import ablate as run_ablation
 from ..ablate import ablation_table
 from ..api import fit
 from ..api import reproduce as run_reproduction
-from ..configuration import DEFAULT_TEXT_MODEL, check_seeds
+from ..configuration import check_seeds
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
 from ..results import table
@@ -49,7 +50,7 @@ def reproduce(args: argparse.Namespace) -> int:
     if args.seeds is not None:
         check_seeds(args.seeds, "--seeds")
     RunDirectory(args.out, resume=args.resume).check()
-    load_encoder_config(args.text_model or DEFAULT_TEXT_MODEL[args.dataset])
+    load_encoder_config(args.text_model or datasets.get(args.dataset).text_model)
     data = data_from_args(args, args.dataset)
     comparison = run_reproduction(args.dataset, data, args.out, args.seeds, text_model=args.text_model,
                                   device=args.device, max_epochs=args.max_epochs, precision=args.precision,

@@ -11,6 +11,7 @@ the split, the key and the offending shape or value. The result is a FeatureData
 from __future__ import annotations
 
 import functools
+import json
 import os
 import warnings
 from collections.abc import Callable
@@ -18,11 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from ..configuration import LABEL_RANGE
+from .. import datasets
 from ..errors import DataError
 from ..io import check_file
 from .cache import read_cache
-from .layout import EXTRACTION_KEY, LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
+from .layout import (
+    EXTRACTION_KEY,
+    LEGACY_VISUAL_FEATURES,
+    LENGTH_KEYS,
+    REQUIRED_KEYS,
+    SPLITS,
+    UNIMODAL_KEYS,
+    UNKNOWN_FEATURES,
+)
 from .types import FeatureData, Split
 from .unpickle import safe_load
 
@@ -122,6 +131,20 @@ def _as_strings(value: Any, n: int, fallback: str, where: str = "", key: str = "
                 for x in _array(value, where, key, dtype=object).reshape(-1)]
     except RecursionError:
         raise DataError(f"{where}: key {key!r} holds containers too deeply nested to read as text") from None
+
+
+def _speech_records(values: list[str], where: str) -> list[dict[str, Any]]:
+    """The per-clip speech records: JSON objects as strings ("" when a clip has none)."""
+    records = []
+    for i, value in enumerate(values):
+        try:
+            record = json.loads(value) if value else {}
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: key 'speech' row {i} is not a JSON object: {value[:80]!r}")
+        records.append(record)
+    return records
 
 
 def _as_token_ids(value: Any, where: str) -> np.ndarray:
@@ -236,15 +259,18 @@ def _unimodal_labels(raw: dict[str, Any], where: Where, n: int,
     return unimodal
 
 
-def _clip_strings(raw: dict[str, Any], name: str, where: Where, n: int) -> tuple[list[str], list[str], list[str]]:
-    """Each clip's id ("<split>-<i>" when absent), transcript and extraction flags."""
+def _clip_records(raw: dict[str, Any], name: str, where: Where, n: int
+                  ) -> tuple[list[str], list[str], list[str], list[dict[str, Any]]]:
+    """Each clip's id ("<split>-<i>" when absent), transcript, extraction flags and speech record."""
     ids = _as_strings(raw.get("id"), n, f"{name}-{{i}}", where("id"), "id")
     raw_text = _as_strings(raw.get("raw_text"), n, "", where("raw_text"), "raw_text")
     _check_rows(where, "id", len(ids), n)
     _check_rows(where, "raw_text", len(raw_text), n)
     flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
     _check_rows(where, "extraction_flags", len(flags), n)
-    return ids, raw_text, flags
+    speech = _speech_records(_as_strings(raw.get("speech"), n, "", where(), "speech"), where("speech"))
+    _check_rows(where, "speech", len(speech), n)
+    return ids, raw_text, flags, speech
 
 
 def _build_split(
@@ -276,7 +302,7 @@ def _build_split(
         _check_rows(where, key, arr.shape[0], n)
     audio_lengths, vision_lengths = _lengths(raw, where, n, text_bert, audio, vision)
     unimodal = _unimodal_labels(raw, where, n, label_range)
-    ids, raw_text, flags = _clip_strings(raw, name, where, n)
+    ids, raw_text, flags, speech = _clip_records(raw, name, where, n)
 
     repaired: dict[str, int] = {}
     if "audio" not in clean:
@@ -285,7 +311,7 @@ def _build_split(
         vision, repaired["vision"] = _zero_nonfinite(vision)
     split = Split(name=name, text_bert=text_bert, audio=audio, vision=vision, audio_lengths=audio_lengths,
                   vision_lengths=vision_lengths, labels=labels, unimodal_labels=unimodal, ids=ids,
-                  raw_text=raw_text, flags=flags)
+                  raw_text=raw_text, flags=flags, speech=speech)
     return split, repaired
 
 
@@ -298,17 +324,23 @@ _OVERRIDES = {
     "audio_file": ("audio", "audio_lengths"),
     "vision_file": ("vision", "vision_lengths"),
 }
+# The feature set an override file brings with its keys.
+_OVERRIDE_SETS = {"audio_file": "audio_features", "vision_file": "visual_features"}
 
 
-def _audio_features(layout: dict[str, Any], source: str) -> str:
-    """The audio feature set a file records under EXTRACTION_KEY, or UNKNOWN_FEATURES."""
+def _feature_set(layout: dict[str, Any], source: str, key: str) -> str:
+    """The feature set a file records under EXTRACTION_KEY[key] ("audio_features" or
+    "visual_features"): UNKNOWN_FEATURES without the entry; a selfmm file from before the
+    visual set was recorded names only its audio set, and its faces are haar."""
     meta = layout.get(EXTRACTION_KEY)
     if meta is None:
         return UNKNOWN_FEATURES
-    name = meta.get("audio_features") if isinstance(meta, dict) else None
+    if isinstance(meta, dict) and key not in meta and meta.keys() & {"audio_features", "visual_features"}:
+        return LEGACY_VISUAL_FEATURES if key == "visual_features" else UNKNOWN_FEATURES
+    name = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose 'audio_features' names "
-                        f"the audio feature set, got {str(meta)[:100]}")
+        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose {key!r} names "
+                        f"the feature set, got {str(meta)[:100]}")
     return name
 
 
@@ -322,18 +354,18 @@ def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
 
 def _merge_overrides(raws: dict[str, dict[str, Any]], origins: dict[str, dict[str, str]],
                      clean: dict[str, set[str]], overrides: dict[str, str | os.PathLike | None],
-                     audio_features: str) -> str:
+                     features: dict[str, str]) -> None:
     """Put each override file's keys into the split dicts, recording the file each came from and
-    whether it still needs the non-finite scan (not when it comes from a cache); returns the
-    audio feature set, an audio override's own when there is one."""
+    whether it still needs the non-finite scan (not when it comes from a cache). An audio or
+    vision override brings its feature set into `features` too."""
     for arg, override in overrides.items():
         if override is None:
             continue
         over_source = os.fspath(override)
         over, over_repairs = _load_any(over_source)
         required, *optional = _OVERRIDES[arg]
-        if arg == "audio_file":
-            audio_features = _audio_features(over, over_source)
+        if arg in _OVERRIDE_SETS:
+            features[_OVERRIDE_SETS[arg]] = _feature_set(over, over_source, _OVERRIDE_SETS[arg])
         for split in SPLITS:
             if required not in over[split]:
                 raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
@@ -345,7 +377,6 @@ def _merge_overrides(raws: dict[str, dict[str, Any]], origins: dict[str, dict[st
                         clean[split].discard(key)
                     else:
                         clean[split].add(key)
-    return audio_features
 
 
 def _build_splits(raws: dict[str, dict[str, Any]], source: str, label_range: tuple[float, float] | None,
@@ -402,16 +433,16 @@ def load_features(
     written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
-    if dataset is not None and dataset not in LABEL_RANGE:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(LABEL_RANGE)}")
-    label_range = LABEL_RANGE.get(dataset) if dataset else None
+    if dataset is not None and dataset not in datasets.names():
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(datasets.names())}")
+    label_range = datasets.get(dataset).label_range if dataset else None
     main, cached_repairs = _load_any(source)
-    audio_features = _audio_features(main, source)
+    features = {key: _feature_set(main, source, key) for key in ("audio_features", "visual_features")}
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
     overrides = {"text_file": text_file, "audio_file": audio_file, "vision_file": vision_file}
-    audio_features = _merge_overrides(raws, origins, clean, overrides, audio_features)
+    _merge_overrides(raws, origins, clean, overrides, features)
     del main  # the split dicts above hold the arrays; drop the outer references early
 
     splits, repairs, total = _build_splits(raws, source, label_range, origins, clean, cached_repairs)
@@ -433,5 +464,6 @@ def load_features(
         vision_len=max(int(s.vision.shape[1]) for s in splits.values()),
         repairs=repairs,
         overrides={arg: os.fspath(p) for arg, p in overrides.items() if p is not None},
-        audio_features=audio_features,
+        audio_features=features["audio_features"],
+        visual_features=features["visual_features"],
     )
