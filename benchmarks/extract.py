@@ -3,6 +3,7 @@
     python benchmarks/extract.py                  # 2 s and 5 s clips, 7 repeats
     python benchmarks/extract.py --seconds 5 --repeats 3 --json out.json
     python benchmarks/extract.py --quality        # also the mesh's accuracy on the moving astronaut
+    python benchmarks/extract.py --speech         # also speech recognition (the `asr` extra, espeak-ng)
 
 Two kinds of clip, 640 x 480 at 30 fps, H.264 + AAC with a voiced tone, synthesized with
 tests/media.py: a drawn cartoon face in every frame (the clip the haar figures were first taken
@@ -19,6 +20,10 @@ All stages of one repeat run back to back, so haar and mesh see the same load (A
 every stage runs once untimed first (imports, model loading, openSMILE's Smile object,
 librosa's numba kernels). OpenCV and LiteRT run on one thread, as in `extract-dataset`'s
 workers: the figures are per core, CPU time (`time.process_time`).
+
+With `--speech`, speech recognition on espeak-ng speech of each length (and 10 and 30 s) is
+timed as benchmarks/speech.py times it: per clip, and per second of audio (the real-time
+factor), Whisper tiny.en on one thread.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # media.py: the synthetic clips of the tests
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # speech.py: speech recognition's figures
 
 from media import make_video, moving_face, tone, write_frames  # noqa: E402
 from selfmm.extract import AUDIO_SETS, VISION_FPS, VISUAL_SETS, acoustic_frames, extract_media  # noqa: E402
@@ -217,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (default 1)")
     parser.add_argument("--quality", action="store_true", help="also the mesh's accuracy on the moving astronaut")
+    parser.add_argument("--speech", action="store_true",
+                        help="also speech recognition per clip and per second of audio (asr extra, espeak-ng)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     import cv2
@@ -233,8 +241,15 @@ def main(argv: list[str] | None = None) -> int:
             results[f"astronaut {seconds:g} s"] = bench_clip(real, args.repeats)
         if args.quality:
             measured = quality(Path(work))
+    words = {}
+    if args.speech:
+        from speech import bench_speech, render_speech
+
+        words = bench_speech(sorted({*args.seconds, 10.0, 30.0}), args.repeats)
     end = load_average()
     print(render(results, (start, end)))
+    if words:
+        print("\n" + render_speech(words, (start, end)))
     if measured:
         print(f"\nmesh on the moving astronaut ({measured['frames']} frames): face in "
               f"{100 * measured['with_face']:.0f}% of frames; head_roll error max {measured['roll_max']:.2f}, "
@@ -242,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * measured['position_max']:.2f}%, mean {100 * measured['position_mean']:.2f}% of the frame; "
               f"face_size error max {100 * measured['size_max']:.1f}%")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load": [start, end], "results": results, "quality": measured},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"load": [start, end], "results": results, "quality": measured,
+                                               "speech": words}, indent=2))
     return 0
 
 

@@ -8,8 +8,8 @@ one after another with 0.3 s pauses, cut to each length, at 16 kHz mono: what `e
 hands the recogniser. Timed: `SpeechRecogniser.transcribe` (Silero VAD, Whisper tiny.en int8
 on CTranslate2 with one thread, word times, their refinement) after one untimed run; the
 median CPU time (`time.process_time`) and wall time of the repeats, and the real-time factor
-(CPU seconds per second of audio). benchmarks/extract.py runs the same measurement with its
-stages (`--speech`).
+(CPU seconds per second of audio). `benchmarks/extract.py --speech` runs the same measurement
+beside the other stages.
 """
 
 from __future__ import annotations

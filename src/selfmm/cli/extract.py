@@ -67,8 +67,9 @@ def extract(args: argparse.Namespace) -> int:
     if clip.speech["text_source"] == RECOGNISED:
         print(recognised_line(str(video), clip.speech))
     if args.overlay:
-        # The recognised words with their times, when speech recognition ran.
-        words = [(text, start, end) for text, start, end in clip.speech.get("words", [])]
+        # The words with their times, when speech recognition ran: the text's own words as
+        # aligned (a given transcript), else the recognised ones.
+        words = [(w[0], w[1], w[2]) for w in clip.speech.get("aligned") or clip.speech.get("words", [])]
         written = draw_overlay(video, clip.faces, args.overlay, words=words)
         print(f"{args.overlay}: {written} frames with landmarks, head pose"
               + (" and the recognised words" if words else ""))
