@@ -49,6 +49,7 @@ from selfmm.data.mmsa import load_features
 from selfmm.data.types import FeatureData, Split
 from selfmm.io import atomic_writer, write_json
 from selfmm.model import SelfMM
+from selfmm.optim import make_optimizer
 from selfmm.ulgm import UnimodalLabelGenerator
 
 BATCH = {"mosi": 16, "mosei": 32}
@@ -116,7 +117,7 @@ def build(data: FeatureData, cfg: config.Config, attention: str, device: torch.d
     split = data.splits["train"]
     ulgm = UnimodalLabelGenerator(len(split), model.feature_dims, H=3.0).to(device)
     ulgm.init_labels(torch.arange(len(split)), torch.as_tensor(split.labels))
-    return model, train.make_optimizer(model, cfg), ulgm
+    return model, make_optimizer(model, cfg), ulgm
 
 
 def epoch_pass(model, optimizer, ulgm, split: Split, cfg: config.Config, device: torch.device,

@@ -50,9 +50,10 @@ from selfmm.inference import predict
 from selfmm.io import write_json
 from selfmm.model import Heads, SelfMM
 from selfmm.models import selfmm_builder
+from selfmm.optim import make_optimizer
 from selfmm.precision import autocast, check_precision
 from selfmm.runtime import resolve_device, seed_everything
-from selfmm.train import fit_seed, make_optimizer, task_losses
+from selfmm.train import fit_seed, task_losses
 from selfmm.ulgm import UnimodalLabelGenerator
 
 SECTIONS = ("phases", "train", "ulgm", "load", "inference")

@@ -29,8 +29,9 @@ from selfmm import distributed, train
 from selfmm.data.batch import Batch
 from selfmm.data.mmsa import load_features
 from selfmm.model import SelfMM
+from selfmm.optim import make_optimizer
 from selfmm.runtime import seed_everything
-from selfmm.train import make_optimizer, train_epoch, train_loader
+from selfmm.train import train_epoch, train_loader
 from selfmm.ulgm import UnimodalLabelGenerator
 
 

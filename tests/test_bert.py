@@ -110,8 +110,9 @@ def test_optimizer_steps_equal_with_sparse_and_dense_embedding_gradients(tiny_be
     from selfmm import configuration as config
     from selfmm.data.mmsa import load_features
     from selfmm.model import SelfMM
+    from selfmm.optim import make_optimizer
     from selfmm.runtime import seed_everything
-    from selfmm.train import make_optimizer, train_epoch, train_loader
+    from selfmm.train import train_epoch, train_loader
     from selfmm.ulgm import UnimodalLabelGenerator
 
     with pytest.warns(UserWarning, match="non-finite"):

@@ -91,8 +91,9 @@ def test_a_training_step_makes_at_most_two_host_syncs(data_file, encoder_dir):
     from selfmm import configuration as config
     from selfmm.data.mmsa import load_features
     from selfmm.model import SelfMM
+    from selfmm.optim import make_optimizer
     from selfmm.runtime import seed_everything
-    from selfmm.train import make_optimizer, train_epoch, train_loader
+    from selfmm.train import train_epoch, train_loader
     from selfmm.ulgm import UnimodalLabelGenerator
 
     data = load_features(data_file)

@@ -248,6 +248,17 @@ def test_unaligned_without_lengths(tmp_path):
         load_features(_file(tmp_path, audio_lengths=None, vision_lengths=None))
 
 
+@pytest.mark.parametrize("dtype", ["<U3", "S2"])
+def test_empty_lengths_of_a_non_numeric_dtype(tmp_path, dtype):
+    """Found by test_fuzz_loader: an empty split whose lengths are an empty text array raised
+    numpy's comparison error instead of a DataError."""
+    data = {split: _tiny() for split in SPLITS}
+    data["train"] = {key: value[:0] for key, value in _tiny().items() if key != "audio_lengths"}
+    data["train"]["audio_lengths"] = np.array([], dtype=dtype)
+    with pytest.raises(DataError, match=r"split 'train': key 'audio_lengths' has non-numeric dtype"):
+        load_features(_write(tmp_path / "x.pkl", data))
+
+
 def test_label_range(tmp_path):
     path = _file(tmp_path, regression_labels=np.array([0, 0.5, -3.5, 0, 0, 0], np.float32))
     with pytest.raises(DataError) as err:

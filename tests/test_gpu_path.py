@@ -20,8 +20,9 @@ from selfmm.data.batch import Collator
 from selfmm.data.mmsa import load_features
 from selfmm.errors import SelfMMError
 from selfmm.model import SelfMM, SequenceEncoder, packed_final_state
+from selfmm.optim import make_optimizer
 from selfmm.runtime import seed_everything
-from selfmm.train import NumericalError, make_optimizer, train_epoch, train_loader
+from selfmm.train import NumericalError, train_epoch, train_loader
 from selfmm.transfer import to_device
 from selfmm.ulgm import UnimodalLabelGenerator
 from syncs import SyncCounter

@@ -17,10 +17,12 @@ from selfmm.cli import main
 from selfmm.data.cache import MANIFEST, write_cache
 from selfmm.data.mmsa import load_features
 from selfmm.errors import DataError
+from selfmm.inference import encode_all_text
 from selfmm.model import SelfMM
 from selfmm.models import selfmm_builder
+from selfmm.optim import make_optimizer
 from selfmm.runtime import seed_everything
-from selfmm.train import encode_all_text, fit_seed, make_optimizer, train_epoch, train_loader
+from selfmm.train import fit_seed, train_epoch, train_loader
 from selfmm.ulgm import UnimodalLabelGenerator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,9 @@ from selfmm.cli import main
 from selfmm.data.batch import Collator
 from selfmm.data.mmsa import load_features
 from selfmm.model import SelfMM
+from selfmm.optim import make_optimizer
 from selfmm.runtime import seed_everything
-from selfmm.train import make_optimizer, task_losses
+from selfmm.train import task_losses
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ Two savings apply on the CPU only, where they matter:
   double): twice as fast, the same keep probability to 2^-24 (float32 under bf16 autocast too);
 - the word-embedding gradient is sparse: a dense one is a 47 MB tensor (MiniLM) filled and
   added once per batch for the ~500 rows a batch touches. The optimizer densifies it once
-  per step (`selfmm.train.make_optimizer`). Under torch.distributed it stays dense, since
+  per step (`selfmm.optim.make_optimizer`). Under torch.distributed it stays dense, since
   DistributedDataParallel reduces dense buckets.
 """
 

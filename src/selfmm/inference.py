@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from .data.batch import Batch, Collator
 from .data.types import Split
 from .errors import SelfMMError
-from .model import SelfMMOutput
+from .model import SelfMM, SelfMMOutput
 from .models import class_path
 from .precision import autocast
 from .ulgm import MODALITIES
@@ -82,3 +82,15 @@ def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_si
         labels=np.asarray(split.labels, dtype=np.float32),
         heads={s: np.concatenate(v) if v else np.zeros(0, np.float32) for s, v in heads.items()},
     )
+
+
+@torch.no_grad()
+def encode_all_text(model: SelfMM, split: Split, batch_size: int, device: torch.device,
+                    precision: str = "fp32") -> torch.Tensor:
+    """A frozen encoder's [CLS] vector for every clip of `split`, computed once: (N, text_out)."""
+    model.eval()
+    out = []
+    for batch in eval_loader(split, batch_size):
+        with autocast(device, precision):
+            out.append(model.encode_text(batch.text.to(device)).float())
+    return torch.cat(out) if out else torch.zeros(0, model.text_head.layer_1.in_features, device=device)

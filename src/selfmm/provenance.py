@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .io import write_json
 
 # The packages whose version can change a number; a difference at evaluation is reported.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .analysis import chosen_epochs, figures, label_trajectory, load_human_data, png_bytes, summary_text
 from .configuration import flatten
 from .data.types import FeatureData

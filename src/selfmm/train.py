@@ -26,11 +26,12 @@ from .configuration import Config
 from .data.batch import Batch, Collator
 from .data.types import FeatureData, Split
 from .errors import SelfMMError
-from .inference import Predictions, check_text, eval_loader, forward, predict
+from .inference import Predictions, check_text, encode_all_text, forward, predict
 from .io import write_bytes, write_json
 from .metrics import regression_metrics
 from .model import Heads, SelfMM
 from .models import ModelBuilder, check_model, class_path, save_encoder_files, weights_bytes
+from .optim import make_optimizer
 from .pools import forked_without_interrupts
 from .precision import autocast, check_precision
 from .resume import finished_seed
@@ -54,39 +55,6 @@ class NumericalError(SelfMMError):
     """The loss became NaN or infinite."""
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Adam:
-    """Adam with the model's own parameter groups (SPEC 5's five for Self-MM), or one group
-    with `lr_other` and `weight_decay_other` for a model without `parameter_groups`."""
-    o = cfg.optim
-    if hasattr(model, "parameter_groups"):
-        lr = {"text": o.lr_text, "audio": o.lr_audio, "vision": o.lr_vision, "other": o.lr_other}
-        wd = {"text": o.weight_decay_text, "audio": o.weight_decay_audio,
-              "vision": o.weight_decay_vision, "other": o.weight_decay_other}
-        groups = model.parameter_groups(lr, wd)
-    else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": o.lr_other,
-                   "weight_decay": o.weight_decay_other, "name": "other"}]
-    # The fused kernel updates all tensors in one pass: ~6x faster than the default per-tensor
-    # loop on the CPU over MiniLM's 23M weights, equal to it within float32 rounding.
-    optimizer = torch.optim.Adam(groups, fused=True)
-    buffers: dict[torch.nn.Parameter, torch.Tensor] = {}
-
-    def densify(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        # Adam needs dense gradients; a sparse one (the word embeddings on the CPU, see
-        # selfmm.bert) is added into a zeroed dense buffer that lives across steps, which
-        # costs one fill per optimizer step instead of a fresh 47 MB tensor per batch.
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and p.grad.is_sparse:
-                    dense = buffers.setdefault(p, torch.empty_like(p)).zero_()
-                    grad = p.grad.coalesce()
-                    dense.index_add_(0, grad.indices()[0], grad.values())
-                    p.grad = dense
-
-    optimizer.register_step_pre_hook(densify)
-    return optimizer
-
-
 def train_loader(split: Split, cfg: Config, seed: int, epoch: int, pin: bool = False,
                  dist: distributed.Context = distributed.ONE_PROCESS) -> DataLoader:
     # The order of epoch e is a function of (seed, e) alone, so a resumed run sees the same.
@@ -105,18 +73,6 @@ def task_losses(pred: Heads, labels: dict[str, torch.Tensor], weights: dict[str,
         if s.upper() in tasks:
             losses[s] = (weights[s] * (getattr(pred, s).float() - labels[s]).abs()).mean()
     return losses
-
-
-@torch.no_grad()
-def encode_all_text(model: SelfMM, split: Split, batch_size: int, device: torch.device,
-                    precision: str = "fp32") -> torch.Tensor:
-    """A frozen encoder's [CLS] vector for every clip of `split`, computed once: (N, text_out)."""
-    model.eval()
-    out = []
-    for batch in eval_loader(split, batch_size):
-        with autocast(device, precision):
-            out.append(model.encode_text(batch.text.to(device)).float())
-    return torch.cat(out) if out else torch.zeros(0, model.text_head.layer_1.in_features, device=device)
 
 
 def text_caches(model: torch.nn.Module, cfg: Config, data: FeatureData,
@@ -332,34 +288,9 @@ def save_epoch(out: Path, state: TrainingState, improved: bool, train_ids: list[
     checkpoint.prune(out)
 
 
-def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,
-             build: ModelBuilder, *, resume: bool = False,
-             dist: distributed.Context = distributed.ONE_PROCESS,
-             progress: bool = False, log: Callable[[str], None] = print,
-             on_epoch: Callable[[int, float], None] | None = None,
-             provenance: dict[str, Any] | None = None) -> dict[str, float]:
-    """Train one seed into `out` and return the test metrics of its best weights.
-
-    `build(data.spec)` makes the model after seeding; `provenance` (see selfmm.provenance) goes
-    into the seed's config.json. `on_epoch(epoch, valid_loss)` runs once the epoch's
-    validation loss is known, before its checkpoint is written; an exception it raises (e.g. a
-    tuner's prune signal) stops the run. Under torch.distributed (`dist`), every rank trains
-    its shard and keeps the same ULGM state; only the main rank writes files and tests.
-    """
-    for name in ("train", "valid"):
-        if len(data.splits[name]) == 0:
-            raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs train and valid clips")
-    check_precision(cfg.train.precision, device)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = {"path": str(Path(data.path).resolve()), **data.spec.to_dict()}
-    if resume and (out / METRICS).exists():
-        if not dist.is_main:
-            return read_json(out / METRICS)["test"]
-        done = finished_seed(out, list(data.splits["train"].ids), log=log, write_config=lambda: write_seed_config(
-            out, config=cfg.to_dict(), seed=seed, data=spec, model_class=class_path(type(build(data.spec))),
-            provenance=provenance))
-        if done is not None:
-            return done
+def start_seed(cfg: Config, data: FeatureData, seed: int, device: torch.device, build: ModelBuilder,
+               dist: distributed.Context = distributed.ONE_PROCESS) -> TrainingState:
+    """Seed, build and check the model, then its optimizer and ULGM: the state of epoch 0."""
     configure_determinism(device, cfg.train.deterministic)
     seed_everything(seed)
     model = build(data.spec).to(device)
@@ -367,23 +298,19 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     if isinstance(model, SelfMM):
         for name, split in data.splits.items():
             check_text(split.text_bert, model.text_encoder.config, f"{data.path}: split {name!r}: key 'text_bert'")
-    train = data.splits["train"]
-    state = TrainingState.start(model, cfg, train, device)
+    state = TrainingState.start(model, cfg, data.splits["train"], device)
     if dist.rank:
         # Every rank built the same model; from here each draws its own dropout masks.
         seed_everything(distributed.rank_seed(seed, dist.rank))
-    if dist.is_main:
-        write_seed_config(out, config=cfg.to_dict(), seed=seed, data=spec,
-                          model_class=class_path(type(model)), provenance=provenance)
-        save_encoder_files(model, cfg.model.text_model, out / ENCODER)
-    if resume:
-        saved, problems = checkpoint.load_newest(out)
-        for line in problems:
-            log(f"skipping {line}")
-        if saved is not None:
-            state.restore(saved, device, dist.rank)
-            log(f"seed {seed}: resuming after epoch {state.epoch}")
+    return state
 
+
+def run_epochs(state: TrainingState, cfg: Config, data: FeatureData, out: Path, seed: int,
+               device: torch.device, dist: distributed.Context, progress: bool,
+               log: Callable[[str], None], on_epoch: Callable[[int, float], None] | None) -> dict[str, torch.Tensor]:
+    """Epochs until early stopping: each trained, validated, logged and checkpointed. Returns
+    the frozen encoder's text vectors (text_caches), which testing reuses."""
+    model, train = state.model, data.splits["train"]
     # Unimodal heads are unused when their task is off, and a model of the user's own may hold
     # weights a batch does not reach; DDP must be told.
     net = distributed.wrap(model, dist, find_unused=cfg.train.tasks != "MTAV" or not isinstance(model, SelfMM))
@@ -412,9 +339,56 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
         rng = distributed.all_objects(dist, rng_state(device))
         if dist.is_main:
             save_epoch(out, state, improved, list(train.ids), cfg, rng)
+    return caches
+
+
+def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch.device,
+             build: ModelBuilder, *, resume: bool = False,
+             dist: distributed.Context = distributed.ONE_PROCESS,
+             progress: bool = False, log: Callable[[str], None] = print,
+             on_epoch: Callable[[int, float], None] | None = None,
+             provenance: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train one seed into `out` and return the test metrics of its best weights.
+
+    `build(data.spec)` makes the model after seeding; `provenance` (see selfmm.provenance) goes
+    into the seed's config.json. `on_epoch(epoch, valid_loss)` runs once the epoch's
+    validation loss is known, before its checkpoint is written; an exception it raises (e.g. a
+    tuner's prune signal) stops the run. Under torch.distributed (`dist`), every rank trains
+    its shard and keeps the same ULGM state; only the main rank writes files and tests.
+    """
+    for name in ("train", "valid"):
+        if len(data.splits[name]) == 0:
+            raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs train and valid clips")
+    check_precision(cfg.train.precision, device)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"path": str(Path(data.path).resolve()), **data.spec.to_dict()}
+
+    def write_config(model: torch.nn.Module) -> None:
+        write_seed_config(out, config=cfg.to_dict(), seed=seed, data=spec, model_class=class_path(type(model)),
+                          provenance=provenance)
+
+    if resume and (out / METRICS).exists():
+        if not dist.is_main:
+            return read_json(out / METRICS)["test"]
+        done = finished_seed(out, list(data.splits["train"].ids), log=log,
+                             write_config=lambda: write_config(build(data.spec)))
+        if done is not None:
+            return done
+    state = start_seed(cfg, data, seed, device, build, dist)
+    if dist.is_main:
+        write_config(state.model)
+        save_encoder_files(state.model, cfg.model.text_model, out / ENCODER)
+    if resume:
+        saved, problems = checkpoint.load_newest(out)
+        for line in problems:
+            log(f"skipping {line}")
+        if saved is not None:
+            state.restore(saved, device, dist.rank)
+            log(f"seed {seed}: resuming after epoch {state.epoch}")
+    caches = run_epochs(state, cfg, data, out, seed, device, dist, progress, log, on_epoch)
     if not dist.is_main:
         return {}
-    return test_seed(out, seed, model, data, cfg, device, caches, state)
+    return test_seed(out, seed, state.model, data, cfg, device, caches, state)
 
 
 def test_seed(out: Path, seed: int, model: torch.nn.Module, data: FeatureData, cfg: Config,

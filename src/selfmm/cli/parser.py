@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from .. import __version__, datasets
+from .. import datasets
+from .._version import __version__
 from ..configuration import DEFAULT_SEEDS, PRECISIONS, TASKS
 from ..data.layout import SPLITS
 from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES

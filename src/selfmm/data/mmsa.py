@@ -10,9 +10,11 @@ the split, the key and the offending shape or value. The result is a FeatureData
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -112,6 +114,9 @@ def _as_lengths(value: Any, where: str, key: str, limit: int) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
             raise DataError(f"{where}: key {key!r} row {bad[0]} is {arr[bad[0]]}, not a whole number")
+    elif arr.dtype.kind in "USVMm":
+        # An empty array of text, bytes or dates holds no length and cannot be compared with one.
+        raise DataError(f"{where}: key {key!r} has non-numeric dtype {arr.dtype}")
     bad = np.flatnonzero((arr < 0) | (arr > limit))
     if bad.size:
         raise DataError(f"{where}: key {key!r} row {bad[0]} is {arr[bad[0]]}, outside [0, {limit}]")
@@ -199,6 +204,75 @@ def _zero_nonfinite(arr: np.ndarray) -> tuple[np.ndarray, int]:
     return arr, count
 
 
+# Names a split, or a key of it and the override file the key came from, in a message.
+Where = Callable[..., str]
+
+
+def _where(source: str, name: str, origins: dict[str, str], key: str | None = None) -> str:
+    if key in origins:
+        return f"{source}: split {name!r} (key {key!r} from {origins[key]})"
+    return f"{source}: split {name!r}"
+
+
+def _check_rows(where: Where, key: str, rows: int, n: int) -> None:
+    if rows != n:
+        raise DataError(f"{where(key)}: key {key!r} has {rows} rows but 'regression_labels' has {n}")
+
+
+def _lengths(raw: dict[str, Any], where: Where, n: int, text_bert: np.ndarray, audio: np.ndarray,
+             vision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each clip's audio and vision frame counts: stored in an unaligned file; an aligned file
+    carries none, since every modality follows the words and the text mask gives all three
+    (SPEC 2)."""
+    present = [k for k in LENGTH_KEYS if k in raw]
+    lt, la, lv = text_bert.shape[2], audio.shape[1], vision.shape[1]
+    if len(present) == 1:
+        missing = next(k for k in LENGTH_KEYS if k not in raw)
+        raise DataError(f"{where(present[0])}: has {present[0]!r} but not {missing!r}; an unaligned file needs both")
+    if present:
+        audio_lengths = _as_lengths(raw["audio_lengths"], where("audio_lengths"), "audio_lengths", la)
+        vision_lengths = _as_lengths(raw["vision_lengths"], where("vision_lengths"), "vision_lengths", lv)
+        _check_rows(where, "audio_lengths", audio_lengths.shape[0], n)
+        _check_rows(where, "vision_lengths", vision_lengths.shape[0], n)
+        return audio_lengths, vision_lengths
+    if not la == lv == lt:
+        raise DataError(
+            f"{where()}: no 'audio_lengths'/'vision_lengths', so the file must be aligned, but "
+            f"text_bert has Lt={lt}, audio La={la}, vision Lv={lv}"
+        )
+    lengths = np.asarray(text_bert[:, 1, :]).sum(axis=1).astype(np.int64)
+    return lengths, lengths
+
+
+def _unimodal_labels(raw: dict[str, Any], where: Where, n: int,
+                     label_range: tuple[float, float] | None) -> dict[str, np.ndarray]:
+    """The t, a and v labels a file may carry: all three, or none ({})."""
+    found = [k for k in UNIMODAL_KEYS.values() if k in raw]
+    if found and len(found) != len(UNIMODAL_KEYS):
+        missing = [k for k in UNIMODAL_KEYS.values() if k not in raw]
+        raise DataError(f"{where()}: has {found} but not {missing}; unimodal labels come as all three")
+    unimodal: dict[str, np.ndarray] = {}
+    if found:
+        for short, key in UNIMODAL_KEYS.items():
+            unimodal[short] = _as_labels(raw[key], where(), key, label_range)
+            _check_rows(where, key, unimodal[short].shape[0], n)
+    return unimodal
+
+
+def _clip_records(raw: dict[str, Any], name: str, where: Where, n: int
+                  ) -> tuple[list[str], list[str], list[str], list[dict[str, Any]]]:
+    """Each clip's id ("<split>-<i>" when absent), transcript, extraction flags and speech record."""
+    ids = _as_strings(raw.get("id"), n, f"{name}-{{i}}", where("id"), "id")
+    raw_text = _as_strings(raw.get("raw_text"), n, "", where("raw_text"), "raw_text")
+    _check_rows(where, "id", len(ids), n)
+    _check_rows(where, "raw_text", len(raw_text), n)
+    flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
+    _check_rows(where, "extraction_flags", len(flags), n)
+    speech = _speech_records(_as_strings(raw.get("speech"), n, "", where(), "speech"), where("speech"))
+    _check_rows(where, "speech", len(speech), n)
+    return ids, raw_text, flags, speech
+
+
 def _build_split(
     raw: dict[str, Any],
     name: str,
@@ -214,13 +288,7 @@ def _build_split(
     `clean` names keys that come from a cache, repaired when it was written: scanning them
     again would read every page of a memory-mapped array.
     """
-    origins = origins or {}
-
-    def where(key: str | None = None) -> str:
-        if key in origins:
-            return f"{source}: split {name!r} (key {key!r} from {origins[key]})"
-        return f"{source}: split {name!r}"
-
+    where = functools.partial(_where, source, name, origins or {})
     for key in REQUIRED_KEYS:
         if key not in raw:
             raise DataError(f"{where()}: missing key {key!r} (found {sorted(map(str, raw))})")
@@ -230,75 +298,20 @@ def _build_split(
     vision = _as_float_features(raw["vision"], where("vision"), "vision")
     labels = _as_labels(raw["regression_labels"], where(), "regression_labels", label_range)
     n = labels.shape[0]
-
-    def check_rows(key: str, rows: int) -> None:
-        if rows != n:
-            raise DataError(f"{where(key)}: key {key!r} has {rows} rows but 'regression_labels' has {n}")
-
-    check_rows("text_bert", text_bert.shape[0])
-    check_rows("audio", audio.shape[0])
-    check_rows("vision", vision.shape[0])
-
-    present = [k for k in LENGTH_KEYS if k in raw]
-    lt, la, lv = text_bert.shape[2], audio.shape[1], vision.shape[1]
-    if len(present) == 1:
-        missing = next(k for k in LENGTH_KEYS if k not in raw)
-        raise DataError(f"{where(present[0])}: has {present[0]!r} but not {missing!r}; an unaligned file needs both")
-    if present:
-        audio_lengths = _as_lengths(raw["audio_lengths"], where("audio_lengths"), "audio_lengths", la)
-        vision_lengths = _as_lengths(raw["vision_lengths"], where("vision_lengths"), "vision_lengths", lv)
-        check_rows("audio_lengths", audio_lengths.shape[0])
-        check_rows("vision_lengths", vision_lengths.shape[0])
-    else:
-        # Aligned files carry no lengths: every modality follows the words, so the text
-        # mask gives all three (SPEC 2).
-        if not la == lv == lt:
-            raise DataError(
-                f"{where()}: no 'audio_lengths'/'vision_lengths', so the file must be aligned, but "
-                f"text_bert has Lt={lt}, audio La={la}, vision Lv={lv}"
-            )
-        audio_lengths = np.asarray(text_bert[:, 1, :]).sum(axis=1).astype(np.int64)
-        vision_lengths = audio_lengths
-
-    unimodal: dict[str, np.ndarray] = {}
-    found = [k for k in UNIMODAL_KEYS.values() if k in raw]
-    if found and len(found) != len(UNIMODAL_KEYS):
-        missing = [k for k in UNIMODAL_KEYS.values() if k not in raw]
-        raise DataError(f"{where()}: has {found} but not {missing}; unimodal labels come as all three")
-    if found:
-        for short, key in UNIMODAL_KEYS.items():
-            unimodal[short] = _as_labels(raw[key], where(), key, label_range)
-            check_rows(key, unimodal[short].shape[0])
-
-    ids = _as_strings(raw.get("id"), n, f"{name}-{{i}}", where("id"), "id")
-    raw_text = _as_strings(raw.get("raw_text"), n, "", where("raw_text"), "raw_text")
-    check_rows("id", len(ids))
-    check_rows("raw_text", len(raw_text))
-    flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
-    check_rows("extraction_flags", len(flags))
-    speech = _speech_records(_as_strings(raw.get("speech"), n, "", where(), "speech"), where("speech"))
-    check_rows("speech", len(speech))
+    for key, arr in (("text_bert", text_bert), ("audio", audio), ("vision", vision)):
+        _check_rows(where, key, arr.shape[0], n)
+    audio_lengths, vision_lengths = _lengths(raw, where, n, text_bert, audio, vision)
+    unimodal = _unimodal_labels(raw, where, n, label_range)
+    ids, raw_text, flags, speech = _clip_records(raw, name, where, n)
 
     repaired: dict[str, int] = {}
     if "audio" not in clean:
         audio, repaired["audio"] = _zero_nonfinite(audio)
     if "vision" not in clean:
         vision, repaired["vision"] = _zero_nonfinite(vision)
-
-    split = Split(
-        name=name,
-        text_bert=text_bert,
-        audio=audio,
-        vision=vision,
-        audio_lengths=audio_lengths,
-        vision_lengths=vision_lengths,
-        labels=labels,
-        unimodal_labels=unimodal,
-        ids=ids,
-        raw_text=raw_text,
-        flags=flags,
-        speech=speech,
-    )
+    split = Split(name=name, text_bert=text_bert, audio=audio, vision=vision, audio_lengths=audio_lengths,
+                  vision_lengths=vision_lengths, labels=labels, unimodal_labels=unimodal, ids=ids,
+                  raw_text=raw_text, flags=flags, speech=speech)
     return split, repaired
 
 
@@ -311,6 +324,8 @@ _OVERRIDES = {
     "audio_file": ("audio", "audio_lengths"),
     "vision_file": ("vision", "vision_lengths"),
 }
+# The feature set an override file brings with its keys.
+_OVERRIDE_SETS = {"audio_file": "audio_features", "vision_file": "visual_features"}
 
 
 def _feature_set(layout: dict[str, Any], source: str, key: str) -> str:
@@ -337,6 +352,70 @@ def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     return _load_layout(path), None
 
 
+def _merge_overrides(raws: dict[str, dict[str, Any]], origins: dict[str, dict[str, str]],
+                     clean: dict[str, set[str]], overrides: dict[str, str | os.PathLike | None],
+                     features: dict[str, str]) -> None:
+    """Put each override file's keys into the split dicts, recording the file each came from and
+    whether it still needs the non-finite scan (not when it comes from a cache). An audio or
+    vision override brings its feature set into `features` too."""
+    for arg, override in overrides.items():
+        if override is None:
+            continue
+        over_source = os.fspath(override)
+        over, over_repairs = _load_any(over_source)
+        required, *optional = _OVERRIDES[arg]
+        if arg in _OVERRIDE_SETS:
+            features[_OVERRIDE_SETS[arg]] = _feature_set(over, over_source, _OVERRIDE_SETS[arg])
+        for split in SPLITS:
+            if required not in over[split]:
+                raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
+            for key in (required, *optional):
+                if key in over[split]:
+                    raws[split][key] = over[split][key]
+                    origins[split][key] = over_source
+                    if over_repairs is None:
+                        clean[split].discard(key)
+                    else:
+                        clean[split].add(key)
+
+
+def _build_splits(raws: dict[str, dict[str, Any]], source: str, label_range: tuple[float, float] | None,
+                  origins: dict[str, dict[str, str]], clean: dict[str, set[str]],
+                  cached_repairs: list[str] | None) -> tuple[dict[str, Split], list[str], int]:
+    """Every split validated; the repairs as lines, and the count of values repaired here."""
+    splits: dict[str, Split] = {}
+    # A cache's repairs still describe the arrays of its keys that no override replaced.
+    repairs = [line for line in cached_repairs or []
+               if line.split(":")[0].split("/")[1] not in origins[line.split("/")[0]]]
+    total = 0
+    for split in SPLITS:
+        splits[split], repaired = _build_split(
+            raws[split], split, source, label_range=label_range, origins=origins[split],
+            clean=frozenset(clean[split]),
+        )
+        for key, count in repaired.items():
+            if count:
+                repairs.append(f"{split}/{key}: {count} non-finite values set to 0")
+                total += count
+    return splits, repairs, total
+
+
+def _check_splits(splits: dict[str, Split], source: str) -> None:
+    """A clip somewhere, and every split's audio and vision as wide as train's."""
+    # One empty split is legitimate (`selfmm extract` writes its clip as the only row of
+    # "test"); a file without any clip is not.
+    if not any(len(s) for s in splits.values()):
+        raise DataError(f"{source}: has no clips (key 'regression_labels' is empty in every split)")
+    first = splits["train"]
+    for split in SPLITS[1:]:
+        for key in ("audio", "vision"):
+            want, got = getattr(first, key).shape[2], getattr(splits[split], key).shape[2]
+            if want != got:
+                raise DataError(
+                    f"{source}: split {split!r}: key {key!r} has width {got} but split 'train' has {want}"
+                )
+
+
 def load_features(
     path: str | os.PathLike,
     dataset: str | None = None,
@@ -358,67 +437,21 @@ def load_features(
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(datasets.names())}")
     label_range = datasets.get(dataset).label_range if dataset else None
     main, cached_repairs = _load_any(source)
-    audio_features = _feature_set(main, source, "audio_features")
-    visual_features = _feature_set(main, source, "visual_features")
+    features = {key: _feature_set(main, source, key) for key in ("audio_features", "visual_features")}
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
     overrides = {"text_file": text_file, "audio_file": audio_file, "vision_file": vision_file}
-    for arg, override in overrides.items():
-        if override is None:
-            continue
-        over_source = os.fspath(override)
-        over, over_repairs = _load_any(over_source)
-        required, *optional = _OVERRIDES[arg]
-        if arg == "audio_file":
-            audio_features = _feature_set(over, over_source, "audio_features")
-        if arg == "vision_file":
-            visual_features = _feature_set(over, over_source, "visual_features")
-        for split in SPLITS:
-            if required not in over[split]:
-                raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
-            for key in (required, *optional):
-                if key in over[split]:
-                    raws[split][key] = over[split][key]
-                    origins[split][key] = over_source
-                    if over_repairs is None:
-                        clean[split].discard(key)
-                    else:
-                        clean[split].add(key)
+    _merge_overrides(raws, origins, clean, overrides, features)
     del main  # the split dicts above hold the arrays; drop the outer references early
 
-    splits: dict[str, Split] = {}
-    # A cache's repairs still describe the arrays of its keys that no override replaced.
-    repairs = [line for line in cached_repairs or []
-               if line.split(":")[0].split("/")[1] not in origins[line.split("/")[0]]]
-    total = 0
-    for split in SPLITS:
-        splits[split], repaired = _build_split(
-            raws[split], split, source, label_range=label_range, origins=origins[split],
-            clean=frozenset(clean[split]),
-        )
-        for key, count in repaired.items():
-            if count:
-                repairs.append(f"{split}/{key}: {count} non-finite values set to 0")
-                total += count
-
-    # One empty split is legitimate (`selfmm extract` writes its clip as the only row of
-    # "test"); a file without any clip is not.
-    if not any(len(s) for s in splits.values()):
-        raise DataError(f"{source}: has no clips (key 'regression_labels' is empty in every split)")
-    first = splits["train"]
-    for split in SPLITS[1:]:
-        for key in ("audio", "vision"):
-            want, got = getattr(first, key).shape[2], getattr(splits[split], key).shape[2]
-            if want != got:
-                raise DataError(
-                    f"{source}: split {split!r}: key {key!r} has width {got} but split 'train' has {want}"
-                )
+    splits, repairs, total = _build_splits(raws, source, label_range, origins, clean, cached_repairs)
+    _check_splits(splits, source)
     if total:
         warnings.warn(
             f"{source}: {total} non-finite audio/vision values (NaN or +-inf) set to 0", stacklevel=2
         )
-
+    first = splits["train"]
     aligned = not any(key in raws[split] for split in SPLITS for key in LENGTH_KEYS)
     return FeatureData(
         path=source,
@@ -431,6 +464,6 @@ def load_features(
         vision_len=max(int(s.vision.shape[1]) for s in splits.values()),
         repairs=repairs,
         overrides={arg: os.fspath(p) for arg, p in overrides.items() if p is not None},
-        audio_features=audio_features,
-        visual_features=visual_features,
+        audio_features=features["audio_features"],
+        visual_features=features["visual_features"],
     )

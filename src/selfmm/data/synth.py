@@ -174,6 +174,30 @@ def _frames(
     return out
 
 
+def _labels(rng: np.random.Generator, n: int, prof: SyntheticProfile, label_max: float
+            ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """(latent unimodal labels in [-1, 1], annotated m-labels, annotated t/a/v labels): the
+    latent labels are a shared sentiment plus each modality's own part."""
+    shared = rng.standard_normal(n)
+    latent = {
+        m: np.tanh(SHARED * shared + np.sqrt(1 - SHARED**2) * rng.standard_normal(n)) for m in MIX
+    }
+    mixed = sum(MIX[m] * latent[m] for m in MIX)
+    m_label = _annotate(rng, label_max * mixed, prof, label_max)
+    unimodal = {m: _annotate(rng, label_max * latent[m], prof, label_max) for m in MIX}
+    return latent, m_label, unimodal
+
+
+def _add_negative_infinities(rng: np.random.Generator, audio: np.ndarray, lengths: np.ndarray) -> None:
+    """A few -inf values inside valid audio frames of a few clips, as COVAREP writes, which the
+    loader must repair."""
+    n, _, dim = audio.shape
+    for row in np.flatnonzero((rng.random(n) < NEG_INF_RATE) & (lengths > 0)):
+        hits = rng.integers(1, 4)
+        frames, columns = rng.integers(0, lengths[row], hits), rng.integers(0, dim, hits)
+        audio[row, frames, columns] = -np.inf
+
+
 def _make_split(
     prof: SyntheticProfile,
     label_max: float,  # labels lie in [-label_max, label_max]
@@ -190,15 +214,7 @@ def _make_split(
         np.random.Generator(np.random.SFC64([seed, index, part])) for part in range(5)
     )
 
-    # Latent unimodal labels in [-1, 1]: shared sentiment plus each modality's own part.
-    shared = labels_rng.standard_normal(n)
-    latent = {
-        m: np.tanh(SHARED * shared + np.sqrt(1 - SHARED**2) * labels_rng.standard_normal(n)) for m in MIX
-    }
-    mixed = sum(MIX[m] * latent[m] for m in MIX)
-    m_label = _annotate(labels_rng, label_max * mixed, prof, label_max)
-    unimodal = {m: _annotate(labels_rng, label_max * latent[m], prof, label_max) for m in MIX}
-
+    latent, m_label, unimodal = _labels(labels_rng, n, prof, label_max)
     sentences = _sentences(text_rng, latent["t"])
     enc = _tokenizer()(
         sentences, padding="max_length", truncation=True, max_length=prof.text_len, return_tensors="np"
@@ -216,11 +232,7 @@ def _make_split(
 
     audio = _frames(audio_rng, latent["a"].astype(np.float32), audio_lengths, audio_len, directions["a"])
     vision = _frames(vision_rng, latent["v"].astype(np.float32), vision_lengths, vision_len, directions["v"])
-    # A few -inf values inside valid audio frames, which the loader must repair.
-    for row in np.flatnonzero((audio_rng.random(n) < NEG_INF_RATE) & (audio_lengths > 0)):
-        hits = audio_rng.integers(1, 4)
-        frames, columns = audio_rng.integers(0, audio_lengths[row], hits), audio_rng.integers(0, prof.audio_dim, hits)
-        audio[row, frames, columns] = -np.inf
+    _add_negative_infinities(audio_rng, audio, audio_lengths)
 
     sign = np.sign(m_label).astype(np.int64)
     data: dict[str, Any] = {

@@ -60,72 +60,83 @@ def _check_structure(handle: Any, size: int, source: str) -> None:
     """
     stack: list[int | None] = []  # nesting depth of each stack item; None is a MARK
     memo: dict[Any, int] = {}
-
-    def pop() -> int | None:
-        if not stack:
-            raise DataError(f"{source}: not a readable pickle: stack underflow")
-        return stack.pop()
-
     while True:
-        pos = handle.tell()
-        code = handle.read(1)
-        op = _OPCODES.get(code)
-        if op is None:
-            if not code:
-                raise DataError(f"{source}: truncated pickle (unexpected end of file)")
-            raise DataError(f"{source}: not a readable pickle: unknown opcode {code!r} at byte {pos}")
-        arg = None
-        if op.arg is not None and op.arg.n in _COUNTED:
-            fmt = _COUNTED[op.arg.n]
-            head = handle.read(struct.calcsize(fmt))
-            if len(head) != struct.calcsize(fmt):
-                raise DataError(f"{source}: truncated pickle (unexpected end of file)")
-            (length,) = struct.unpack(fmt, head)
-            if length < 0 or length > size - handle.tell():
-                raise DataError(f"{source}: truncated pickle: {op.name} at byte {pos} declares {length} "
-                                f"bytes, but only {size - handle.tell()} remain in the file")
-            handle.seek(length, os.SEEK_CUR)
-        elif op.arg is not None:
-            try:
-                arg = op.arg.reader(handle)
-            except ValueError as exc:
-                raise DataError(f"{source}: not a readable pickle: {op.name} at byte {pos}: {exc}") from None
-        if op.name == "FRAME" and arg > size - handle.tell():
-            raise DataError(f"{source}: truncated pickle: FRAME at byte {pos} declares {arg} bytes, but only "
-                            f"{size - handle.tell()} remain in the file")
+        op, arg, pos = _read_opcode(handle, size, source)
         if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             if not stack or stack[-1] is None:
                 raise DataError(f"{source}: not a readable pickle: {op.name} at byte {pos} with nothing to store")
             memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1]
-            continue
-        if op.name in ("GET", "BINGET", "LONG_BINGET"):
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
             stack.append(memo.get(arg, 0))
-            continue
-        if op.name == "DUP":
+        elif op.name == "DUP":
             stack.append(stack[-1] if stack else 0)
-            continue
-        if op.name == "STOP":
+        elif op.name == "STOP":
             return
-        if op.name == "MARK":
+        elif op.name == "MARK":
             stack.append(None)
-            continue
-        before = op.stack_before
-        items: list[int] = []
-        if pickletools.markobject in before:
-            while (item := pop()) is not None:
-                items.append(item)
-            items.extend(d for d in (pop() for _ in range(before.index(pickletools.markobject))) if d is not None)
         else:
-            items.extend(d for d in (pop() for _ in before) if d is not None)
-        if op.name in _MUTATORS and items:
-            # The container, popped last, keeps its identity: it grows around the new items
-            # instead of gaining a level per APPEND (protocol 0 appends one item at a time).
-            depth = max(items[-1], 1 + max(items[:-1], default=0))
-        else:
-            depth = 1 + max(items) if items else 0
-        if depth > MAX_DEPTH:
-            raise DataError(f"{source}: containers nested more than {MAX_DEPTH} deep (at byte {pos})")
-        stack.extend(depth for _ in op.stack_after)
+            _build_depth(op, stack, pos, source)
+
+
+def _read_opcode(handle: Any, size: int, source: str) -> tuple[pickletools.OpcodeInfo, Any, int]:
+    """The next opcode, its argument and its offset. A counted payload (bytes, text, big
+    integers) is skipped, its argument None, once its length is known to fit the file."""
+    pos = handle.tell()
+    code = handle.read(1)
+    op = _OPCODES.get(code)
+    if op is None:
+        if not code:
+            raise DataError(f"{source}: truncated pickle (unexpected end of file)")
+        raise DataError(f"{source}: not a readable pickle: unknown opcode {code!r} at byte {pos}")
+    arg = None
+    if op.arg is not None and op.arg.n in _COUNTED:
+        fmt = _COUNTED[op.arg.n]
+        head = handle.read(struct.calcsize(fmt))
+        if len(head) != struct.calcsize(fmt):
+            raise DataError(f"{source}: truncated pickle (unexpected end of file)")
+        (length,) = struct.unpack(fmt, head)
+        if length < 0 or length > size - handle.tell():
+            raise DataError(f"{source}: truncated pickle: {op.name} at byte {pos} declares {length} "
+                            f"bytes, but only {size - handle.tell()} remain in the file")
+        handle.seek(length, os.SEEK_CUR)
+    elif op.arg is not None:
+        try:
+            arg = op.arg.reader(handle)
+        except ValueError as exc:
+            raise DataError(f"{source}: not a readable pickle: {op.name} at byte {pos}: {exc}") from None
+    if op.name == "FRAME" and arg > size - handle.tell():
+        raise DataError(f"{source}: truncated pickle: FRAME at byte {pos} declares {arg} bytes, but only "
+                        f"{size - handle.tell()} remain in the file")
+    return op, arg, pos
+
+
+def _pop(stack: list[int | None], source: str) -> int | None:
+    if not stack:
+        raise DataError(f"{source}: not a readable pickle: stack underflow")
+    return stack.pop()
+
+
+def _build_depth(op: pickletools.OpcodeInfo, stack: list[int | None], pos: int, source: str) -> None:
+    """Apply the stack effect of an opcode that builds or fills a container: its result nests
+    one level deeper than the deepest item it takes."""
+    before = op.stack_before
+    items: list[int] = []
+    if pickletools.markobject in before:
+        while (item := _pop(stack, source)) is not None:
+            items.append(item)
+        count = before.index(pickletools.markobject)
+    else:
+        count = len(before)
+    items.extend(d for d in (_pop(stack, source) for _ in range(count)) if d is not None)
+    if op.name in _MUTATORS and items:
+        # The container, popped last, keeps its identity: it grows around the new items
+        # instead of gaining a level per APPEND (protocol 0 appends one item at a time).
+        depth = max(items[-1], 1 + max(items[:-1], default=0))
+    else:
+        depth = 1 + max(items) if items else 0
+    if depth > MAX_DEPTH:
+        raise DataError(f"{source}: containers nested more than {MAX_DEPTH} deep (at byte {pos})")
+    stack.extend(depth for _ in op.stack_after)
 
 
 def _check_dtype_state(dtype: np.dtype, state: Any, source: str) -> None:

@@ -25,7 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from .. import __version__, datasets
+from .. import datasets
+from .._version import __version__
 from ..checks import attributes, checked, integer, number, optional, sequence, text
 from ..configuration import MAX_WORKERS
 from ..errors import SelfMMError
