@@ -25,7 +25,7 @@ from ..errors import DataError, SelfMMError
 from ..io import atomic_writer, check_file, write_json
 from ..pools import ignore_interrupts, stop
 from ..rundir import RunDirectory
-from .audio import DEFAULT_AUDIO_FEATURES, audio_set
+from .audio import DEFAULT_AUDIO_FEATURES, AudioFeatureSet, audio_set
 from .clip import (
     FLAGS,
     GIVEN,
@@ -45,7 +45,7 @@ from .clip import (
 )
 from .media import check_dependencies
 from .speech import SpeechSettings, Transcript, speech_settings
-from .visual import DEFAULT_VISUAL_FEATURES, VISION_FPS, visual_set
+from .visual import DEFAULT_VISUAL_FEATURES, VISION_FPS, VisualFeatureSet, visual_set
 
 EXTENSIONS = ("mp4", "avi", "mkv", "mov", "webm")
 REQUIRED_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
@@ -240,6 +240,23 @@ class _Words:
         return self.aligned or self.recognised_text(row)
 
 
+@dataclass(frozen=True)
+class _Sets:
+    """What every clip of one run is extracted with, and where its part is."""
+
+    acoustic: AudioFeatureSet
+    visual: VisualFeatureSet
+    words: _Words
+    speech: SpeechSettings | None  # None when no row needs its words recognised
+
+    def part(self, parts: Path, row: LabelRow) -> Path:
+        return _part_path(parts, row.id, self.acoustic.name, self.visual.name)
+
+    def speech_key(self, row: LabelRow) -> str | None:
+        """What a part must hold of the row's words: None when they are not needed."""
+        return _speech_key(self.speech) if self.speech is not None and self.words.needed(row) else None
+
+
 @checked(**LENGTHS)
 def extract_dataset(
     video_dir: str | os.PathLike,
@@ -267,58 +284,23 @@ def extract_dataset(
     or to audio_len / vision_len (longer clips truncated; audio_len counts frames of the
     acoustic set `audio_features`, 100 per second for egemaps and compare, 50 for librosa;
     faces are the visual set `visual_features`; each pair of sets keeps its own parts, so a run
-    never mixes sets). A clip that cannot be decoded is
-    left out and listed in the report; it is an error when every clip fails, or any with
-    `strict`.
+    never mixes sets). A clip that cannot be decoded is left out and listed in the report; it
+    is an error when every clip fails, or any with `strict`.
 
     `transcribe` "empty": the words of rows whose text is empty are recognised (the `asr`
     extra, model and language from `speech`, default the packaged tiny.en); "all": every
     row's, ignoring the given text. `aligned`: MMSA's aligned layout, text_len steps per clip
     (speech recognition times the words of every row; audio_len and vision_len do not apply).
     """
-    check_workers(workers)
-    check_not_aligned(aligned, audio_len=audio_len, vision_len=vision_len)
-    if transcribe is not None and transcribe not in TRANSCRIBE:
-        raise SelfMMError(f"transcribe must be None, 'empty' or 'all', got {transcribe!r}")
-    acoustic = audio_set(audio_features)
-    visual = visual_set(visual_features)
-    check_dependencies((acoustic.module, acoustic.package), (visual.module, visual.package))
     video_dir, out = Path(video_dir), Path(out)
-    if not video_dir.is_dir():
-        raise DataError(f"{video_dir}: no such video folder")
-    rows = read_labels(labels_csv)
-    words = _Words(transcribe, aligned)
-    if any(words.needed(row) for row in rows):
-        speech = speech or speech_settings()
-        speech.recogniser()  # loads and checks the model and the language: fail early
-    else:
-        speech = None
-    speech_key = _speech_key(speech) if speech is not None else None
+    rows, sets = _prepare(video_dir, labels_csv, workers, transcribe, aligned, audio_len, vision_len,
+                          audio_features, visual_features, speech)
     tokenizer = load_tokenizer(tokenizer_name)  # before the long part: fail early
     # The parts folder is locked while in use (two extractions into one OUT would mix), and
     # temporary files that an interrupted run left in it are removed.
     with RunDirectory(f"{out}.parts", resume=True) as parts:
-        failures: dict[str, str] = {}
-        todo: list[tuple[LabelRow, Path, Path, str, SpeechSettings | None]] = []
-        reused = 0
-        for row in rows:
-            video = find_video(video_dir, row.video_id, row.clip_id)
-            if video is None:
-                failures[row.id] = (
-                    f"no video {row.video_id}/{row.clip_id}.<ext> or {row.id}.<ext> in {video_dir} "
-                    f"(ext: {', '.join(EXTENSIONS)})"
-                )
-                continue
-            key = _cache_key(video, acoustic.name, visual.name)
-            part = _part_path(parts, row.id, acoustic.name, visual.name)
-            need = words.needed(row)
-            if _read_part(part, key, speech_key if need else None) is not None:
-                reused += 1
-            else:
-                todo.append((row, video, part, key, speech if need else None))
-
-        _run(todo, failures, workers, progress, acoustic.name, visual.name)
-
+        todo, failures, reused = _plan(rows, video_dir, parts, sets)
+        _run(todo, failures, workers, progress, sets.acoustic.name, sets.visual.name)
         ok = [row for row in rows if row.id not in failures]
         if not ok:
             listed = "; ".join(f"{i}: {m}" for i, m in list(failures.items())[:5])
@@ -326,70 +308,107 @@ def extract_dataset(
         if strict and failures:
             listed = "; ".join(f"{i}: {m}" for i, m in failures.items())
             raise DataError(f"{len(failures)} clip(s) failed: {listed}")
-
-        loaded = {row.id: _media(_read_part(_part_path(parts, row.id, acoustic.name, visual.name)),
-                                 acoustic.name, visual.name)
-                  for row in ok}
-        for row in ok:
-            if not words.needed(row):  # words an earlier run recognised are not this run's
-                media = loaded[row.id]
-                media.speech = None
-                media.flags["no_speech"] = media.flags["asr_unsure"] = False
-        if aligned:
-            la = lv = text_len
-        else:
-            la = audio_len or max(1, max(m.audio.shape[0] for m in loaded.values()))
-            lv = vision_len or max(1, max(m.vision.shape[0] for m in loaded.values()))
-        unimodal = [c for c in UNIMODAL_COLUMNS if c in rows[0].unimodal]
-        data, flag_counts = {}, dict.fromkeys(FLAGS, 0)
-        sources = {GIVEN: 0, RECOGNISED: 0}
-        for split in SPLITS:
-            members = [row for row in ok if row.mode == split]
-            data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
-                                        acoustic.dim, visual.dim, words)
-            for row in members:
-                sources[RECOGNISED if words.recognised_text(row) else GIVEN] += 1
-                for name in FLAGS:
-                    flag_counts[name] += int(loaded[row.id].flags[name])
-        data[EXTRACTION_KEY] = extraction_metadata(acoustic.name, visual.name)
-        write_pickle(out, data)
-        report = DatasetReport(
-            out=out,
-            counts={split: len(data[split]["id"]) for split in SPLITS},
-            extracted=len(todo) - sum(1 for t in todo if t[0].id in failures),
-            reused=reused,
-            failures=sorted(failures.items()),
-            flag_counts=flag_counts,
-            text_sources=sources,
-        )
-        write_json(
-            Path(f"{out}.json"),
-            {
-                "labels": str(labels_csv),
-                "video_dir": str(video_dir),
-                "text_model": tokenizer_name,
-                "text_len": text_len,
-                "aligned": aligned,
-                "audio_len": la,
-                "vision_len": lv,
-                "audio_fps": acoustic.fps,
-                "vision_fps": VISION_FPS,
-                "audio_feature_set": acoustic.name,
-                "visual_feature_set": visual.name,
-                "audio_features": list(acoustic.columns),
-                "vision_features": list(visual.columns),
-                "feature_version": FEATURE_VERSION,
-                "transcribe": transcribe,
-                "speech_model": None if speech is None else {
-                    "name": speech.model.name, "sha256": speech.model.sha256,
-                    "path": str(speech.model.path), "language": speech.language},
-                "text_sources": sources,
-                "counts": report.counts,
-                "flag_counts": flag_counts,
-                "failures": [{"id": i, "error": m} for i, m in report.failures],
-            },
-        )
+        loaded = _load_parts(ok, parts, sets)
+        la, lv = (text_len, text_len) if aligned else (
+            audio_len or max(1, max(m.audio.shape[0] for m in loaded.values())),
+            vision_len or max(1, max(m.vision.shape[0] for m in loaded.values())))
+        report = _write(out, ok, loaded, tokenizer, text_len, la, lv, sets, rows[0])
+        report.extracted = len(todo) - sum(1 for t in todo if t[0].id in failures)
+        report.reused, report.failures = reused, sorted(failures.items())
+        write_json(Path(f"{out}.json"), _summary(report, labels_csv, video_dir, tokenizer_name,
+                                                 text_len, la, lv, sets))
         return report
+
+
+def _prepare(video_dir: Path, labels_csv, workers, transcribe, aligned, audio_len, vision_len,
+             audio_features, visual_features, speech) -> tuple[list[LabelRow], _Sets]:
+    """extract_dataset's arguments checked, its rows read and the speech model loaded (when a
+    row needs it), before any clip is touched."""
+    check_workers(workers)
+    check_not_aligned(aligned, audio_len=audio_len, vision_len=vision_len)
+    if transcribe is not None and transcribe not in TRANSCRIBE:
+        raise SelfMMError(f"transcribe must be None, 'empty' or 'all', got {transcribe!r}")
+    acoustic, visual = audio_set(audio_features), visual_set(visual_features)
+    check_dependencies((acoustic.module, acoustic.package), (visual.module, visual.package))
+    if not video_dir.is_dir():
+        raise DataError(f"{video_dir}: no such video folder")
+    rows = read_labels(labels_csv)
+    words = _Words(transcribe, aligned)
+    speech = (speech or speech_settings()) if any(words.needed(row) for row in rows) else None
+    if speech is not None:
+        speech.recogniser()  # loads and checks the model and the language: fail early
+    return rows, _Sets(acoustic, visual, words, speech)
+
+
+def _summary(report: DatasetReport, labels_csv, video_dir: Path, tokenizer_name: str, text_len: int,
+             la: int, lv: int, sets: _Sets) -> dict:
+    """OUT.json: how the file was made and what went into it."""
+    speech = sets.speech
+    return {
+        "labels": str(labels_csv), "video_dir": str(video_dir), "text_model": tokenizer_name,
+        "text_len": text_len, "aligned": sets.words.aligned, "audio_len": la, "vision_len": lv,
+        "audio_fps": sets.acoustic.fps, "vision_fps": VISION_FPS,
+        "audio_feature_set": sets.acoustic.name, "visual_feature_set": sets.visual.name,
+        "audio_features": list(sets.acoustic.columns), "vision_features": list(sets.visual.columns),
+        "feature_version": FEATURE_VERSION, "transcribe": sets.words.transcribe,
+        "speech_model": None if speech is None else {
+            "name": speech.model.name, "sha256": speech.model.sha256, "path": str(speech.model.path),
+            "language": speech.language},
+        "text_sources": report.text_sources, "counts": report.counts, "flag_counts": report.flag_counts,
+        "failures": [{"id": i, "error": m} for i, m in report.failures],
+    }
+
+
+def _plan(rows: list[LabelRow], video_dir: Path, parts: Path, sets: _Sets):
+    """The clips to extract (row, video, part, key, speech settings or None), the rows without
+    a video (id -> message), and how many parts an earlier run left that serve as they are."""
+    failures: dict[str, str] = {}
+    todo: list[tuple[LabelRow, Path, Path, str, SpeechSettings | None]] = []
+    reused = 0
+    for row in rows:
+        video = find_video(video_dir, row.video_id, row.clip_id)
+        if video is None:
+            failures[row.id] = (f"no video {row.video_id}/{row.clip_id}.<ext> or {row.id}.<ext> in "
+                                f"{video_dir} (ext: {', '.join(EXTENSIONS)})")
+            continue
+        key = _cache_key(video, sets.acoustic.name, sets.visual.name)
+        part = sets.part(parts, row)
+        if _read_part(part, key, sets.speech_key(row)) is not None:
+            reused += 1
+        else:
+            todo.append((row, video, part, key, sets.speech if sets.words.needed(row) else None))
+    return todo, failures, reused
+
+
+def _load_parts(ok: list[LabelRow], parts: Path, sets: _Sets) -> dict[str, MediaFeatures]:
+    loaded = {row.id: _media(_read_part(sets.part(parts, row)), sets.acoustic.name, sets.visual.name)
+              for row in ok}
+    for row in ok:
+        if not sets.words.needed(row):  # words an earlier run recognised are not this run's
+            media = loaded[row.id]
+            media.speech = None
+            media.flags["no_speech"] = media.flags["asr_unsure"] = False
+    return loaded
+
+
+def _write(out: Path, ok: list[LabelRow], loaded: dict[str, MediaFeatures], tokenizer, text_len: int,
+           la: int, lv: int, sets: _Sets, first: LabelRow) -> DatasetReport:
+    """Write the feature file; its report, without the counts of the extraction itself."""
+    unimodal = [c for c in UNIMODAL_COLUMNS if c in first.unimodal]
+    data, flag_counts = {}, dict.fromkeys(FLAGS, 0)
+    sources = {GIVEN: 0, RECOGNISED: 0}
+    for split in SPLITS:
+        members = [row for row in ok if row.mode == split]
+        data[split] = _split_arrays(members, loaded, tokenizer, text_len, la, lv, unimodal,
+                                    sets.acoustic.dim, sets.visual.dim, sets.words)
+        for row in members:
+            sources[RECOGNISED if sets.words.recognised_text(row) else GIVEN] += 1
+            for name in FLAGS:
+                flag_counts[name] += int(loaded[row.id].flags[name])
+    data[EXTRACTION_KEY] = extraction_metadata(sets.acoustic.name, sets.visual.name)
+    write_pickle(out, data)
+    return DatasetReport(out=out, counts={split: len(data[split]["id"]) for split in SPLITS},
+                         extracted=0, reused=0, flag_counts=flag_counts, text_sources=sources)
 
 
 def _run(todo, failures: dict[str, str], workers: int | None, progress: bool,
