@@ -194,10 +194,10 @@ def mmsa_results_row(model_name: str, per_seed: PerSeed) -> tuple[list[str], lis
     return ["Model", *names], [model_name, *cells]
 
 
-def write_mmsa_results(path: str | Path, model_name: str, per_seed: PerSeed, *, replace: bool = False) -> None:
-    """Append one model's row to an MMSA results CSV (created if absent), as MMSA's run does.
-    `replace`: a file that is not such a CSV is replaced instead of refused."""
-    path = Path(path)
+def write_mmsa_results(out: str | Path, model_name: str, per_seed: PerSeed, *, replace: bool = False) -> None:
+    """Append one model's row to the MMSA results CSV `out` (created if absent), as MMSA's run
+    does. `replace`: a file that is not such a CSV is replaced instead of refused."""
+    path = Path(out)
     header, row = mmsa_results_row(model_name, per_seed)
     rows: list[list[str]] = []
     if path.exists():
@@ -206,14 +206,14 @@ def write_mmsa_results(path: str | Path, model_name: str, per_seed: PerSeed, *, 
                 existing = list(csv.reader(handle))
         except (UnicodeDecodeError, csv.Error) as exc:
             if not replace:
-                raise SelfMMError(f"{path} is not a CSV file ({exc}); choose another --out "
-                                  "or pass --force to replace it") from None
+                raise SelfMMError(f"{path} is not a CSV file ({exc}); choose another `out` "
+                                  "or pass `replace=True` to replace it") from None
             existing = []
         if existing and existing[0] != header and replace:
             existing = []
         if existing and existing[0] != header:
             raise SelfMMError(f"{path} has columns {', '.join(existing[0])}, not "
-                              f"{', '.join(header)}: choose another --out for this dataset")
+                              f"{', '.join(header)}: choose another `out` for this dataset")
         rows = existing[1:]
     with atomic_writer(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
+from .checks import Wrong, checked, one_of
+
 _MOS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
         "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
 _SIMS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
@@ -35,6 +37,18 @@ _SIMS_EDGES: dict[int, tuple[float, ...]] = {
 }
 
 
+def _numbers(value: Any) -> Any:
+    """A rule: an array-like of numbers (a list, a numpy array, a tensor)."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+        raise Wrong("an array of numbers (a list, a numpy array or a tensor)", kind=True)
+    try:
+        _as_array(value).astype(np.float64)
+    except (TypeError, ValueError):
+        raise Wrong("an array of numbers (a list, a numpy array or a tensor)", kind=True) from None
+    return value
+
+
+@checked(y_pred=_numbers, y_true=_numbers, dataset=one_of(*METRIC_NAMES))
 def regression_metrics(y_pred: Any, y_true: Any, dataset: str) -> dict[str, float]:
     """All SPEC 6 metrics of one split, keys in METRIC_NAMES[dataset] order, as fractions."""
     if dataset not in METRIC_NAMES:

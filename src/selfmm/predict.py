@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .configuration import LABEL_RANGE
+from .checks import checked, instance, integer, number, one_of, optional, path, text
+from .configuration import LABEL_RANGE, seed
 from .data.layout import SPLITS, UNKNOWN_FEATURES
 from .data.mmsa import load_features
 from .data.types import Split
@@ -25,7 +26,7 @@ from .inference import check_text, predict
 from .io import check_file
 from .model import SelfMM
 from .results import format_table
-from .runtime import resolve_device
+from .runtime import device_name, resolve_device
 from .trained import load_run
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -36,7 +37,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 NEUTRAL_DIVISOR = 10
 WIDTH_HINT = ("a checkpoint trained on benchmark features (COVAREP/Facet/OpenFace) needs "
               "benchmark-style features, and clips from `selfmm extract` need a run trained on a "
-              "file made by `selfmm extract-dataset` with the same --audio-features")
+              "file made by `selfmm extract-dataset` with the same `audio_features`")
 
 
 @dataclass
@@ -114,6 +115,8 @@ class Predictor:
     may only repeat the run's own set.
     """
 
+    @checked(run=path, seed=optional(seed), device=device_name, text_model=optional(text),
+             audio_features=optional(one_of(*AUDIO_SETS)))
     def __init__(self, run: str | os.PathLike, *, seed: int | None = None, device: str = "auto",
                  text_model: str | None = None, audio_features: str | None = None) -> None:
         seed_run = load_run(run).select(seed)
@@ -129,7 +132,7 @@ class Predictor:
                 raise SelfMMError(
                     f"audio features {audio_features} asked for, but the run {self.run} was trained "
                     f"on {self.audio_features} audio features; its videos are extracted with "
-                    f"{self.audio_features} (leave --audio-features out)")
+                    f"{self.audio_features} (leave `audio_features` out)")
         self.video_audio_features = audio_features or self.audio_features
         self.band = neutral_band(self.cfg.dataset)
         self.text_model = text_model
@@ -155,10 +158,11 @@ class Predictor:
                 except (OSError, ValueError, TypeError):
                     raise SelfMMError(
                         f"the run {self.run} saved no tokenizer, so a transcript cannot be "
-                        "tokenized; pass --text-model NAME_OR_PATH (the text model it was trained "
+                        "tokenized; pass `text_model=NAME_OR_PATH` (the text model it was trained "
                         "with)") from None
         return self._tokenizer
 
+    @checked(name=text, audio_dim=integer(0), vision_dim=integer(0))
     def check_widths(self, name: str, audio_dim: int, vision_dim: int) -> None:
         for modality, got, want in (("audio", audio_dim, self.audio_dim),
                                     ("vision", vision_dim, self.vision_dim)):
@@ -167,6 +171,7 @@ class Predictor:
                                   f"{self.run} was trained on {want}-wide {modality} features; "
                                   + WIDTH_HINT)
 
+    @checked(name=text, audio_features=text, audio_dim=integer(0), vision_dim=integer(0))
     def check_features(self, name: str, audio_features: str, audio_dim: int, vision_dim: int) -> None:
         """Refuse features of another audio set than the run's (when both are recorded) or of
         other widths."""
@@ -174,7 +179,7 @@ class Predictor:
                 and audio_features != self.audio_features:
             raise SelfMMError(f"{name}: audio features are {audio_features}, but the run {self.run} "
                               f"was trained on {self.audio_features} audio features; extract the "
-                              f"clips again with --audio-features {self.audio_features}")
+                              f"clips again with `audio_features={self.audio_features}`")
         self.check_widths(name, audio_dim, vision_dim)
 
     def _video_audio_set(self, name: str) -> AudioFeatureSet:
@@ -185,10 +190,11 @@ class Predictor:
             # A run on benchmark widths: the width message says what is wrong.
             self.check_widths(name, AUDIO_SETS[fits[0] if fits else DEFAULT_AUDIO_FEATURES].dim,
                               VISION_DIM)
+            choices = " or ".join(f"`audio_features={fit}`" for fit in fits)
             raise SelfMMError(
                 f"{name}: the run {self.run} records no audio feature set (its training file "
-                f"records none); its {self.audio_dim}-wide audio fits --audio-features "
-                f"{' or '.join(fits)}: pass it if that is how its training file was extracted "
+                f"records none); its {self.audio_dim}-wide audio fits {choices}: pass it if "
+                "that is how its training file was extracted "
                 "(files from `selfmm extract-dataset` before it recorded the set are librosa)")
         if chosen not in AUDIO_SETS:
             raise SelfMMError(f"{name}: the run {self.run} was trained on {chosen} audio features, "
@@ -197,6 +203,7 @@ class Predictor:
         self.check_widths(name, acoustic.dim, VISION_DIM)
         return acoustic
 
+    @checked(split=instance(Split, "a selfmm Split (one of FeatureData.splits)"), name=text)
     def score_split(self, split: Split, name: str) -> list[ClipScore]:
         if isinstance(self.model, SelfMM):
             check_text(split.text_bert, self.model.text_encoder.config, name)
@@ -210,6 +217,7 @@ class Predictor:
             for j, clip in enumerate(split.ids)
         ]
 
+    @checked(path=path, split=one_of(*SPLITS, "all"))
     def score_features(self, path: str | os.PathLike, split: str = "all") -> list[ClipScore]:
         """Every clip of `split` ("all": every non-empty split) of an MMSA feature file."""
         name = os.fspath(path)
@@ -218,6 +226,7 @@ class Predictor:
         names = [s for s, part in data.splits.items() if len(part)] if split == "all" else [split]
         return [score for s in names for score in self.score_split(data.splits[s], name)]
 
+    @checked(path=path, transcript=text, max_seconds=optional(number(above=0)))
     def score_video(self, path: str | os.PathLike, transcript: str,
                     max_seconds: float | None = None) -> list[ClipScore]:
         """Extract one video's features (the `video` extra) with the run's audio feature set
