@@ -3,6 +3,7 @@
     python benchmarks/serve_load.py                        # 200 requests, 16 clients, 2 workers
     python benchmarks/serve_load.py --workers 1 2 --json serve.json
     python benchmarks/serve_load.py --run runs/mine        # your own run instead of a fresh one
+    python benchmarks/serve_load.py --visual-features haar # a fresh run on the older face set
 
 Without --run, a run is made first (bounded: 12 synthesized one-second clips, `selfmm
 extract-dataset`, one epoch of `selfmm train` with --text-model). For each --workers value the
@@ -46,8 +47,9 @@ def run_selfmm(*args: str) -> None:
         raise SystemExit(f"selfmm {args[0]} failed:\n{done.stdout}{done.stderr}")
 
 
-def make_run(work: Path, text_model: str) -> Path:
-    """12 one-second clips (half with a face; pitch follows the label), extracted, one epoch."""
+def make_run(work: Path, text_model: str, visual_features: str) -> Path:
+    """12 one-second clips (half with a face; pitch follows the label), extracted with the
+    visual set `visual_features` (the server extracts uploads with it too), one epoch."""
     rows = ["video_id,clip_id,text,label,mode"]
     for i in range(12):
         label = (1 if i % 3 else -1) * (0.5 + (i % 4) * 0.6)
@@ -57,7 +59,8 @@ def make_run(work: Path, text_model: str) -> Path:
         rows.append(f"vid{i},0,{text},{label:.2f},{'train' if i < 8 else 'valid' if i < 10 else 'test'}")
     (work / "label.csv").write_text("\n".join(rows) + "\n")
     run_selfmm("extract-dataset", str(work / "Raw"), "--labels", str(work / "label.csv"), "--out",
-               str(work / "feats.pkl"), "--workers", "1", "--no-progress", "--text-model", text_model)
+               str(work / "feats.pkl"), "--workers", "1", "--no-progress", "--text-model", text_model,
+               "--visual-features", visual_features)
     run_selfmm("train", "--dataset", "mosi", "--data", str(work / "feats.pkl"), "--out", str(work / "run"),
                "--text-model", text_model, "--seeds", "1", "--max-epochs", "1", "--device", "cpu")
     return work / "run"
@@ -169,6 +172,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a trained run (default: make a small one)")
     parser.add_argument("--text-model", default="minilm", help="text model of the run made (default minilm)")
+    parser.add_argument("--visual-features", default="mesh", help="visual set of the run made (default mesh)")
     parser.add_argument("--workers", type=int, nargs="+", default=[2],
                         help="worker counts to test (default 2)")
     parser.add_argument("--requests", type=int, default=200)
@@ -180,7 +184,7 @@ def main() -> int:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="selfmm-serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    run = args.run or make_run(work, args.text_model)
+    run = args.run or make_run(work, args.text_model, args.visual_features)
     clip = make_video(work / "clip.mp4", seconds=args.clip_seconds, face=True, freq=300.0).read_bytes()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}; run {run}; clip {args.clip_seconds:g} s, {len(clip) / 1024:.0f} KiB")

@@ -105,6 +105,73 @@ def make_video(
     return path
 
 
+def astronaut() -> np.ndarray:
+    """A real face nobody drew: scikit-image's astronaut photo (512 x 512 RGB, Eileen Collins,
+    NASA, public domain), the face about 95 pixels wide around ASTRONAUT_FACE."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+ASTRONAUT_FACE = (224.0, 122.0)  # about the face's centre in the photo, pixels
+
+
+def place_face(photo: np.ndarray, width: int, height: int, x: float, y: float, angle: float = 0.0,
+               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A width x height RGB frame showing `photo` turned by `angle` degrees (counter-clockwise on
+    screen) and scaled by `scale` about ASTRONAUT_FACE, which lands at (x, y); and the (2, 3)
+    affine map from photo to frame pixels."""
+    import cv2
+
+    matrix = cv2.getRotationMatrix2D(ASTRONAUT_FACE, angle, scale)
+    matrix[:, 2] += np.array([x, y]) - np.array(ASTRONAUT_FACE)
+    frame = cv2.warpAffine(photo, matrix, (width, height), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    return frame, matrix
+
+
+def face_path(u: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """x, y (pixels), angle (degrees) and scale at u in [0, 1]: across the frame and back, up
+    and down, turned up to 25 degrees either way, scaled 0.8 to 1.25."""
+    return (width * (0.5 + 0.15 * np.sin(2 * np.pi * u)), height * (0.5 - 0.08 * np.sin(np.pi * u)),
+            25 * np.sin(2 * np.pi * u), 1.0 + 0.25 * np.sin(np.pi * u) - 0.2 * np.sin(2 * np.pi * u) ** 2)
+
+
+def moving_face(width: int, height: int, n: int = 30, still: int = 3):
+    """(frames, truth): `still` frames at the path's start (a reference), then the astronaut's
+    face along face_path in n steps (with n = 30 at most 5.4 degrees of turn per frame); truth
+    per frame: x, y, angle, scale and the photo-to-frame matrix."""
+    photo = astronaut()
+    frames, truth = [], []
+    for u in [0.0] * still + list(np.linspace(0, 1, n + 1)[1:]):
+        x, y, angle, scale = face_path(u, width, height)
+        frame, matrix = place_face(photo, width, height, x, y, angle, scale)
+        frames.append(frame)
+        truth.append((x, y, angle, scale, matrix))
+    return frames, truth
+
+
+def write_frames(path: str | Path, frames: list[np.ndarray], fps: int = 10, rotation: int = 0) -> Path:
+    """RGB frames as an H.264 video without audio; `rotation`: the display matrix's turn
+    (degrees counter-clockwise), as a phone writes it."""
+    import av
+
+    path = Path(path)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "18"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), "rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
 def make_raw_h264(path: str | Path, seconds: float, fps: int, size: int = 32) -> Path:
     """An elementary H.264 stream (.h264): no container, so no duration and no timestamps."""
     import av

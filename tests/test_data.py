@@ -145,6 +145,33 @@ def test_audio_feature_set_is_read_and_follows_the_audio(tmp_path):
     assert load_features(write_cache(plain, tmp_path / "plain.cache")).audio_features == "unknown"
 
 
+def test_visual_feature_set_is_read_and_follows_the_vision(tmp_path):
+    """Recorded beside the audio set; a selfmm file that records only its audio set predates
+    the visual sets and is haar; a file without the entry (benchmark files) is unknown."""
+    from selfmm.data.cache import write_cache
+
+    assert load_features(_file(tmp_path)).visual_features == "unknown"
+    meta = {"audio_features": "egemaps", "visual_features": "mesh"}
+    tagged = _write(tmp_path / "tagged.pkl", {split: _tiny() for split in SPLITS} | {"extraction": meta})
+    data = load_features(tagged)
+    assert (data.audio_features, data.visual_features) == ("egemaps", "mesh")
+    assert "vision 15 x 7 (mesh)" in summarize(data) and data.spec.visual_features == "mesh"
+    old = _write(tmp_path / "old.pkl", {split: _tiny() for split in SPLITS}
+                 | {"extraction": {"audio_features": "egemaps"}})
+    assert load_features(old).visual_features == "haar"
+    only = _write(tmp_path / "only.pkl", {split: _tiny() for split in SPLITS}
+                  | {"extraction": {"visual_features": "mesh-raw"}})
+    assert (load_features(only).audio_features, load_features(only).visual_features) == ("unknown", "mesh-raw")
+    # A vision override brings its own set (or none); other overrides keep the main file's.
+    assert load_features(tagged, vision_file=_file(tmp_path, "v.pkl")).visual_features == "unknown"
+    assert load_features(_file(tmp_path), vision_file=tagged).visual_features == "mesh"
+    assert load_features(tagged, audio_file=_file(tmp_path, "a.pkl")).visual_features == "mesh"
+    for name, source in (("tagged", tagged), ("only", only), ("old", old)):
+        cached = load_features(write_cache(load_features(source), tmp_path / f"{name}.cache"))
+        assert (cached.audio_features, cached.visual_features) == (load_features(source).audio_features,
+                                                                   load_features(source).visual_features)
+
+
 @pytest.mark.parametrize("meta", ["egemaps", {"audio_features": 3}, {"audio_features": " "}, {}])
 def test_malformed_audio_feature_set(tmp_path, meta):
     path = _write(tmp_path / "bad.pkl", {split: _tiny() for split in SPLITS} | {"extraction": meta})

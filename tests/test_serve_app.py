@@ -27,7 +27,7 @@ from selfmm.serve.upload import Gate  # noqa: E402
 from serve_fakes import DISCONNECT, ScriptedRequest, multipart  # noqa: E402
 
 ROW = {"score": 1.25, "sentiment": "positive", "text": 1.0, "audio": 0.5, "vision": -0.5, "flags": ["no_face"],
-       "seconds": 0.1}
+       "seconds": 0.1, "transcript": "a fine film", "speech": {"text_source": "given"}}
 LIMITS = Limits(max_upload_mb=1, max_seconds=2.0, workers=2, queue_size=1)
 BODY = multipart(("video", "clip.mp4", b"\0video bytes"), ("transcript", None, b"a fine film"))
 
@@ -147,7 +147,8 @@ def test_lifespan_starts_and_ends_the_pool_and_the_upload_folder(monkeypatch):
 def fake_predictor(tmp_path: Path) -> SimpleNamespace:
     (tmp_path / "config.json").write_text(json.dumps({"seed": 5}))
     return SimpleNamespace(run=tmp_path, cfg=SimpleNamespace(dataset="sims", model=SimpleNamespace(text_model="bert")),
-                           band=0.1, audio_dim=25, vision_dim=20, audio_features="egemaps", text_model=None)
+                           band=0.1, audio_dim=25, vision_dim=20, audio_features="egemaps",
+                           visual_features="mesh", text_model=None, speech=None)
 
 
 def test_create_app_puts_the_settings_in_the_state(tmp_path):
@@ -158,6 +159,7 @@ def test_create_app_puts_the_settings_in_the_state(tmp_path):
     info = client.get("/info").json()
     assert info["dataset"] == "sims" and info["label_range"] == [-1.0, 1.0] and info["seed"] == 5
     assert info["feature_widths"] == {"audio": 25, "vision": 20} and info["text_model"] == "bert"
-    assert info["feature_sets"] == {"audio": "egemaps", "vision": "faces"}
+    assert info["feature_sets"] == {"audio": "egemaps", "vision": "mesh"}
     assert info["limits"] == {"max_upload_mb": 5.0, "max_seconds": 9.0, "workers": 3, "queue_size": 4}
+    assert info["speech_recognition"] is None
     assert client.get("/").status_code == 200 and client.get("/static/app.js").status_code == 200

@@ -110,7 +110,6 @@ REFUSALS = {
     "garbage": ({}, b"hello, world\r\n", "not valid multipart/form-data"),
     "cut short": ({}, multipart(("video", "a.mp4", VIDEO))[:3000], "ended before its closing boundary"),
     "no video": ({}, multipart(("transcript", None, b"x")), "missing field: video"),
-    "no transcript": ({}, multipart(("video", "a.mp4", VIDEO)), "missing field: transcript"),
     "empty video": ({}, multipart(("video", "a.mp4", b""), ("transcript", None, b"x")), "video: the file is empty"),
     "video as text": ({}, multipart(("video", None, VIDEO)), "video: must be a file upload"),
     "video twice": ({}, multipart(("video", "a", b"1"), ("video", "b", b"2")), "video: the field was sent twice"),
@@ -118,9 +117,13 @@ REFUSALS = {
                          "transcript: the field was sent twice"),
     "transcript not UTF-8": ({}, multipart(("video", "a", VIDEO), ("transcript", None, b"\xff\xfe")),
                              "transcript: not valid UTF-8"),
-    "blank transcript": ({}, multipart(("video", "a", VIDEO), ("transcript", None, b" \t\r\n ")),
-                         "transcript: empty"),
 }
+
+
+@pytest.mark.parametrize("parts", [(), (("transcript", None, b" \t\r\n "),)])
+def test_no_transcript_or_a_blank_one_leaves_the_words_to_recognise(tmp_path, parts):
+    path, transcript = receive(ScriptedRequest([multipart(("video", "a.mp4", VIDEO), *parts)]), tmp_path)
+    assert transcript is None and path.read_bytes() == VIDEO
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))

@@ -50,7 +50,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    # The public names only: not this module's own imports (Any, importlib, ...) nor the
+    # submodules that importing them has set as attributes.
+    return sorted(__all__)
 
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ does this

@@ -17,18 +17,9 @@ from typing import Any
 
 import torch
 
-from . import distributed, provenance
+from . import datasets, distributed, provenance
 from .checks import boolean, checked, instance, integer, one_of, optional, path, text
-from .configuration import (
-    DEFAULT_SEEDS,
-    DEFAULT_TEXT_MODEL,
-    MAX_WORKERS,
-    PRECISIONS,
-    Config,
-    dataset_name,
-    resolve,
-    seed_list,
-)
+from .configuration import DEFAULT_SEEDS, MAX_WORKERS, PRECISIONS, Config, dataset_name, resolve, seed_list
 from .data.mmsa import feature_data
 from .data.types import FeatureData
 from .encoder import load_encoder_config
@@ -44,7 +35,7 @@ from .reproduction import write as write_reproduction
 from .results import write_results
 from .resume import check_resume
 from .rundir import RunDirectory
-from .runtime import configure_determinism, device_name, resolve_device
+from .runtime import configure_determinism, device_name, resolve_device, restored_settings
 from .train import check_data, fit_seed
 from .trained import Run, load_run
 
@@ -71,6 +62,7 @@ RUN_ARGUMENTS = {"data": feature_data, "out": path, "seeds": optional(seed_list)
 
 @checked(cfg=instance(Config, "a selfmm.Config (from selfmm.config)"), model=optional(model_class),
          **RUN_ARGUMENTS)
+@restored_settings()  # TF32, determinism, threads: as the caller had them, once fit returns
 def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
         device: str = "auto", resume: bool = False, progress: bool = True,
         model: type[torch.nn.Module] | None = None, invocation: str | None = None, jobs: int = 1) -> Run:
@@ -81,13 +73,15 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     (with `jobs` > 1 it must be importable by name, not defined in a notebook).
     `jobs`: seeds trained side by side, each in its own process on its share of torch's
     threads (selfmm.jobs); each seed's results equal a one-job run with that many threads.
+    The global torch settings a run changes (TF32 and the determinism flags on CUDA) are
+    restored when it returns.
     Under torchrun every process calls this and trains its shard; only rank 0 writes files.
     """
     out = Path(out)
     seeds = list(seeds) if seeds is not None else list(DEFAULT_SEEDS)
     if jobs > 1 and distributed.processes_from_env() > 1:
-        raise SelfMMError("jobs: under torchrun every process already trains a shard of each seed; "
-                          "run seeds side by side (jobs > 1) without torchrun")
+        raise SelfMMError("`jobs`: under torchrun every process already trains a shard of each seed; "
+                          "run seeds side by side (`jobs` > 1) without torchrun")
     torch_device = resolve_device(device)
     check_precision(cfg.train.precision, torch_device)
     run_dir = RunDirectory(out, resume=resume)
@@ -152,8 +146,9 @@ def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int]
     notes = []
     if text_model is not None:
         overrides["text_model"] = text_model
-        if text_model != DEFAULT_TEXT_MODEL[dataset]:
-            notes.append(f"text model {text_model} instead of {DEFAULT_TEXT_MODEL[dataset]}")
+        published = datasets.get(dataset).text_model
+        if text_model != published:
+            notes.append(f"text model {text_model} instead of {published}")
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
         if max_epochs:  # 0: no limit, early stopping alone, as the protocol trains

@@ -28,10 +28,13 @@ Two savings apply on the CPU only, where they matter:
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .transfer import to_device
 
@@ -167,11 +170,22 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: torch.Ten
            training: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with padding keys excluded; (B, H, Lq, d)."""
     if ATTENTION.get(q.device.type, "eager") == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=~padding, dropout_p=p if training else 0.0)
+        with sdpa_backends():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=~padding, dropout_p=p if training else 0.0)
     scores = torch.matmul(q, k.transpose(2, 3)) * q.shape[-1] ** -0.5
     # Padding keys get the most negative score, as Hugging Face's eager attention does.
     scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
     return torch.matmul(dropout(scores.softmax(dim=-1), p, training), v)
+
+
+def sdpa_backends() -> contextlib.AbstractContextManager:
+    """Under `torch.use_deterministic_algorithms` (the `deterministic` setting on CUDA), SDPA's
+    math backend, whose backward is plain matrix products; otherwise torch's choice. With a
+    padding mask CUDA would pick the memory-efficient kernel, whose backward sums with atomics
+    (texts over 64 tokens), and `warn_only` would only warn about it."""
+    if torch.are_deterministic_algorithms_enabled():
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Typed configuration: one frozen dataclass per concern, per-dataset defaults in one table.
+"""Typed configuration: one frozen dataclass per concern; each dataset's published defaults
+come from its entry in selfmm.datasets.
 
 What the data tells (feature widths, number of clips) is read from the data, never written here.
 Each field carries its validity rule beside it (`setting(default, rule)`). Overrides are flat
@@ -16,22 +17,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import datasets
 from .checks import Wrong
-from .checks import one_of as one_of_names
 from .errors import ConfigError
 from .io import check_file
 
-DATASETS = ("mosi", "mosei", "sims", "simsv2")
 # The paper's ablation: the multimodal task always, plus any unimodal subset.
 TASKS = ("M", "MT", "MA", "MV", "MTA", "MTV", "MAV", "MTAV")
 PRECISIONS = ("fp32", "bf16")  # see selfmm.precision
-LABEL_RANGE = {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0), "simsv2": (-1.0, 1.0)}
-DEFAULT_TEXT_MODEL = {
-    "mosi": "bert-base-uncased",
-    "mosei": "bert-base-uncased",
-    "sims": "bert-base-chinese",
-    "simsv2": "bert-base-chinese",
-}
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 # Seeds must fit every generator they seed unchanged (numpy's legacy seed takes 32 bits) and
 # name a folder (seed-N): non-negative, below 2^32.
@@ -53,6 +46,12 @@ Rule = Callable[[Any], "str | None"]
 
 def one_of(*choices: str) -> Rule:
     return lambda v: None if v in choices else f"one of {', '.join(choices)}"
+
+
+def known_dataset(v: Any) -> str | None:
+    """A dataset of selfmm.datasets, read when checked: one registered later counts."""
+    known = datasets.names()
+    return None if v in known else f"one of {', '.join(known)}"
 
 
 def at_least(low: int | float) -> Rule:
@@ -145,7 +144,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    dataset: str = setting("mosi", one_of(*DATASETS))
+    dataset: str = setting("mosi", known_dataset)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
@@ -154,27 +153,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-# MMSA's published self_mm settings (SPEC 3), as overrides of the dataclass defaults above,
-# which are MOSI's. The only place per-dataset numbers live.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mosi": {},
-    "mosei": {
-        "batch_size": 32, "lr_vision": 1e-4,
-        "weight_decay_audio": 0.0, "weight_decay_vision": 0.0, "weight_decay_other": 1e-2,
-        "post_fusion_dropout": 0.1, "post_text_dropout": 0.0, "post_audio_dropout": 0.0,
-    },
-    "sims": {
-        "batch_size": 32, "weight_decay_audio": 1e-2, "weight_decay_vision": 1e-2,
-        "vision_hidden": 64, "post_text_dim": 64, "H": 1.0,
-    },
-    "simsv2": {
-        "lr_audio": 1e-3, "lr_vision": 1e-3,
-        "weight_decay_text": 1e-2, "weight_decay_audio": 0.0, "weight_decay_vision": 0.0,
-        "vision_hidden": 64, "post_text_dim": 64, "post_audio_dim": 32,
-        "post_text_dropout": 0.0,
-    },
-}
 
 # MMSA's tuning space for self_mm (SPEC 3): what `selfmm tune` searches.
 TUNING_SPACE: dict[str, tuple[Any, ...]] = {
@@ -287,11 +265,11 @@ def with_values(cfg: Config, values: dict[str, Any]) -> Config:
 
 
 def defaults_for(dataset: str) -> Config:
-    """The published configuration for `dataset` (SPEC 3)."""
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    base = Config(dataset=dataset, model=ModelConfig(text_model=DEFAULT_TEXT_MODEL[dataset]))
-    return with_values(base, DATASET_DEFAULTS[dataset])
+    """The published configuration for `dataset` (SPEC 3): its entry's text model and defaults
+    over the dataclass defaults (MOSI's)."""
+    entry = datasets.get(dataset)
+    base = Config(dataset=dataset, model=ModelConfig(text_model=entry.text_model))
+    return with_values(base, dict(entry.defaults))
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -371,7 +349,7 @@ def check_seeds(seeds: list[int] | tuple[int, ...], what: str = "`seeds`") -> No
 
 
 # Rules of selfmm.checks for the library's parameters that name these.
-dataset_name = one_of_names(*DATASETS)
+dataset_name = datasets.dataset_name
 SEEDS = "a non-empty list of seeds, integers in [0, 2^32), each once"
 
 

@@ -19,6 +19,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def plain_mode(folder: bool = False) -> int:
+    """The permissions a plain open() or mkdir() would give: mkstemp and mkdtemp make their
+    files 0600 and folders 0700, which a temporary file renamed into place must not keep."""
+    return (0o777 if folder else 0o666) & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
@@ -40,7 +46,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
         raise
     try:
         # mkstemp creates 0600; give the file the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, plain_mode())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()

@@ -15,14 +15,17 @@ On a GPU the N jobs share the one device (each its own CUDA context and memory).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
+import threading
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from . import pools
 from .configuration import Config
@@ -60,6 +63,9 @@ def _start(data: FeatureData, task: SeedTask, threads: int) -> None:
     # atomic writers remove their temporary files.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     torch.set_num_threads(threads)
+    # tqdm's default lock is a multiprocessing one: a named semaphore that a terminated job
+    # never unlinks, which multiprocessing then reports as leaked. A job shows no bar anyway.
+    tqdm.set_lock(threading.RLock())
     _data, _task = data, task
 
 
@@ -69,9 +75,14 @@ def _log(line: str) -> None:
 
 def _fit(seed: int) -> dict[str, float]:
     task = _task
-    return fit_seed(task.cfg, _data, task.out / f"seed-{seed}", seed, task.device,
-                    model_builder(task.cfg, task.model), resume=task.resume, log=_log, progress=False,
-                    provenance=task.provenance)
+    try:
+        return fit_seed(task.cfg, _data, task.out / f"seed-{seed}", seed, task.device,
+                        model_builder(task.cfg, task.model), resume=task.resume, log=_log, progress=False,
+                        provenance=task.provenance)
+    except SystemExit as stopped:
+        # Terminated by the parent, and unwound (temporary files removed): leave now, rather
+        # than hand the exit back to the pool's loop, which would wait for its next job.
+        os._exit(stopped.code if isinstance(stopped.code, int) else 1)
 
 
 def fit_seeds(data: FeatureData, task: SeedTask, seeds: list[int], jobs: int,

@@ -18,15 +18,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
-from .checks import Wrong, checked, one_of
+from .checks import Wrong, checked
+from .datasets import MOS_METRICS, SIMS_METRICS, Column, dataset_name
 
-_MOS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score",
-        "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
-_SIMS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
-
-METRIC_NAMES: dict[str, tuple[str, ...]] = {
-    "mosi": _MOS, "mosei": _MOS, "sims": _SIMS, "simsv2": _SIMS,
-}
+METRIC_NAMES = Column(lambda dataset: dataset.metrics)  # dataset -> its metrics, in table order
 
 # Interior edges of SIMS's right-closed classes; the outer edges -1.01 and 1.01 hold every
 # clipped value, so (-1.01, e1], (e1, e2], ..., (ek, 1.01] is what np.digitize(right=True) gives.
@@ -48,7 +43,7 @@ def _numbers(value: Any) -> Any:
     return value
 
 
-@checked(y_pred=_numbers, y_true=_numbers, dataset=one_of(*METRIC_NAMES))
+@checked(y_pred=_numbers, y_true=_numbers, dataset=dataset_name)
 def regression_metrics(y_pred: Any, y_true: Any, dataset: str) -> dict[str, float]:
     """All SPEC 6 metrics of one split, keys in METRIC_NAMES[dataset] order, as fractions."""
     if dataset not in METRIC_NAMES:
@@ -60,7 +55,7 @@ def regression_metrics(y_pred: Any, y_true: Any, dataset: str) -> dict[str, floa
         raise ValueError("no samples to score")
     dtype = np.result_type(p.dtype, y.dtype, np.float32)
     p, y = p.astype(dtype, copy=False), y.astype(dtype, copy=False)
-    return _mos_metrics(p, y) if dataset in ("mosi", "mosei") else _sims_metrics(p, y)
+    return _FAMILIES[METRIC_NAMES[dataset]](p, y)
 
 
 def _mos_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -93,6 +88,9 @@ def _sims_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "MAE": _mae(p, y),
         "Corr": _corr(p, y),
     }
+
+
+_FAMILIES = {MOS_METRICS: _mos_metrics, SIMS_METRICS: _sims_metrics}
 
 
 def pearson(a: Any, b: Any) -> float:

@@ -13,15 +13,26 @@ from typing import Any
 
 import numpy as np
 
+from . import datasets
 from .checks import checked, instance, integer, number, one_of, optional, path, text
-from .configuration import LABEL_RANGE, seed
-from .data.layout import SPLITS, UNKNOWN_FEATURES
+from .configuration import seed
+from .data.layout import LEGACY_VISUAL_FEATURES, SPLITS, UNKNOWN_FEATURES
 from .data.mmsa import load_features
 from .data.types import Split
 from .encoder import load_tokenizer
 from .errors import SelfMMError
-from .extract import AUDIO_SETS, DEFAULT_AUDIO_FEATURES, VISION_DIM, AudioFeatureSet, audio_set, extract_clip
+from .extract import (
+    AUDIO_SETS,
+    DEFAULT_AUDIO_FEATURES,
+    VISUAL_SETS,
+    AudioFeatureSet,
+    VisualFeatureSet,
+    audio_set,
+    extract_clip,
+    visual_set,
+)
 from .extract.clip import flag_string
+from .extract.speech import SpeechSettings, speech_settings
 from .inference import check_text, predict
 from .io import check_file
 from .model import SelfMM
@@ -37,7 +48,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 NEUTRAL_DIVISOR = 10
 WIDTH_HINT = ("a checkpoint trained on benchmark features (COVAREP/Facet/OpenFace) needs "
               "benchmark-style features, and clips from `selfmm extract` need a run trained on a "
-              "file made by `selfmm extract-dataset` with the same `audio_features`")
+              "file made by `selfmm extract-dataset` with the same `audio_features` and `visual_features`")
 
 
 @dataclass
@@ -51,10 +62,14 @@ class ClipScore:
     audio: float
     vision: float
     flags: list[str] = field(default_factory=list)
+    transcript: str = ""  # the clip's text: given, or recognised (see speech)
+    # Where the text came from ("text_source": "given" or "asr") and, when speech recognition
+    # ran, the model, its SHA-256 and the words with their times; {} when a file records none.
+    speech: dict[str, Any] = field(default_factory=dict)
 
 
 def neutral_band(dataset: str) -> float:
-    return LABEL_RANGE[dataset][1] / NEUTRAL_DIVISOR
+    return datasets.get(dataset).label_range[1] / NEUTRAL_DIVISOR
 
 
 def sentiment_class(score: float, band: float) -> str:
@@ -71,7 +86,7 @@ def _split_of_clip(clip: Any, clip_id: str):
         vision=clip.vision[None], audio_lengths=np.array([clip.audio_length], np.int64),
         vision_lengths=np.array([clip.vision_length], np.int64),
         labels=np.zeros(1, np.float32), unimodal_labels={}, ids=[clip_id],
-        raw_text=[clip.raw_text], flags=[flag_string(clip.flags)],
+        raw_text=[clip.raw_text], flags=[flag_string(clip.flags)], speech=[clip.speech],
     )
 
 
@@ -109,34 +124,48 @@ def parse_input(value: str) -> tuple[str, Path, str | None]:
 class Predictor:
     """A trained run, loaded once, that scores splits, feature files and videos.
 
-    Videos are extracted with the run's audio feature set (recorded at training). For a run
-    that records none (trained on benchmark files, or before selfmm recorded the set),
-    `audio_features` names the set its training file was extracted with; for any other run it
-    may only repeat the run's own set.
+    Videos are extracted with the run's audio and visual feature sets (recorded at training).
+    For a run that records no audio set (trained on benchmark files, or before selfmm recorded
+    the set), `audio_features` names the set its training file was extracted with; for any other
+    run it may only repeat the run's own set. Likewise `visual_features`; a run that records no
+    visual set has its videos extracted with haar, the only set before the set was recorded.
     """
 
     @checked(run=path, seed=optional(seed), device=device_name, text_model=optional(text),
-             audio_features=optional(one_of(*AUDIO_SETS)))
+             audio_features=optional(one_of(*AUDIO_SETS)), visual_features=optional(one_of(*VISUAL_SETS)))
     def __init__(self, run: str | os.PathLike, *, seed: int | None = None, device: str = "auto",
-                 text_model: str | None = None, audio_features: str | None = None) -> None:
+                 text_model: str | None = None, audio_features: str | None = None,
+                 visual_features: str | None = None) -> None:
         seed_run = load_run(run).select(seed)
         self.run = seed_run.path
         self.device = resolve_device(device)
         self.cfg = seed_run.config
         self.model = seed_run.model(self.device)
         spec = seed_run.spec
-        self.audio_dim, self.vision_dim, self.audio_features = spec.audio_dim, spec.vision_dim, spec.audio_features
-        if audio_features is not None:
-            audio_set(audio_features)
-            if self.audio_features not in (UNKNOWN_FEATURES, audio_features):
+        self.audio_dim, self.vision_dim = spec.audio_dim, spec.vision_dim
+        self.audio_features, self.visual_features = spec.audio_features, spec.visual_features
+        for modality, asked, recorded in (("audio", audio_features, self.audio_features),
+                                          ("visual", visual_features, self.visual_features)):
+            if asked is None:
+                continue
+            (audio_set if modality == "audio" else visual_set)(asked)  # an unknown name: its own error
+            if recorded not in (UNKNOWN_FEATURES, asked):
                 raise SelfMMError(
-                    f"audio features {audio_features} asked for, but the run {self.run} was trained "
-                    f"on {self.audio_features} audio features; its videos are extracted with "
-                    f"{self.audio_features} (leave `audio_features` out)")
+                    f"{modality} features {asked} asked for, but the run {self.run} was trained "
+                    f"on {recorded} {modality} features; its videos are extracted with "
+                    f"{recorded} (leave `{modality}_features` out)")
         self.video_audio_features = audio_features or self.audio_features
+        self.video_visual_features = visual_features or (
+            LEGACY_VISUAL_FEATURES if self.visual_features == UNKNOWN_FEATURES else self.visual_features)
         self.band = neutral_band(self.cfg.dataset)
         self.text_model = text_model
         self._tokenizer = None
+        # A run trained on aligned files scores videos extracted aligned, as its training data was.
+        self.aligned = bool(spec.aligned)
+        self.text_len = spec.text_len or 50
+        # Speech recognition for videos without a transcript (and aligned runs): the packaged
+        # tiny.en unless set, resolved on first use.
+        self.speech: SpeechSettings | None = None
 
     @property
     def tokenizer(self):
@@ -171,15 +200,18 @@ class Predictor:
                                   f"{self.run} was trained on {want}-wide {modality} features; "
                                   + WIDTH_HINT)
 
-    @checked(name=text, audio_features=text, audio_dim=integer(0), vision_dim=integer(0))
-    def check_features(self, name: str, audio_features: str, audio_dim: int, vision_dim: int) -> None:
-        """Refuse features of another audio set than the run's (when both are recorded) or of
-        other widths."""
-        if UNKNOWN_FEATURES not in (audio_features, self.audio_features) \
-                and audio_features != self.audio_features:
-            raise SelfMMError(f"{name}: audio features are {audio_features}, but the run {self.run} "
-                              f"was trained on {self.audio_features} audio features; extract the "
-                              f"clips again with `audio_features={self.audio_features}`")
+    @checked(name=text, audio_features=text, audio_dim=integer(0), vision_dim=integer(0),
+             visual_features=text)
+    def check_features(self, name: str, audio_features: str, audio_dim: int, vision_dim: int,
+                       visual_features: str = UNKNOWN_FEATURES) -> None:
+        """Refuse features of another audio or visual set than the run's (when both sides
+        record it) or of other widths."""
+        for modality, got, want in (("audio", audio_features, self.audio_features),
+                                    ("visual", visual_features, self.visual_features)):
+            if UNKNOWN_FEATURES not in (got, want) and got != want:
+                raise SelfMMError(f"{name}: {modality} features are {got}, but the run {self.run} "
+                                  f"was trained on {want} {modality} features; extract the "
+                                  f"clips again with `{modality}_features={want}`")
         self.check_widths(name, audio_dim, vision_dim)
 
     def _video_audio_set(self, name: str) -> AudioFeatureSet:
@@ -189,7 +221,7 @@ class Predictor:
             fits = [s.name for s in AUDIO_SETS.values() if s.dim == self.audio_dim]
             # A run on benchmark widths: the width message says what is wrong.
             self.check_widths(name, AUDIO_SETS[fits[0] if fits else DEFAULT_AUDIO_FEATURES].dim,
-                              VISION_DIM)
+                              self._video_visual_set(name).dim)
             choices = " or ".join(f"`audio_features={fit}`" for fit in fits)
             raise SelfMMError(
                 f"{name}: the run {self.run} records no audio feature set (its training file "
@@ -200,8 +232,15 @@ class Predictor:
             raise SelfMMError(f"{name}: the run {self.run} was trained on {chosen} audio features, "
                               f"which this selfmm cannot extract (it knows {', '.join(AUDIO_SETS)})")
         acoustic = AUDIO_SETS[chosen]
-        self.check_widths(name, acoustic.dim, VISION_DIM)
+        self.check_widths(name, acoustic.dim, self._video_visual_set(name).dim)
         return acoustic
+
+    def _video_visual_set(self, name: str) -> VisualFeatureSet:
+        chosen = self.video_visual_features
+        if chosen not in VISUAL_SETS:
+            raise SelfMMError(f"{name}: the run {self.run} was trained on {chosen} visual features, "
+                              f"which this selfmm cannot extract (it knows {', '.join(VISUAL_SETS)})")
+        return VISUAL_SETS[chosen]
 
     @checked(split=instance(Split, "a selfmm Split (one of FeatureData.splits)"), name=text)
     def score_split(self, split: Split, name: str) -> list[ClipScore]:
@@ -209,11 +248,13 @@ class Predictor:
             check_text(split.text_bert, self.model.text_encoder.config, name)
         heads = predict(self.model, split, self.device, precision=self.cfg.train.precision).heads
         flags = split.flags or [""] * len(split)
+        speech = split.speech or [{}] * len(split)
         return [
             ClipScore(input=name, split=split.name, id=clip, score=float(heads["m"][j]),
                       sentiment=sentiment_class(float(heads["m"][j]), self.band),
                       text=float(heads["t"][j]), audio=float(heads["a"][j]),
-                      vision=float(heads["v"][j]), flags=[f for f in flags[j].split(",") if f])
+                      vision=float(heads["v"][j]), flags=[f for f in flags[j].split(",") if f],
+                      transcript=split.raw_text[j], speech=speech[j])
             for j, clip in enumerate(split.ids)
         ]
 
@@ -222,20 +263,26 @@ class Predictor:
         """Every clip of `split` ("all": every non-empty split) of an MMSA feature file."""
         name = os.fspath(path)
         data = load_features(path)
-        self.check_features(name, data.audio_features, data.audio_dim, data.vision_dim)
+        self.check_features(name, data.audio_features, data.audio_dim, data.vision_dim, data.visual_features)
         names = [s for s, part in data.splits.items() if len(part)] if split == "all" else [split]
         return [score for s in names for score in self.score_split(data.splits[s], name)]
 
-    @checked(path=path, transcript=text, max_seconds=optional(number(above=0)))
-    def score_video(self, path: str | os.PathLike, transcript: str,
+    @checked(path=path, transcript=optional(text), max_seconds=optional(number(above=0)))
+    def score_video(self, path: str | os.PathLike, transcript: str | None = None,
                     max_seconds: float | None = None) -> list[ClipScore]:
-        """Extract one video's features (the `video` extra) with the run's audio feature set
-        and score it; a video longer than `max_seconds`, as decoded, raises DataError."""
+        """Extract one video's features (the `video` extra) with the run's audio and visual
+        feature sets and score it; a video longer than `max_seconds`, as decoded, raises
+        DataError. Without a transcript its words are recognised (the `asr` extra, with
+        `self.speech`); a run trained on aligned files gets the video aligned."""
         name = os.fspath(path)
         # Before the costly extraction: a run on benchmark features cannot take these.
         acoustic = self._video_audio_set(name)
+        visual = self._video_visual_set(name)
+        if (transcript is None or self.aligned) and self.speech is None:
+            self.speech = speech_settings()
         clip = extract_clip(path, transcript, self.tokenizer, audio_features=acoustic.name,
-                            max_seconds=max_seconds)
+                            max_seconds=max_seconds, speech=self.speech, aligned=self.aligned,
+                            text_len=self.text_len, visual_features=visual.name)
         return self.score_split(_split_of_clip(clip, f"{Path(path).stem}$_$0"), name)
 
 

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import t as student_t
 
-from .configuration import LABEL_RANGE
+from . import datasets
 from .data.mmsa import check_label_range
 from .data.types import FeatureData
+from .datasets import SOURCES, Column
 from .errors import SelfMMError
 from .io import write_json, write_text
 from .metrics import METRIC_NAMES
@@ -33,64 +33,14 @@ from .results import display
 
 PROTOCOL_SEEDS = (1111, 1112, 1113, 1114, 1115)  # MMSA's default seeds (SPEC section 5)
 CONFIDENCE = 0.95
-# key -> (column header, name in sentences)
-SOURCES = {"paper": ("paper", "the paper"), "mmsa": ("MMSA", "MMSA")}
-
-
-@dataclass(frozen=True)
-class Published:
-    """One source's test-split numbers for one dataset, under our metric names, as fractions.
-    A metric the source does not report is absent."""
-
-    citation: str
-    values: Mapping[str, float]
-
-
-_PAPER = ("Yu, Xu, Yuan, Wu. Learning Modality-Specific Representations with Self-Supervised Multi-Task "
-          "Learning for Multimodal Sentiment Analysis. AAAI 2021 (arXiv:2102.04830)")
-_MMSA = ("MMSA framework, github.com/thuiar/MMSA, results/result-stat.md (last changed in commit 698bae0, "
-         "2023-12-27)")
-
-# The paper writes Acc-2 and F1 as "a / b": a is Has0 (negative vs non-negative), b is Non0
-# (negative vs positive, zero labels left out). Its SIMS "Acc-2" is our Mult_acc_2.
-PUBLISHED: dict[str, dict[str, Published]] = {
-    "mosi": {
-        "paper": Published(f"{_PAPER}, Table 2 (MOSI), row Self-MM, mean of 5 seeds", {
-            "Has0_acc_2": 0.8400, "Has0_F1_score": 0.8442, "Non0_acc_2": 0.8598, "Non0_F1_score": 0.8595,
-            "MAE": 0.713, "Corr": 0.798}),
-        "mmsa": Published(f"{_MMSA}, Regression, MOSI, row self_mm (unaligned)", {
-            "Has0_acc_2": 0.8344, "Has0_F1_score": 0.8336, "Non0_acc_2": 0.8546, "Non0_F1_score": 0.8543,
-            "Mult_acc_5": 0.5347, "Mult_acc_7": 0.4667, "MAE": 0.7080, "Corr": 0.7963}),
-    },
-    "mosei": {
-        "paper": Published(f"{_PAPER}, Table 2 (MOSEI), row Self-MM, mean of 5 seeds", {
-            "Has0_acc_2": 0.8281, "Has0_F1_score": 0.8253, "Non0_acc_2": 0.8517, "Non0_F1_score": 0.8530,
-            "MAE": 0.530, "Corr": 0.765}),
-        "mmsa": Published(f"{_MMSA}, Regression, MOSEI, row self_mm (unaligned)", {
-            "Has0_acc_2": 0.8376, "Has0_F1_score": 0.8382, "Non0_acc_2": 0.8515, "Non0_F1_score": 0.8490,
-            "Mult_acc_5": 0.5553, "Mult_acc_7": 0.5387, "MAE": 0.5309, "Corr": 0.7649}),
-    },
-    "sims": {
-        "paper": Published(f"{_PAPER}, Table 3 (SIMS), row Self-MM, mean of 5 seeds", {
-            "Mult_acc_2": 0.8074, "F1_score": 0.8078, "MAE": 0.419, "Corr": 0.616}),
-        "mmsa": Published(f"{_MMSA}, Regression, SIMS, row self_mm (unaligned)", {
-            "Mult_acc_2": 0.8004, "Mult_acc_3": 0.6547, "Mult_acc_5": 0.4153, "F1_score": 0.8044,
-            "MAE": 0.4250, "Corr": 0.5952}),
-    },
-    # SIMSv2 came after the paper; MMSA added a self_mm row for it later.
-    "simsv2": {
-        "mmsa": Published(f"{_MMSA}, Regression, SIMSv2, row self_mm (unaligned)", {
-            "Mult_acc_2": 0.7969, "Mult_acc_3": 0.7261, "Mult_acc_5": 0.5277, "F1_score": 0.7976,
-            "MAE": 0.3106, "Corr": 0.6952}),
-    },
-}
+PUBLISHED = Column(lambda dataset: dataset.published)  # dataset -> source -> Published
 
 
 def check_labels(data: FeatureData, dataset: str) -> None:
     """The file's labels must fit the dataset named: inside its range, and, for the [-3, 3]
     datasets, beyond [-1, 1] somewhere (a file whose labels all lie within +-1 is SIMS-like)."""
     check_label_range(data, dataset)
-    low, high = LABEL_RANGE[dataset]
+    low, high = datasets.get(dataset).label_range
     labels = np.concatenate([np.asarray(s.labels) for s in data.splits.values()])
     if high > 1 and labels.size and np.abs(labels).max() <= 1:
         raise SelfMMError(f"{data.path}: every label lies within [-1, 1], as in SIMS, not in {dataset}'s "
@@ -187,7 +137,8 @@ def render_markdown(comparison: Mapping[str, Any], provenance: Mapping[str, Any]
     """The comparison as a page a person reads: flag, table, sentences, per-seed values, sources
     and whatever provenance the caller passes (versions, data hash, device)."""
     seeds, sources, metrics = comparison["seeds"], comparison["sources"], comparison["metrics"]
-    title = {"simsv2": "SIMSv2"}.get(comparison["dataset"], comparison["dataset"].upper())
+    name = comparison["dataset"]
+    title = datasets.get(name).title if name in datasets.names() else name.upper()
     lines = [f"# Self-MM reproduction: {title}", ""]
     if comparison["protocol"]:
         lines.append(f"Published protocol: seeds {PROTOCOL_SEEDS[0]}-{PROTOCOL_SEEDS[-1]} with the published "

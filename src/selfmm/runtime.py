@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,12 +93,55 @@ def configure_determinism(device: torch.device, enabled: bool) -> None:
     if device.type != "cuda":
         return
     if enabled:
+        if "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.cuda.is_initialized():
+            _warn_once("deterministic: CUDA was already used in this process when selfmm set "
+                       "CUBLAS_WORKSPACE_CONFIG=:4096:8, and cuBLAS reads it only when it starts: its matrix "
+                       "products may not be deterministic. Set CUBLAS_WORKSPACE_CONFIG=:4096:8 before the "
+                       "first CUDA operation (or call selfmm first).")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # Filling every new tensor with NaN only helps find reads of uninitialised memory, which
         # a correct program does not make; PyTorch's documentation advises turning it off for speed.
         torch.utils.deterministic.fill_uninitialized_memory = False
     torch.use_deterministic_algorithms(enabled, warn_only=True)
     torch.backends.cudnn.deterministic = enabled
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """`message` once per process, whatever the warning filters (a notebook's show every one)."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def global_settings() -> dict[str, Any]:
+    """The process-wide torch settings a run changes: TF32, determinism flags, CPU threads."""
+    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
+            "threads": torch.get_num_threads()}
+
+
+@contextlib.contextmanager
+def restored_settings() -> Iterator[None]:
+    """Inside, a run may change `global_settings()`; they are as before when it ends, however
+    it ends (a notebook goes on with its own). CUBLAS_WORKSPACE_CONFIG stays set: cuBLAS has
+    read it already."""
+    before = global_settings()
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before["matmul_tf32"]
+        torch.backends.cudnn.allow_tf32 = before["cudnn_tf32"]
+        torch.use_deterministic_algorithms(before["deterministic"], warn_only=before["deterministic_warn_only"])
+        torch.backends.cudnn.deterministic = before["cudnn_deterministic"]
+        torch.utils.deterministic.fill_uninitialized_memory = before["fill_uninitialized_memory"]
+        if torch.get_num_threads() != before["threads"]:
+            torch.set_num_threads(before["threads"])
 
 
 @contextlib.contextmanager

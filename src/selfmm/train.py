@@ -409,6 +409,11 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
         valid = valid_loss(predict(model, data.splits["valid"], device, text_cache=caches.get("valid"),
                                    precision=cfg.train.precision)) if dist.is_main else math.nan
         valid = distributed.from_main(dist, valid, device)
+        if not math.isfinite(valid):
+            # The steps' checks read the loss before each step; the epoch's last optimizer step
+            # can still leave non-finite weights, which this epoch's checkpoint would keep.
+            raise NumericalError(f"epoch {epoch}: the validation loss is {valid} (non-finite weights after the "
+                                 "epoch's last optimizer step); the last good checkpoint is kept")
         improved = state.end_epoch(train_loss, valid, time.perf_counter() - t0)
         if on_epoch is not None:
             on_epoch(epoch, valid)

@@ -297,7 +297,7 @@ def test_library_messages_name_no_command_line_flags():
         if "cli" in path.relative_to(SOURCE).parts:
             continue
         for line, text in _messages(ast.parse(path.read_text())):
-            if flags.search(text):
+            if flags.search(re.sub(r"pip install \S+", "", text)):  # pip's own flags are pip's
                 offenders.append(f"{path.relative_to(SOURCE)}:{line}: {text.strip()[:80]}")
     assert offenders == []
 

@@ -60,7 +60,8 @@ def options_of(command: str) -> list[str]:
 
 # Packages of the optional extras, for a one-line answer when a command needs one.
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "python_multipart": "serve", "av": "video",
-          "cv2": "video", "librosa": "video", "opensmile": "video"}
+          "cv2": "video", "librosa": "video", "opensmile": "video", "ai_edge_litert": "video",
+          "faster_whisper": "asr", "ctranslate2": "asr"}
 
 
 def _quiet_libraries() -> None:

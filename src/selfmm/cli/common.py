@@ -60,7 +60,8 @@ def read_transcript(value: str) -> str:
     but names no file is refused rather than taken for the words said; so is an empty one."""
     said = ("give the words said in the clip, or the path of a UTF-8 text file that holds them")
     if not value.strip():
-        raise SelfMMError(f"--transcript is empty: {said}")
+        raise SelfMMError(f"--transcript is empty: {said} (or leave --transcript out: the words "
+                          "are then recognised)")
     path = Path(value)
     try:
         if path.is_file():

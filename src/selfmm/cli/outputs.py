@@ -37,6 +37,7 @@ from ..configuration import TASKS
 from ..data.cache import MANIFEST, default_out
 from ..data.layout import SPLITS
 from ..errors import SelfMMError
+from ..extract.overlay import is_video_path
 from ..io import BROKEN, LOOP, MISSING, not_a_file
 from ..rundir import LOCK, OutputLock, remove_temporaries
 
@@ -152,6 +153,19 @@ def mmsa_results(path: Path, args: argparse.Namespace) -> Reuse | None:
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     return Reuse.FREE if header and header[0] == "Model" else None
+
+
+def overlay_frames(path: Path, args: argparse.Namespace) -> Reuse | None:
+    """A folder of `extract --overlay` frames, drawn again with --force."""
+    return Reuse.FORCE if _only(path, ("frame-*.png",)) else None
+
+
+def overlay_output(value: str) -> Output:
+    """`extract --overlay`'s output: a video file when the path has a video suffix, else a folder."""
+    if is_video_path(value):
+        return Output("overlay", folder=False, what="overlay video", inputs=("video", "out"))
+    return Output("overlay", folder=True, what="overlay frame folder", own=overlay_frames,
+                  inputs=("video", "out"))
 
 
 def extraction_report(path: Path, args: argparse.Namespace) -> Reuse | None:
@@ -280,6 +294,9 @@ def _check_all(spec: Output, path: Path, label: str, args: argparse.Namespace) -
     _check(spec, path, label, args)
     for suffix, companion in spec.companions:
         _check(companion, Path(f"{path}{suffix}"), f"{label} companion", args)
+    overlay = getattr(args, "overlay", None)  # `extract --overlay`, a second output
+    if overlay is not None:
+        _check(overlay_output(overlay), Path(overlay), "--overlay", args)
 
 
 @contextlib.contextmanager

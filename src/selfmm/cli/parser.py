@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from .. import __version__
-from ..configuration import DATASETS, DEFAULT_SEEDS, PRECISIONS, TASKS
+from .. import __version__, datasets
+from ..configuration import DEFAULT_SEEDS, PRECISIONS, TASKS
 from ..data.layout import SPLITS
 from ..extract.audio import AUDIO_SETS, DEFAULT_AUDIO_FEATURES
+from ..extract.visual import DEFAULT_VISUAL_FEATURES, VISUAL_SETS
 from .outputs import OUTPUTS, READ_ONLY
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: cuda when available)"
@@ -32,7 +33,7 @@ PRECISION_HELP = ("fp32 (default) or bf16: bf16 autocast for the text encoder's 
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=datasets.names())
     p.add_argument("--config", help="JSON config file (ours, or MMSA's config_regression.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (repeatable), e.g. --set lr_audio=1e-3")
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "1111-1115, then write OUT/reproduction.md and OUT/reproduction.json: per metric our mean, "
                  "std (ddof=1) and 95%% t-interval beside the paper's and MMSA's values. Another --text-model, "
                  "--seeds, --max-epochs or --precision is allowed and flagged as not the protocol.")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=datasets.names())
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="run directory (must be new unless --resume)")
     p.add_argument("--seeds", type=int, nargs="+", help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- data ---
     p = _command(sub, "synth", "data:synth", "write the synthetic benchmark in the MMSA layout")
-    p.add_argument("--profile", required=True, choices=("mosi", "mosei", "sims"))
+    p.add_argument("--profile", required=True,
+                   choices=[name for name in datasets.names() if datasets.get(name).synthetic])
     p.add_argument("--out", required=True)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the number of clips")
     p.add_argument("--seed", type=int, default=0)
@@ -160,12 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "inspect", "data:inspect", "summarise and validate a feature file")
     p.add_argument("file")
-    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
+    p.add_argument("--dataset", choices=datasets.names(), help="check labels against this dataset's range")
 
     p = _command(sub, "cache", "data:cache", "convert a feature file into a memory-mapped cache folder")
     p.add_argument("file", help="MMSA feature file (.pkl)")
     p.add_argument("--out", help="cache folder (default: FILE.selfmm-cache)")
-    p.add_argument("--dataset", choices=DATASETS, help="check labels against this dataset's range")
+    p.add_argument("--dataset", choices=datasets.names(), help="check labels against this dataset's range")
 
     # --- reading runs ---
     p = _command(sub, "labels", "runs:labels", "plot and summarise the generated u-labels of a run")
@@ -206,12 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "extract", "extract:extract",
                  "features of one video clip, written as a one-clip MMSA feature file",
                  description="Compute text tokens, acoustic frames (openSMILE or librosa) and visual "
-                 "frames (OpenCV face) of one clip. The file holds the clip as the only row of the test split.")
+                 "frames (face mesh or Haar faces) of one clip. The file holds the clip as the only row of "
+                 "the test split.")
     p.add_argument("video", help="the video file (anything FFmpeg reads: mp4, mkv, avi, ...)")
-    p.add_argument("--transcript", required=True,
-                   help="what is said in the clip: the text itself, or the path of a UTF-8 text file")
+    p.add_argument("--transcript",
+                   help="what is said in the clip: the text itself, or the path of a UTF-8 text file "
+                   "(default: recognised from the speech; needs the `asr` extra)")
     p.add_argument("--out", help="output pickle (default: VIDEO with suffix .pkl)")
+    p.add_argument("--overlay", metavar="PATH",
+                   help="also draw what the extractor saw (landmarks, head pose) on the sampled frames: "
+                   "a video when PATH ends in .mp4/.mkv/.avi/.mov/.webm, else a folder of PNG frames "
+                   "(mesh visual sets only)")
     _extraction_arguments(p)
+    _aligned_argument(p)
+    _speech_arguments(p)
 
     p = _command(sub, "extract-dataset", "extract:extract_dataset",
                  "an MMSA feature file from a folder of videos and MMSA's label.csv",
@@ -225,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--strict", action="store_true", help="fail if any clip fails")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--transcribe", nargs="?", const="empty", choices=("empty", "all"),
+                   help="recognise the words of rows whose text is empty; `--transcribe all`: of "
+                   "every row, ignoring the given text (needs the `asr` extra)")
     _extraction_arguments(p)
+    _aligned_argument(p)
+    _speech_arguments(p)
 
     p = _command(sub, "predict", "extract:predict", "score videos or feature files with a trained run",
                  description="Print, per clip, the multimodal sentiment score, its class and the "
@@ -237,19 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="which seed of a run directory (default: the one with "
                    "the lowest validation loss)")
     p.add_argument("--transcript", action="append", default=[],
-                   help="what is said in a video (text, or a UTF-8 file); once per video, in order")
+                   help="what is said in a video (text, or a UTF-8 file); once per video, in order, "
+                   "or not at all: the words are then recognised (an empty one: that video's)")
     p.add_argument("--split", default="all", choices=(*SPLITS, "all"),
                    help="split of feature files to score (default: every non-empty split)")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
     p.add_argument("--audio-features", choices=list(AUDIO_SETS),
                    help="acoustic set for video inputs (default: the run's; needed only for a run "
                    "whose training file records none)")
+    p.add_argument("--visual-features", choices=list(VISUAL_SETS),
+                   help="visual set for video inputs (default: the run's; a run that records none "
+                   "was trained on haar)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
+    _speech_arguments(p)
 
     p = _command(sub, "serve", "serve:serve", "serve a trained run over HTTP: an API and a web page",
                  description="Load a run once and serve GET /health, GET /info, POST /predict "
-                 "(multipart: video, transcript), a page at / and API docs at /docs. Binds "
+                 "(multipart: video, optional transcript), a page at / and API docs at /docs. Binds "
                  "127.0.0.1; any other --host needs --token (or SELFMM_TOKEN). Needs the `serve` "
                  "and `video` extras.")
     p.add_argument("--run", required=True, help="a seed directory or a run directory")
@@ -262,16 +282,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="required on every path but /health; default $SELFMM_TOKEN")
     p.add_argument("--text-model", help="tokenizer for transcripts when the run saved none")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--asr-model", metavar="DIR",
+                   help="a CTranslate2 Whisper model folder for clips sent without a transcript "
+                   "(default: the packaged tiny.en of the `asr` extra)")
+    p.add_argument("--language", help="the language spoken (default: en for an English-only model)")
 
     for name, command in sub.choices.items():
         _common_arguments(name, command)
     return parser
 
 
+def _aligned_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aligned", action="store_true",
+                   help="MMSA's aligned layout: one audio and vision step per text token, each the "
+                   "mean over its word's time span (words timed by speech recognition)")
+
+
+def _speech_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--asr-model", metavar="DIR",
+                   help="a CTranslate2 Whisper model folder for speech recognition (default: the "
+                   "packaged tiny.en of the `asr` extra)")
+    p.add_argument("--language", help="the language spoken, e.g. en or de (default: en for an "
+                   "English-only model, detected by a multilingual one)")
+    p.add_argument("--asr-threads", type=int, default=1,
+                   help="threads of speech recognition (default 1: one per worker)")
+
+
 def _extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-features", choices=list(AUDIO_SETS), default=DEFAULT_AUDIO_FEATURES,
                    help="acoustic set: egemaps (openSMILE eGeMAPSv02, 25 values / 10 ms; default), "
                    "compare (openSMILE ComParE_2016, 65 / 10 ms) or librosa (34 / 20 ms)")
+    p.add_argument("--visual-features", choices=list(VISUAL_SETS), default=DEFAULT_VISUAL_FEATURES,
+                   help="visual set, 10 frames / s: mesh (face landmarks: pose, expression geometry, "
+                   "68 points; 167 values; default), mesh-raw (468 landmarks x 3) or haar (selfmm's "
+                   "first set: OpenCV Haar face box and crop statistics, 35 values)")
     p.add_argument("--text-model", default="minilm",
                    help="tokenizer: 'minilm' (bert-base-uncased vocabulary, offline), a hub name or a path")
     p.add_argument("--text-len", type=int, default=50, help="tokens per clip (default 50)")

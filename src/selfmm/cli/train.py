@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from .. import datasets
 from ..ablate import ablate as run_ablation
 from ..ablate import ablation_table
 from ..api import fit
 from ..api import reproduce as run_reproduction
-from ..configuration import DEFAULT_TEXT_MODEL
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
 from ..results import table
@@ -42,7 +42,7 @@ def train(args: argparse.Namespace) -> int:
 def reproduce(args: argparse.Namespace) -> int:
     run_reproduction.check(seeds=args.seeds, jobs=args.jobs, device=args.device, max_epochs=args.max_epochs)
     RunDirectory(args.out, resume=args.resume).check()
-    load_encoder_config(args.text_model or DEFAULT_TEXT_MODEL[args.dataset])
+    load_encoder_config(args.text_model or datasets.get(args.dataset).text_model)
     data = data_from_args(args, args.dataset)
     comparison = run_reproduction(args.dataset, data, args.out, args.seeds, text_model=args.text_model,
                                   device=args.device, max_epochs=args.max_epochs, precision=args.precision,

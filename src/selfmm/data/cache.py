@@ -6,7 +6,7 @@ them between processes). `load_features` opens a cache folder wherever it accept
 
 Layout of FILE.selfmm-cache/:
   <split>.<key>.npy       one array per split and key, MMSA's key names, as validated
-  <split>.strings.json    {"id": [...], "raw_text": [...], "extraction_flags": [...]}
+  <split>.strings.json    {"id": [...], "raw_text": [...], "extraction_flags": [...], "speech": [...]}
   manifest.json           format, version, source, shapes and dtypes, the repairs made, the
                           file's `extraction` entry (its audio feature set) when it has one
 
@@ -100,16 +100,21 @@ def _write_arrays(data: FeatureData, out: Path) -> None:
             with atomic_writer(out / f"{name}.{key}.npy", "wb") as handle:
                 _write_npy(handle, arr)
             entry[key] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
-        write_json(out / f"{name}.strings.json", {"id": split.ids, "raw_text": split.raw_text,
-                                                  "extraction_flags": split.flags})
+        strings = {"id": split.ids, "raw_text": split.raw_text, "extraction_flags": split.flags}
+        if any(split.speech):
+            strings["speech"] = [json.dumps(r, ensure_ascii=False) if r else "" for r in split.speech]
+        write_json(out / f"{name}.strings.json", strings)
         splits[name] = entry
     manifest = {
         "format": FORMAT, "version": VERSION, "source": os.path.abspath(data.path),
         "source_bytes": os.path.getsize(data.path), "aligned": data.aligned,
         "repairs": data.repairs, "splits": splits,
     }
-    if data.audio_features != UNKNOWN_FEATURES:
-        manifest[EXTRACTION_KEY] = {"audio_features": data.audio_features}
+    recorded = {key: name for key, name in (("audio_features", data.audio_features),
+                                            ("visual_features", data.visual_features))
+                if name != UNKNOWN_FEATURES}
+    if recorded:
+        manifest[EXTRACTION_KEY] = recorded
     write_json(out / MANIFEST, manifest)
 
 
@@ -167,7 +172,7 @@ def read_cache(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], list
             strings = json.loads((root / f"{name}.strings.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{root}/{name}.strings.json: unreadable: {exc}") from None
-        raw.update(strings)  # id, raw_text, extraction_flags
+        raw.update(strings)  # id, raw_text, extraction_flags, speech
         layout[name] = raw
     if EXTRACTION_KEY in manifest:
         layout[EXTRACTION_KEY] = manifest[EXTRACTION_KEY]

@@ -10,18 +10,27 @@ the split, the key and the offending shape or value. The result is a FeatureData
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Any
 
 import numpy as np
 
+from .. import datasets
 from ..checks import Wrong, checked, optional, path
-from ..configuration import LABEL_RANGE, dataset_name
 from ..errors import DataError
 from ..io import check_file
 from .cache import read_cache
-from .layout import EXTRACTION_KEY, LENGTH_KEYS, REQUIRED_KEYS, SPLITS, UNIMODAL_KEYS, UNKNOWN_FEATURES
+from .layout import (
+    EXTRACTION_KEY,
+    LEGACY_VISUAL_FEATURES,
+    LENGTH_KEYS,
+    REQUIRED_KEYS,
+    SPLITS,
+    UNIMODAL_KEYS,
+    UNKNOWN_FEATURES,
+)
 from .types import FeatureData, Split
 from .unpickle import safe_load
 
@@ -118,6 +127,20 @@ def _as_strings(value: Any, n: int, fallback: str, where: str = "", key: str = "
                 for x in _array(value, where, key, dtype=object).reshape(-1)]
     except RecursionError:
         raise DataError(f"{where}: key {key!r} holds containers too deeply nested to read as text") from None
+
+
+def _speech_records(values: list[str], where: str) -> list[dict[str, Any]]:
+    """The per-clip speech records: JSON objects as strings ("" when a clip has none)."""
+    records = []
+    for i, value in enumerate(values):
+        try:
+            record = json.loads(value) if value else {}
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: key 'speech' row {i} is not a JSON object: {value[:80]!r}")
+        records.append(record)
+    return records
 
 
 def _as_token_ids(value: Any, where: str) -> np.ndarray:
@@ -254,6 +277,8 @@ def _build_split(
     check_rows("raw_text", len(raw_text))
     flags = _as_strings(raw.get("extraction_flags"), n, "", where(), "extraction_flags")
     check_rows("extraction_flags", len(flags))
+    speech = _speech_records(_as_strings(raw.get("speech"), n, "", where(), "speech"), where("speech"))
+    check_rows("speech", len(speech))
 
     repaired: dict[str, int] = {}
     if "audio" not in clean:
@@ -273,6 +298,7 @@ def _build_split(
         ids=ids,
         raw_text=raw_text,
         flags=flags,
+        speech=speech,
     )
     return split, repaired
 
@@ -288,15 +314,19 @@ _OVERRIDES = {
 }
 
 
-def _audio_features(layout: dict[str, Any], source: str) -> str:
-    """The audio feature set a file records under EXTRACTION_KEY, or UNKNOWN_FEATURES."""
+def _feature_set(layout: dict[str, Any], source: str, key: str) -> str:
+    """The feature set a file records under EXTRACTION_KEY[key] ("audio_features" or
+    "visual_features"): UNKNOWN_FEATURES without the entry; a selfmm file from before the
+    visual set was recorded names only its audio set, and its faces are haar."""
     meta = layout.get(EXTRACTION_KEY)
     if meta is None:
         return UNKNOWN_FEATURES
-    name = meta.get("audio_features") if isinstance(meta, dict) else None
+    if isinstance(meta, dict) and key not in meta and meta.keys() & {"audio_features", "visual_features"}:
+        return LEGACY_VISUAL_FEATURES if key == "visual_features" else UNKNOWN_FEATURES
+    name = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
-        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose 'audio_features' names "
-                        f"the audio feature set, got {str(meta)[:100]}")
+        raise DataError(f"{source}: key {EXTRACTION_KEY!r} must be a dict whose {key!r} names "
+                        f"the feature set, got {str(meta)[:100]}")
     return name
 
 
@@ -308,7 +338,7 @@ def _load_any(path: str) -> tuple[dict[str, dict[str, Any]], list[str] | None]:
     return _load_layout(path), None
 
 
-@checked(path=path, dataset=optional(dataset_name), text_file=optional(path),
+@checked(path=path, dataset=optional(datasets.dataset_name), text_file=optional(path),
          audio_file=optional(path), vision_file=optional(path))
 def load_features(
     path: str | os.PathLike,
@@ -327,11 +357,12 @@ def load_features(
     written, and lists those repairs without warning again.
     """
     source = os.fspath(path)
-    if dataset is not None and dataset not in LABEL_RANGE:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(LABEL_RANGE)}")
-    label_range = LABEL_RANGE.get(dataset) if dataset else None
+    if dataset is not None and dataset not in datasets.names():
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(datasets.names())}")
+    label_range = datasets.get(dataset).label_range if dataset else None
     main, cached_repairs = _load_any(source)
-    audio_features = _audio_features(main, source)
+    audio_features = _feature_set(main, source, "audio_features")
+    visual_features = _feature_set(main, source, "visual_features")
     raws = {split: dict(main[split]) for split in SPLITS}
     origins: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
     clean = {split: set(raws[split]) if cached_repairs is not None else set() for split in SPLITS}
@@ -343,7 +374,9 @@ def load_features(
         over, over_repairs = _load_any(over_source)
         required, *optional = _OVERRIDES[arg]
         if arg == "audio_file":
-            audio_features = _audio_features(over, over_source)
+            audio_features = _feature_set(over, over_source, "audio_features")
+        if arg == "vision_file":
+            visual_features = _feature_set(over, over_source, "visual_features")
         for split in SPLITS:
             if required not in over[split]:
                 raise DataError(f"{over_source}: split {split!r}: missing key {required!r} ({arg} override)")
@@ -402,6 +435,7 @@ def load_features(
         repairs=repairs,
         overrides={arg: os.fspath(p) for arg, p in overrides.items() if p is not None},
         audio_features=audio_features,
+        visual_features=visual_features,
     )
 
 
@@ -442,7 +476,7 @@ def feature_data(value: Any) -> FeatureData:
 def check_label_range(data: FeatureData, dataset: str) -> None:
     """Every label of `data` within `dataset`'s range (a file of another dataset is refused
     before training on it, rather than scored with the wrong metrics after)."""
-    low, high = LABEL_RANGE[dataset]
+    low, high = datasets.get(dataset).label_range
     labels = np.concatenate([np.asarray(s.labels, np.float64).reshape(-1) for s in data.splits.values()])
     if labels.size and (labels.min() < low or labels.max() > high):
         raise DataError(f"{data.path}: labels run from {labels.min():g} to {labels.max():g}, outside "

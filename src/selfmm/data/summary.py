@@ -13,10 +13,12 @@ BAR_WIDTH = 40
 def summarize(data: FeatureData) -> str:
     """Per split: sizes, length statistics, a label histogram; then what validation repaired."""
     audio_set = "" if data.audio_features == UNKNOWN_FEATURES else f" ({data.audio_features})"
+    visual_set = "" if data.visual_features == UNKNOWN_FEATURES else f" ({data.visual_features})"
     lines = [
         f"{data.path}",
         f"  {'aligned' if data.aligned else 'unaligned'}; text length {data.text_len}, "
-        f"audio {data.audio_len} x {data.audio_dim}{audio_set}, vision {data.vision_len} x {data.vision_dim}",
+        f"audio {data.audio_len} x {data.audio_dim}{audio_set}, "
+        f"vision {data.vision_len} x {data.vision_dim}{visual_set}",
     ]
     edges = _label_edges(data)
     for split in data.splits.values():

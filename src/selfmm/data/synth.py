@@ -10,39 +10,21 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from .. import datasets
 from ..configuration import check_seeds
+from ..datasets import Column, SyntheticProfile
 from ..encoder import load_tokenizer
 from ..errors import ConfigError
 from ..io import atomic_writer
 from .layout import SPLITS
 
-
-@dataclass(frozen=True)
-class Profile:
-    sizes: tuple[int, int, int]  # train, valid, test clips at scale 1
-    text_len: int  # Lt
-    audio_len: int  # La, unaligned
-    vision_len: int  # Lv, unaligned
-    audio_dim: int
-    vision_dim: int
-    label_max: float  # labels lie in [-label_max, label_max]
-    annotators: int  # the m-label is the mean of this many integer scores
-    score_max: int  # each annotator scores an integer in [-score_max, score_max]
-
-
-# Sizes, shapes and label ranges of the real files (SPEC section 2).
-PROFILES: dict[str, Profile] = {
-    "mosi": Profile((1284, 229, 686), 50, 500, 375, 5, 20, 3.0, 3, 3),
-    "mosei": Profile((16326, 1871, 4659), 50, 500, 375, 74, 35, 3.0, 3, 3),
-    # SIMS: five annotators each scoring -1, 0 or 1, so labels are multiples of 0.2.
-    "sims": Profile((1368, 456, 457), 39, 400, 55, 33, 709, 1.0, 5, 1),
-}
+# The sizes and shapes of each dataset's real file (SPEC section 2), from selfmm.datasets.
+PROFILES = Column(lambda dataset: dataset.synthetic)  # profile name -> its shapes
 
 # The m-label mix of the hidden unimodal labels; text heaviest, as in the real data.
 MIX = {"t": 0.5, "a": 0.25, "v": 0.25}
@@ -108,12 +90,12 @@ def make_synthetic(profile: str, *, scale: float = 1.0, seed: int = 0,
     if not 0 < scale <= MAX_SCALE:
         raise ConfigError(f"synthetic scale must be positive and at most {MAX_SCALE:g}, got {scale}")
     check_seeds([seed], "`seed`")
-    prof = PROFILES[profile]
+    prof, label_max = PROFILES[profile], datasets.get(profile).label_range[1]
     # Directions are shared by all splits: they are the "physics" a model must learn.
     rng = np.random.Generator(np.random.SFC64([seed, 0]))
     directions = {"a": _direction(rng, prof.audio_dim), "v": _direction(rng, prof.vision_dim)}
     return {
-        split: _make_split(prof, split, index, max(8, round(size * scale)), seed, aligned, directions)
+        split: _make_split(prof, label_max, split, index, max(8, round(size * scale)), seed, aligned, directions)
         for index, (split, size) in enumerate(zip(SPLITS, prof.sizes, strict=True), start=1)
     }
 
@@ -135,9 +117,9 @@ def _direction(rng: np.random.Generator, dim: int) -> np.ndarray:
     return out
 
 
-def _annotate(rng: np.random.Generator, values: np.ndarray, prof: Profile) -> np.ndarray:
+def _annotate(rng: np.random.Generator, values: np.ndarray, prof: SyntheticProfile, label_max: float) -> np.ndarray:
     """Mean of integer annotator scores around `values`: a multiple of step / annotators."""
-    step = prof.label_max / prof.score_max
+    step = label_max / prof.score_max
     scores = np.rint(values[:, None] / step + rng.normal(0.0, ANNOTATOR_NOISE, (values.size, prof.annotators)))
     scores = np.clip(scores, -prof.score_max, prof.score_max)
     # The integer sum times the grid, so labels are exact multiples whatever float rounding does.
@@ -193,7 +175,8 @@ def _frames(
 
 
 def _make_split(
-    prof: Profile,
+    prof: SyntheticProfile,
+    label_max: float,  # labels lie in [-label_max, label_max]
     split: str,
     index: int,
     n: int,
@@ -213,8 +196,8 @@ def _make_split(
         m: np.tanh(SHARED * shared + np.sqrt(1 - SHARED**2) * labels_rng.standard_normal(n)) for m in MIX
     }
     mixed = sum(MIX[m] * latent[m] for m in MIX)
-    m_label = _annotate(labels_rng, prof.label_max * mixed, prof)
-    unimodal = {m: _annotate(labels_rng, prof.label_max * latent[m], prof) for m in MIX}
+    m_label = _annotate(labels_rng, label_max * mixed, prof, label_max)
+    unimodal = {m: _annotate(labels_rng, label_max * latent[m], prof, label_max) for m in MIX}
 
     sentences = _sentences(text_rng, latent["t"])
     enc = _tokenizer()(

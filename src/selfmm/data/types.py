@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .layout import UNKNOWN_FEATURES
+from .layout import LEGACY_VISUAL_FEATURES, UNKNOWN_FEATURES
 
 
 @dataclass
@@ -26,6 +26,9 @@ class Split:
     raw_text: list[str]
     # Per clip, the comma-joined flags of files made by `selfmm extract` ("" when none or absent).
     flags: list[str] = field(default_factory=list)
+    # Per clip, files made by `selfmm extract` record where the text came from and the
+    # recognised words (docs/extraction.md); {} when absent.
+    speech: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -44,13 +47,18 @@ class DataSpec:
     aligned: bool | None = None
     train_size: int | None = None
     audio_features: str = UNKNOWN_FEATURES  # the acoustic feature set (egemaps, ...), if known
+    visual_features: str = UNKNOWN_FEATURES  # the visual feature set (mesh, haar, ...), if known
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> DataSpec:
-        return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if obj.get(f.name) is not None})
+        spec = cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls) if obj.get(f.name) is not None})
+        if "visual_features" not in obj and spec.audio_features != UNKNOWN_FEATURES:
+            # Trained on a selfmm file from before the visual set was recorded: haar faces.
+            spec = dataclasses.replace(spec, visual_features=LEGACY_VISUAL_FEATURES)
+        return spec
 
 
 @dataclass
@@ -68,9 +76,13 @@ class FeatureData:
     overrides: dict[str, str] = field(default_factory=dict)
     # The acoustic feature set named in the file (egemaps, compare, librosa), or UNKNOWN_FEATURES.
     audio_features: str = UNKNOWN_FEATURES
+    # The visual feature set (mesh, mesh-raw, haar; haar for a selfmm file that names none), or
+    # UNKNOWN_FEATURES for a file without selfmm's extraction entry (benchmark files).
+    visual_features: str = UNKNOWN_FEATURES
 
     @property
     def spec(self) -> DataSpec:
         return DataSpec(self.audio_dim, self.vision_dim, self.text_len, self.audio_len,
-                        self.vision_len, self.aligned, len(self.splits["train"]), self.audio_features)
+                        self.vision_len, self.aligned, len(self.splits["train"]), self.audio_features,
+                        self.visual_features)
 

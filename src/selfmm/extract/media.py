@@ -1,4 +1,4 @@
-"""Decoding one clip with PyAV: mono 16 kHz audio and grey video frames sampled at a fixed rate."""
+"""Decoding one clip with PyAV: mono 16 kHz audio and video frames sampled at a fixed rate."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ..errors import DataError, SelfMMError
 from ..io import check_file
 
 SAMPLE_RATE = 16_000  # Hz, the rate every clip's audio is resampled to
-DETECT_WIDTH = 360  # grey frames are scaled to at most this width before face detection
+DETECT_WIDTH = 360  # frames are scaled to at most this width unless the caller asks otherwise
 # Bounds of one decode (Limits), whatever the file claims: 8K UHD is 7680x4320 (33 M pixels);
 # cameras film at up to 120 frames per second, high-speed modes at 240; a clip may take as
 # long to decode as it lasts (real time: FFmpeg decodes far faster), at least MIN_DECODE_S.
@@ -29,12 +30,15 @@ class DecodedClip:
     """What `decode` returns. `audio` is None when the file has no audio stream."""
 
     audio: np.ndarray | None  # (S,) float32 in [-1, 1], mono, SAMPLE_RATE
-    frames: list[np.ndarray] = field(default_factory=list)  # grey (H, W) uint8 images
-    times: list[float] = field(default_factory=list)  # seconds, one per frame
+    # (H, W) grey or (H, W, 3) RGB uint8; empty when decode passed them to on_frame instead
+    frames: list[np.ndarray] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # seconds, one per sampled frame
+    brightness: list[float] = field(default_factory=list)  # mean pixel value (0-255) per frame
     has_video: bool = False
     decode_errors: int = 0  # packets FFmpeg could not decode (truncated or damaged file)
     declared_seconds: float | None = None  # the container's duration, when it states one
     decoded_seconds: float = 0.0  # how far decoding got, in either stream
+    rotation: int = 0  # degrees counter-clockwise the frames were turned, as the file asks
 
     @property
     def damaged(self) -> bool:
@@ -66,8 +70,23 @@ def _why(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def decode(path: str | os.PathLike, vision_fps: float, max_seconds: float | None = None) -> DecodedClip:
-    """Decode `path` in one pass: all audio (resampled), and video frames every 1/vision_fps s.
+def _upright(frame, frame_format: str, max_width: int) -> tuple[np.ndarray, int]:
+    """A decoded frame as an array, turned as its display matrix asks (a phone held upright or
+    upside down records its frames turned and says so in the file), at most max_width wide."""
+    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+    scale = min(1.0, max_width / (frame.height if turns % 2 else frame.width))
+    size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
+    image = frame.reformat(width=size[0], height=size[1], format=frame_format).to_ndarray()
+    return np.ascontiguousarray(np.rot90(image, turns) if turns else image), 90 * turns
+
+
+def decode(path: str | os.PathLike, vision_fps: float, max_seconds: float | None = None, *,
+           frame_format: str = "gray", frame_width: int = DETECT_WIDTH,
+           on_frame: Callable[[np.ndarray, float], None] | None = None) -> DecodedClip:
+    """Decode `path` in one pass: all audio (resampled), and video frames every 1/vision_fps s,
+    in PyAV's `frame_format` ("gray" or "rgb24"), at most `frame_width` wide, upright. With
+    `on_frame`, each sampled frame goes to it as it is decoded, with its time in seconds,
+    instead of into `frames`.
 
     Raises DataError for a missing file, a file FFmpeg cannot open, or one with neither an
     audio nor a video stream. Packets that fail to decode are skipped and counted.
@@ -87,7 +106,8 @@ def decode(path: str | os.PathLike, vision_fps: float, max_seconds: float | None
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable video file ({_why(exc)})") from exc
     with container:
-        decoder = _Decoder(path, container, vision_fps, Limits.for_seconds(max_seconds))
+        decoder = _Decoder(path, container, vision_fps, Limits.for_seconds(max_seconds), frame_format,
+                           frame_width, on_frame)
         decoder.run()
         out = decoder.finish()
     if out.audio is not None:
@@ -115,10 +135,13 @@ class _Decoder:
     """The state of one pass over a container: the audio resampled so far, the video frames
     kept every `1/vision_fps` s, and what the limits count."""
 
-    def __init__(self, path: Path, container, vision_fps: float, limits: Limits) -> None:
+    def __init__(self, path: Path, container, vision_fps: float, limits: Limits, frame_format: str = "gray",
+                 frame_width: int = DETECT_WIDTH, on_frame: Callable[[np.ndarray, float], None] | None = None,
+                 ) -> None:
         import av
 
         self.path, self.container, self.limits = path, container, limits
+        self.frame_format, self.frame_width, self.on_frame = frame_format, frame_width, on_frame
         self.astream = container.streams.audio[0] if container.streams.audio else None
         self.vstream = container.streams.video[0] if container.streams.video else None
         if self.astream is None and self.vstream is None:
@@ -162,7 +185,7 @@ class _Decoder:
         except av.FFmpegError as exc:
             # Demuxing itself failed (a damaged container): keep what was read if anything.
             self.out.decode_errors += 1
-            if not self.chunks and not self.out.frames:
+            if not self.chunks and not self.out.times:
                 raise DataError(f"{self.path}: cannot decode the file ({_why(exc)})") from exc
 
     def _audio(self, frame) -> None:
@@ -189,11 +212,13 @@ class _Decoder:
             return
         while self.next_t <= t + 1e-6:
             self.next_t += self.step
-        w = min(frame.width, DETECT_WIDTH)
-        h = max(1, round(frame.height * w / frame.width))
-        grey = frame.reformat(width=w, height=h, format="gray").to_ndarray()
-        self.out.frames.append(np.ascontiguousarray(grey))
+        image, self.out.rotation = _upright(frame, self.frame_format, self.frame_width)
         self.out.times.append(float(t))
+        self.out.brightness.append(float(image[::4, ::4].mean()))
+        if self.on_frame is None:
+            self.out.frames.append(image)
+        else:
+            self.on_frame(image, float(t))
 
     def _check_pixels(self, width: int, height: int) -> None:
         if width * height > self.limits.pixels:
@@ -223,6 +248,6 @@ class _Decoder:
                 self.out.decode_errors += 1
             self.out.audio = (np.concatenate(self.chunks).astype(np.float32, copy=False)
                               if self.chunks else np.zeros(0, np.float32))
-        if not self.chunks and not self.out.frames:
+        if not self.chunks and not self.out.times:
             raise DataError(f"{self.path}: no audio sample or video frame could be decoded")
         return self.out

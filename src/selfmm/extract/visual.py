@@ -1,112 +1,127 @@
-"""Visual frames: the largest face per sampled frame (OpenCV Haar cascades), 35 values each.
+"""Visual frames: one of three face feature sets, chosen by name (`--visual-features`).
 
-MediaPipe's current wheels ship no face model (its task API downloads one), so the detector is
-the frontal-face Haar cascade bundled with opencv-python-headless (< 5; OpenCV 5 moved the
-cascades out). The descriptor is geometry, cascade responses and coarse appearance of the crop.
+- `mesh` (default): MediaPipe's face detector and 468-point face landmark model (LiteRT), a
+  tracked face per sampled frame: position, head pose, expression geometry, their changes and
+  68 pose-normalised landmarks (mesh_faces.py).
+- `mesh-raw`: the same landmarks unprocessed, 468 x 3 per frame (MMSA-FET's face-mesh layout).
+- `haar`: selfmm's first set, OpenCV Haar cascades and crop statistics (haar_faces.py). Files
+  and runs that record no visual set were made with it.
+
+A model needs clips extracted with the set it was trained on; the set is recorded in the
+feature file and in the run, as the acoustic set is.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..errors import SelfMMError
+from .haar_faces import HAAR_COLUMNS, FaceDescriber
+from .mesh_faces import MESH_COLUMNS, MESH_RAW_COLUMNS, FaceTrack, MeshModels, mesh_raw_rows, mesh_rows
+
 VISION_FPS = 10.0  # frames per second sampled from the video
-CROP = 48  # the face crop is resized to CROP x CROP for the appearance features
-PART = 96  # and to PART x PART for the eye and smile cascades
-GRID = 4
-HOG_BINS = 8
-MIN_FACE = 24  # pixels, in the frame scaled to media.DETECT_WIDTH
-
-VISION_FEATURES: tuple[str, ...] = (
-    "face_x",  # box centre / frame width
-    "face_y",  # box centre / frame height
-    "face_w",  # box width / frame width
-    "face_h",  # box height / frame height
-    "face_score",  # the cascade's level weight of the box (confidence)
-    "face_dx",  # change of face_x since the previous frame with a face
-    "face_dy",
-    "eyes",  # eye-cascade detections in the upper half of the crop, at most 3
-    "smile",  # smile-cascade detections in the lower half of the crop, at most 3
-    "grey_mean",  # crop intensity / 255
-    "grey_std",
-    *(f"grid_{r}{c}" for r in range(GRID) for c in range(GRID)),  # cell mean - grey_mean
-    *(f"hog_{b}" for b in range(HOG_BINS)),  # gradient orientations, magnitude-weighted, sum 1
-)
-VISION_DIM = len(VISION_FEATURES)  # 35
+DEFAULT_VISUAL_FEATURES = "mesh"
+LEGACY_VISUAL_FEATURES = "haar"  # the set of files and runs that record none
 
 
-class FaceDescriber:
-    """Detects the largest face in grey frames and describes it; holds the loaded cascades."""
+@dataclass(frozen=True)
+class VisualFeatureSet:
+    name: str
+    columns: tuple[str, ...]
+    module: str  # what computes it: the import name and pip package
+    package: str
+    frame_format: str  # the frames it reads: PyAV's "gray" or "rgb24"
+    frame_width: int  # frames are scaled down to at most this width
 
-    def __init__(self) -> None:
-        import cv2
+    @property
+    def dim(self) -> int:
+        return len(self.columns)
 
-        def load(name: str):
-            cascade = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-            if cascade.empty():  # pragma: no cover - depends on the install
-                raise RuntimeError(f"OpenCV cascade {name} not found in {cv2.data.haarcascades}")
-            return cascade
+    @property
+    def fps(self) -> float:
+        return VISION_FPS
 
-        self.cv2 = cv2
-        self.face = load("haarcascade_frontalface_default.xml")
-        self.eye = load("haarcascade_eye.xml")
-        self.smile = load("haarcascade_smile.xml")
 
-    def detect(self, grey: np.ndarray) -> tuple[tuple[int, int, int, int], float] | None:
-        """The largest face box (x, y, w, h) and its level weight, or None."""
-        boxes, _, weights = self.face.detectMultiScale3(
-            grey, scaleFactor=1.2, minNeighbors=4, minSize=(MIN_FACE, MIN_FACE),
-            outputRejectLevels=True,
-        )
-        if len(boxes) == 0:
-            return None
-        i = int(np.argmax([w * h for (_, _, w, h) in boxes]))
-        x, y, w, h = (int(v) for v in boxes[i])
-        return (x, y, w, h), float(np.ravel(weights)[i])
+VISUAL_SETS: dict[str, VisualFeatureSet] = {
+    s.name: s for s in (
+        VisualFeatureSet("mesh", MESH_COLUMNS, "ai_edge_litert", "ai-edge-litert", "rgb24", 640),
+        VisualFeatureSet("mesh-raw", MESH_RAW_COLUMNS, "ai_edge_litert", "ai-edge-litert", "rgb24", 640),
+        VisualFeatureSet("haar", HAAR_COLUMNS, "cv2", "opencv-python-headless", "gray", 360),
+    )
+}
 
-    def describe(self, frames: list[np.ndarray]) -> np.ndarray:
-        """(T, VISION_DIM) float32, one row per frame where a face was found (others dropped)."""
-        cv2 = self.cv2
-        rows = []
-        prev: tuple[float, float] | None = None
-        for grey in frames:
-            found = self.detect(grey)
-            if found is None:
-                continue
-            (x, y, w, h), score = found
-            fh, fw = grey.shape
-            cx, cy = (x + w / 2) / fw, (y + h / 2) / fh
-            dx, dy = (0.0, 0.0) if prev is None else (cx - prev[0], cy - prev[1])
-            prev = (cx, cy)
-            face = grey[y : y + h, x : x + w]
-            part = cv2.resize(face, (PART, PART), interpolation=cv2.INTER_AREA)
-            eyes = self.eye.detectMultiScale(part[: PART // 2], 1.1, 5, minSize=(12, 12))
-            smile = self.smile.detectMultiScale(part[PART // 2 :], 1.1, 15, minSize=(20, 10))
-            crop = cv2.resize(face, (CROP, CROP), interpolation=cv2.INTER_AREA).astype(np.float32)
-            crop /= 255.0
-            mean, std = float(crop.mean()), float(crop.std())
-            cell = CROP // GRID
-            grid = crop.reshape(GRID, cell, GRID, cell).mean(axis=(1, 3)).ravel() - mean
-            rows.append(
-                np.concatenate(
-                    [
-                        [cx, cy, w / fw, h / fh, score, dx, dy],
-                        [min(len(eyes), 3), min(len(smile), 3), mean, std],
-                        grid,
-                        self._hog(crop),
-                    ]
-                )
-            )
-        if not rows:
-            return np.zeros((0, VISION_DIM), np.float32)
-        return np.asarray(rows, dtype=np.float32)
 
-    def _hog(self, crop: np.ndarray) -> np.ndarray:
-        cv2 = self.cv2
-        gx = cv2.Sobel(crop, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(crop, cv2.CV_32F, 0, 1, ksize=3)
-        mag = np.hypot(gx, gy)
-        angle = np.mod(np.arctan2(gy, gx), np.pi)  # unsigned orientation in [0, pi)
-        bins = np.minimum((angle / np.pi * HOG_BINS).astype(np.int64), HOG_BINS - 1)
-        hist = np.bincount(bins.ravel(), weights=mag.ravel(), minlength=HOG_BINS)
-        total = hist.sum()
-        return hist / total if total > 0 else hist
+def visual_set(name: str) -> VisualFeatureSet:
+    """The feature set called `name`; SelfMMError for any other name."""
+    try:
+        return VISUAL_SETS[name]
+    except KeyError:
+        raise SelfMMError(f"unknown visual feature set {name!r}; choose one of "
+                          f"{', '.join(VISUAL_SETS)}") from None
+
+
+@dataclass
+class VisualFrames:
+    rows: np.ndarray  # (T, dim) float32
+    kept: list[int]  # the decoded frame each row comes from (haar drops frames without a face)
+    several_faces: bool = False  # the detector saw more than one face in some frame (mesh sets)
+    track: FaceTrack | None = None  # the mesh sets' tracked faces (the overlay draws them)
+
+
+_haar = None
+_mesh = None
+
+
+def mesh_models() -> MeshModels:
+    """The mesh sets' two models, loaded once per process (their files checked by SHA-256)."""
+    global _mesh
+    if _mesh is None:
+        _mesh = MeshModels()
+    return _mesh
+
+
+def haar_describer() -> FaceDescriber:
+    """The haar set's FaceDescriber, loaded once per process (the cascades take ~50 ms)."""
+    global _haar
+    if _haar is None:
+        _haar = FaceDescriber()
+    return _haar
+
+
+class VisualExtractor:
+    """One clip's visual frames of set `name`: give it the decoded frames (in the set's
+    frame_format) one by one with `add`, in time order, then call `finish`.
+
+    The mesh sets track each frame as it comes, so a long clip's frames are never all held
+    in memory; the haar set keeps its grey frames and describes them in `finish`.
+    """
+
+    def __init__(self, name: str = DEFAULT_VISUAL_FEATURES) -> None:
+        self.set = visual_set(name)
+        # The models load (and their files are checked) here, before any decoding.
+        self._track = None if name == "haar" else mesh_models().start()
+        self._frames: list[np.ndarray] = []
+
+    def add(self, image: np.ndarray) -> None:
+        if self._track is None:
+            self._frames.append(image)
+        else:
+            self._track.add(image)
+
+    def finish(self) -> VisualFrames:
+        if self._track is None:
+            kept: list[int] = []
+            return VisualFrames(haar_describer().describe(self._frames, kept), kept)
+        track = self._track.track
+        rows = mesh_rows(track) if self.set.name == "mesh" else mesh_raw_rows(track)
+        return VisualFrames(rows, list(range(len(rows))), several_faces=any(track.several), track=track)
+
+
+def visual_frames(frames: list[np.ndarray], name: str = DEFAULT_VISUAL_FEATURES) -> VisualFrames:
+    """Set `name`'s frames for decoded frames in that set's frame_format, in time order."""
+    extractor = VisualExtractor(name)
+    for image in frames:
+        extractor.add(image)
+    return extractor.finish()

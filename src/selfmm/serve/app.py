@@ -25,9 +25,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from .. import __version__, datasets
 from ..checks import attributes, checked, integer, number, optional, sequence, text
-from ..configuration import LABEL_RANGE, MAX_WORKERS
+from ..configuration import MAX_WORKERS
 from ..errors import SelfMMError
 from ..predict import Predictor
 from .pool import ScoringPool, WorkerDied
@@ -79,11 +79,12 @@ def busy(gate: Gate, pool: ScoringPool) -> HTTPException:
 
 @router.post(
     "/predict", response_model=Score, openapi_extra=PREDICT_BODY, responses=PREDICT_RESPONSES,
-    summary="Score one video clip with its transcript",
+    summary="Score one video clip, with its transcript or with its words recognised",
     description="`score` is the multimodal head's prediction on the label scale and "
     "`sentiment` its class; `text`, `audio` and `vision` are the unimodal heads; `flags` "
-    "name what extraction found missing; `seconds` is the worker's time for extraction "
-    "and scoring.")
+    "name what extraction found missing or doubtful; `seconds` is the worker's time for "
+    "extraction and scoring; `transcript` is the text scored and `speech` where it came from "
+    "(the recognised words with their times when speech recognition ran).")
 async def predict(request: Request) -> Score:
     """Admit (or 503 at once), stream the upload to a private file, score it in a worker; the
     file is removed on every path."""
@@ -135,16 +136,19 @@ def describe(predictor: Predictor, limits: Limits) -> Info:
     """The body of /info."""
     dataset = predictor.cfg.dataset
     return Info(
-        dataset=dataset, label_range=LABEL_RANGE[dataset], neutral_band=predictor.band,
+        dataset=dataset, label_range=datasets.get(dataset).label_range, neutral_band=predictor.band,
         feature_widths={"audio": predictor.audio_dim, "vision": predictor.vision_dim},
-        # The acoustic set the run was trained on (egemaps, compare, librosa; unknown for files
-        # that record none); vision has one set, the face features of selfmm.extract.visual.
-        feature_sets={"audio": predictor.audio_features, "vision": "faces"},
+        # The acoustic and visual sets the run was trained on (egemaps, compare, librosa; mesh,
+        # mesh-raw, haar; unknown for files that record none).
+        feature_sets={"audio": predictor.audio_features, "vision": predictor.visual_features},
         text_model=predictor.text_model or predictor.cfg.model.text_model,
         seed=json.loads((predictor.run / "config.json").read_text()).get("seed"),
         versions={"selfmm": __version__, "python": platform.python_version(),
                   "torch": torch.__version__, "fastapi": fastapi.__version__},
         limits=limits,
+        speech_recognition=None if predictor.speech is None else {
+            "model": predictor.speech.model.name, "sha256": predictor.speech.model.sha256,
+            "language": predictor.speech.language},
     )
 
 

@@ -79,7 +79,7 @@ class ScoringPool:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         self.workers = workers
         self._initargs = (str(predictor.run), str(predictor.device), predictor.text_model,
-                          max(1, (cores or 1) // workers))
+                          max(1, (cores or 1) // workers), predictor.speech)
         self._executor = self._new_executor()
         self.mean_seconds = 1.0  # running mean of a job's time, for Retry-After
 
@@ -119,7 +119,7 @@ class ScoringPool:
             self._restart(executor)
             return self._executor, self._spawn(self._executor, worker.score, *args)
 
-    async def score(self, path: Path, transcript: str, max_seconds: float) -> dict[str, Any]:
+    async def score(self, path: Path, transcript: str | None, max_seconds: float) -> dict[str, Any]:
         """Score the video at `path` in a worker (see worker.score); WorkerDied if its process
         died meanwhile (the pool is restarted for the next job)."""
         executor, future = self._submit(str(path), transcript, max_seconds)

@@ -10,6 +10,7 @@ from ..checks import checked, integer, optional, path, text
 from ..configuration import check_workers
 from ..configuration import seed as seed_rule
 from ..errors import SelfMMError
+from ..extract.speech import SpeechSettings, SpeechUnavailable, speech_settings
 from ..predict import Predictor
 from ..runtime import device_name
 from .app import DEFAULT_QUEUE, LIMITS, create_app
@@ -30,16 +31,35 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def speech_or_none(asr_model: str | os.PathLike | None, language: str | None,
+                   needed: bool) -> SpeechSettings | None:
+    """The server's speech recognition: the packaged model or `asr_model`, checked now; None,
+    with a note, when the `asr` extra is missing and nothing needs it (every request must then
+    bring its transcript)."""
+    try:
+        speech = speech_settings(asr_model, language)
+    except SpeechUnavailable as exc:
+        if asr_model is not None or language is not None or needed:
+            raise
+        print(f"selfmm: note: no speech recognition ({exc}); every request needs a transcript",
+              file=sys.stderr)
+        return None
+    speech.recogniser()  # the model loads and the language is checked before serving
+    return speech
+
+
 @checked(run=path, seed=optional(seed_rule), device=device_name, token=optional(text), host=text,
-         port=integer(0, 65535),
+         port=integer(0, 65535), asr_model=optional(path), language=optional(text),
          max_upload_mb=LIMITS["max_upload_mb"], max_seconds=LIMITS["max_seconds"],
          queue_size=LIMITS["queue_size"], text_model=optional(text))
 def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0.0.1",
           port: int = 8000, workers: int | None = None, max_upload_mb: float = 200,
           max_seconds: float = 120, token: str | None = None, device: str = "auto",
-          text_model: str | None = None, queue_size: int = DEFAULT_QUEUE) -> None:
+          text_model: str | None = None, queue_size: int = DEFAULT_QUEUE,
+          asr_model: str | os.PathLike | None = None, language: str | None = None) -> None:
     """Load `run` once and serve it until interrupted (`selfmm serve`). `token` defaults to
-    $SELFMM_TOKEN; a host other than loopback needs one."""
+    $SELFMM_TOKEN; a host other than loopback needs one. Clips sent without a transcript have
+    their words recognised (the `asr` extra; `asr_model` and `language` as in extract_clip)."""
     import uvicorn
 
     token = token or os.environ.get("SELFMM_TOKEN") or None
@@ -59,6 +79,8 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
         start_fork_server()
         predictor = Predictor(run, seed=seed, device=device, text_model=text_model)
         predictor.tokenizer  # noqa: B018 - a run without a tokenizer fails here, not per request
+        # A run trained on aligned files needs every clip's words timed.
+        predictor.speech = speech_or_none(asr_model, language, needed=predictor.aligned)
         app = create_app(predictor, workers=workers, max_upload_mb=max_upload_mb,
                          max_seconds=max_seconds, token=token, queue_size=queue_size,
                          allowed_hosts=allowed_hosts(host))

@@ -144,32 +144,30 @@ async def _chunks(request: Request) -> AsyncIterator[bytes]:
             raise problem(408, f"the upload stalled: no data for {UPLOAD_IDLE_SECONDS:g} s") from None
 
 
-def _checked(form: _Form) -> tuple[Path, str]:
-    """The video's file and the transcript's text of a body read to its end, or 422."""
+def _checked(form: _Form) -> tuple[Path, str | None]:
+    """The video's file and the transcript's text (None when left out or blank: the words are
+    then recognised) of a body read to its end, or 422."""
     if not form.ended:
         raise problem(422, "the multipart body ended before its closing boundary")
     if form.video is None:
         raise problem(422, "missing field: video (the video file)")
-    if form.transcript is None:
-        raise problem(422, "missing field: transcript (what is said in the video)")
     if not form.video_complete or form.video_bytes == 0:
         raise problem(422, "video: the file is empty")
     try:
-        transcript = form.transcript.decode("utf-8").strip()
+        transcript = (form.transcript or b"").decode("utf-8").strip()
     except UnicodeDecodeError:
         raise problem(422, "transcript: not valid UTF-8 text") from None
-    if not transcript:
-        raise problem(422, "transcript: empty; give what is said in the video")
-    return form.video, transcript
+    return form.video, transcript or None
 
 
-async def receive_upload(request: Request, directory: Path, max_video: int) -> tuple[Path, str]:
-    """Stream a multipart body with `video` and `transcript` to (file, text). The size limits
+async def receive_upload(request: Request, directory: Path, max_video: int) -> tuple[Path, str | None]:
+    """Stream a multipart body with `video` and an optional `transcript` to (file, text or
+    None). The size limits
     hold while reading, whatever Content-Length says; on any error nothing stays on disk."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not params.get(b"boundary"):
-        raise problem(422, "the body must be multipart/form-data with the fields video (a file) "
-                           "and transcript (text)")
+        raise problem(422, "the body must be multipart/form-data with the field video (a file) "
+                           "and optionally transcript (text)")
     max_body = max_video + FORM_OVERHEAD
     over = f"the request is over the upload limit of {max_video / MB:g} MB"
     declared = request.headers.get("content-length", "")

@@ -13,19 +13,24 @@ import av
 import torch
 
 from ..errors import SelfMMError
+from ..extract.speech import SpeechSettings
 from ..pools import ignore_interrupts
 from ..predict import Predictor
 
 _predictor: Predictor | None = None
 
 
-def load(seed_dir: str, device: str, text_model: str | None, threads: int) -> None:
-    """The initializer: load the run in this process."""
+def load(seed_dir: str, device: str, text_model: str | None, threads: int,
+         speech: SpeechSettings | None = None) -> None:
+    """The initializer: load the run (and the speech model) in this process."""
     global _predictor
     ignore_interrupts()
     torch.set_num_threads(threads)  # the workers share the cores between them
     _predictor = Predictor(seed_dir, device=device, text_model=text_model)
     _predictor.tokenizer  # noqa: B018 - loaded now rather than during the first request
+    _predictor.speech = speech
+    if speech is not None:
+        speech.recogniser()  # likewise
 
 
 def ready() -> int:
@@ -60,8 +65,9 @@ def check_duration(path: str, max_seconds: float) -> None:
         raise SelfMMError(f"video: {longest:.1f} s long, over the limit of {max_seconds:g} s")
 
 
-def score(path: str, transcript: str, max_seconds: float) -> dict[str, Any]:
-    """The job: one video and its transcript, scored; the fields of schemas.Score."""
+def score(path: str, transcript: str | None, max_seconds: float) -> dict[str, Any]:
+    """The job: one video and its transcript (None: recognised), scored; the fields of
+    schemas.Score."""
     assert _predictor is not None, "the worker's initializer did not run"
     started = time.perf_counter()
     try:
@@ -72,4 +78,5 @@ def score(path: str, transcript: str, max_seconds: float) -> dict[str, Any]:
         raise SelfMMError(" ".join(str(exc).replace(path, "video").split())) from None
     return {"score": clip.score, "sentiment": clip.sentiment, "text": clip.text,
             "audio": clip.audio, "vision": clip.vision, "flags": clip.flags,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "transcript": clip.transcript,
+            "speech": clip.speech}

@@ -34,8 +34,12 @@ async function loadInfo() {
   const info = await response.json();
   range = info.label_range;
   band = info.neutral_band;
+  const speech = info.speech_recognition;
   $("run-info").textContent = `${info.dataset} run, seed ${info.seed}, labels from ${range[0]} to ` +
-    `${range[1]}; videos up to ${info.limits.max_seconds} s and ${info.limits.max_upload_mb} MB`;
+    `${range[1]}; videos up to ${info.limits.max_seconds} s and ${info.limits.max_upload_mb} MB; ` +
+    (speech ? `words of clips without a transcript recognised by ${speech.model}`
+      : "no speech recognition: give each clip's transcript");
+  $("transcript").required = !speech;
   $("low").textContent = range[0];
   $("high").textContent = range[1];
   $("band").style.left = position(-band) + "%";
@@ -51,15 +55,25 @@ function show(result) {
     $(head).textContent = fmt(result[head]);
     drawBar($("bar-" + head), result[head]);
   }
+  $("words").textContent = result.transcript;
+  $("words-source").textContent = source(result.speech);
   $("flags").textContent = result.flags.length ? result.flags.join(", ") : "none";
   $("seconds").textContent = result.seconds.toFixed(2);
   $("result").hidden = false;
 }
 
-function remember(file, transcript, result) {
+// Where the words came from: typed, or recognised (and how sure the recogniser was).
+function source(speech) {
+  if (speech.text_source !== "asr") return "(as typed)";
+  if (speech.no_speech) return `(${speech.model} heard no speech)`;
+  return `(recognised by ${speech.model}` + (speech.unsure ? "; unsure: another language?" : "") + ")";
+}
+
+function remember(file, result) {
   count += 1;
   const row = document.createElement("tr");
-  const cells = [count, file, transcript, fmt(result.score), result.sentiment, fmt(result.text),
+  const said = result.speech.text_source === "asr" ? `${result.transcript} [recognised]` : result.transcript;
+  const cells = [count, file, said, fmt(result.score), result.sentiment, fmt(result.text),
     fmt(result.audio), fmt(result.vision), result.flags.join(", ")];
   cells.forEach((value, i) => {
     const cell = document.createElement("td");
@@ -74,7 +88,6 @@ async function submit(event) {
   event.preventDefault();
   const form = $("form");
   const file = $("video").files[0];
-  const transcript = $("transcript").value;
   $("error").hidden = true;
   $("submit").disabled = true;
   $("status").textContent = "Scoring…";
@@ -86,7 +99,7 @@ async function submit(event) {
       throw new Error(body.detail + (retry ? ` (retry in ${retry} s)` : ""));
     }
     show(body);
-    remember(file ? file.name : "", transcript, body);
+    remember(file ? file.name : "", body);
   } catch (error) {
     $("error").textContent = error.message;
     $("error").hidden = false;
