@@ -72,7 +72,8 @@ def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
     """Make `dataset` known to the whole package; `replace` to redefine one already known."""
     name = dataset.name
     if not (name and name.isidentifier() and name == name.lower()):
-        raise ConfigError(f"dataset name {name!r}: must be a lower-case identifier (the command line takes it as a value)")
+        raise ConfigError(f"dataset name {name!r}: must be a lower-case identifier (the command line "
+                          "takes it as a value)")
     if name in _REGISTRY and not replace:
         raise ConfigError(f"dataset {name!r} is registered already; pass replace=True to redefine it")
     low, high = dataset.label_range

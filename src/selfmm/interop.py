@@ -17,7 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .checks import checked, instance, path
 from .configuration import Config, coerce, flatten, read_json_object, to_bool
+from .configuration import seed as seed_rule
 from .encoder import load_encoder
 from .errors import ConfigError, SelfMMError
 from .io import atomic_writer, write_bytes
@@ -160,6 +162,7 @@ def translate_mmsa_config(obj: dict[str, Any], dataset: str | None, source: str 
 # Weights
 
 
+@checked(weights=path, cfg=instance(Config, "a selfmm.Config (from selfmm.config)"), out=path, seed=seed_rule)
 def import_mmsa(weights: Path, cfg: Config, out: Path, seed: int = 0) -> Path:
     """Write a run directory from MMSA's self_mm weights: config.json, encoder/,
     best.safetensors. No metrics.json: nothing was trained or tested here."""
