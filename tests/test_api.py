@@ -217,10 +217,10 @@ def test_own_model_not_importable_says_so_in_one_line(custom, data, tmp_path):
     saved = json.loads((copy / "config.json").read_text())
     saved["model_class"] = "no_such_module:Gone"
     (copy / "config.json").write_text(json.dumps(saved))
-    with pytest.warns(UserWarning, match="no_such_module:Gone cannot be imported here"):
+    with pytest.warns(UserWarning, match="no_such_module:Gone cannot be imported from the installed modules"):
         run = selfmm.load_run(copy)
     assert run.seeds[7].ulabels["t"].shape[0] == 4  # what needs no model still reads
-    with pytest.raises(selfmm.SelfMMError, match="cannot be imported; pass model="):
+    with pytest.raises(selfmm.SelfMMError, match="cannot be imported from the installed modules; pass `model`"):
         run.evaluate(data)
     assert selfmm.load_run(copy, model=model_class).evaluate(data)[7]["MAE"] >= 0
 

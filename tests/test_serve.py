@@ -369,9 +369,9 @@ def test_serve_refuses_unsafe_settings(tmp_path, capsys):
     assert "warning: serving on 0.0.0.0" in capsys.readouterr().err
     with pytest.raises(SelfMMError, match="at least 16 characters"):
         serve(missing, token="short", port=0)
-    with pytest.raises(SelfMMError, match=r"--workers must be in \[1, 64\], got 0"):
+    with pytest.raises(SelfMMError, match=r"`workers` must be in \[1, 64\], got 0"):
         serve(missing, workers=0, port=0)
-    with pytest.raises(SelfMMError, match=r"max_seconds: expected a finite number in \(0, 3600\], got 0"):
+    with pytest.raises(SelfMMError, match=r"`max_seconds`: expected a finite number in \(0, 3600\], got 0"):
         serve(missing, max_seconds=0, port=0)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -79,7 +79,7 @@ def label_trajectory(seed_dir: str | Path, data: FeatureData | None = None) -> L
         missing = [clip for clip in ids if clip not in row]
         if missing:
             raise SelfMMError(f"{data.path} does not hold {len(missing)} of the run's {len(ids)} "
-                              f"training clips (e.g. {missing[0]!r}): pass the run's own file with --data")
+                              f"training clips (e.g. {missing[0]!r}): pass the run's own file as `data`")
         order = np.array([row[clip] for clip in ids])
         human = {s: np.asarray(train.unimodal_labels[s], np.float64)[order] for s in UNIMODAL}
     return LabelTrajectory(seed=int(saved["seed"]), ids=ids, m=m, u=u, human=human,

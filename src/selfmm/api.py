@@ -18,25 +18,29 @@ from typing import Any
 import torch
 
 from . import datasets, distributed, provenance
-from .configuration import DEFAULT_SEEDS, Config, check_seeds, resolve
+from .checks import boolean, checked, instance, integer, one_of, optional, path, text
+from .configuration import DEFAULT_SEEDS, MAX_WORKERS, PRECISIONS, Config, dataset_name, resolve, seed_list
+from .data.mmsa import feature_data
 from .data.types import FeatureData
 from .encoder import load_encoder_config
 from .errors import SelfMMError
+from .inference import check_outputs, check_text
 from .interop import read_config_file
 from .jobs import SeedTask, fit_seeds, threads_per_job
 from .model import SelfMM
-from .models import class_path, model_builder
+from .models import class_path, model_builder, model_class
 from .precision import check_precision
 from .reproduction import check_labels, compare
 from .reproduction import write as write_reproduction
 from .results import write_results
 from .resume import check_resume
 from .rundir import RunDirectory
-from .runtime import resolve_device, restored_settings
-from .train import fit_seed
+from .runtime import configure_determinism, device_name, resolve_device, restored_settings
+from .train import check_data, fit_seed
 from .trained import Run, load_run
 
 
+@checked(dataset=dataset_name, file=optional(path))
 def config(dataset: str, file: str | Path | None = None, **overrides: Any) -> Config:
     """The published configuration of `dataset` (SPEC 3), then a config file (ours, `selfmm
     tune`'s best_config.json or MMSA's config_regression.json), then `overrides`: any
@@ -50,6 +54,14 @@ def _api_call(out: Path, seeds: list[int], device: str, resume: bool, model: typ
     return f"selfmm.fit(cfg, data, {str(out)!r}, seeds={seeds}, device={device!r}, resume={resume}{extra})"
 
 
+# The rules of the parameters that fit and reproduce share (selfmm.checks).
+RUN_ARGUMENTS = {"data": feature_data, "out": path, "seeds": optional(seed_list), "device": device_name,
+                 "resume": boolean, "progress": boolean, "invocation": optional(text),
+                 "jobs": integer(1, MAX_WORKERS)}
+
+
+@checked(cfg=instance(Config, "a selfmm.Config (from selfmm.config)"), model=optional(model_class),
+         **RUN_ARGUMENTS)
 @restored_settings()  # TF32, determinism, threads: as the caller had them, once fit returns
 def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
         device: str = "auto", resume: bool = False, progress: bool = True,
@@ -67,18 +79,18 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     """
     out = Path(out)
     seeds = list(seeds) if seeds is not None else list(DEFAULT_SEEDS)
-    check_seeds(seeds)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise SelfMMError(f"jobs: expected a whole number of processes of at least 1, got {jobs!r}")
     if jobs > 1 and distributed.processes_from_env() > 1:
-        raise SelfMMError("jobs: under torchrun every process already trains a shard of each seed; "
-                          "run seeds side by side (jobs > 1) without torchrun")
+        raise SelfMMError("`jobs`: under torchrun every process already trains a shard of each seed; "
+                          "run seeds side by side (`jobs` > 1) without torchrun")
     torch_device = resolve_device(device)
     check_precision(cfg.train.precision, torch_device)
     run_dir = RunDirectory(out, resume=resume)
     run_dir.check()  # every rank, before rank 0 creates the directory
-    if model is None:
-        load_encoder_config(cfg.model.text_model)  # fail fast, before any directory is made
+    check_data(cfg, data)
+    if model is None:  # fail fast, before any directory is made
+        text = load_encoder_config(cfg.model.text_model)
+        for name, split in data.splits.items():
+            check_text(split.text_bert, text, f"{data.path}: split {name!r}: key 'text_bert'")
     build = model_builder(cfg, model)
     dist, torch_device = distributed.init_from_env(torch_device)
     record = provenance.record(torch_device, data.path, data.overrides,
@@ -88,6 +100,11 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     if resume:
         check_resume(out, cfg.to_dict(), data.spec.to_dict(), record["data"],
                      class_path(model or SelfMM))
+    if model is not None:
+        # Before its first cuBLAS call (see configure_determinism); fit_seed seeds afresh.
+        configure_determinism(torch_device, cfg.train.deterministic)
+        check_outputs(build(data.spec).to(torch_device), data.splits["train"], cfg.optim.batch_size,
+                      torch_device)
 
     log = (lambda s: print(s, file=sys.stderr)) if dist.is_main else (lambda s: None)
     per_seed: dict[int, dict[str, float]] = {}
@@ -109,6 +126,8 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     return load_run(out, model=model) if dist.is_main else Run(out, {}, None)
 
 
+@checked(dataset=dataset_name, text_model=optional(text), max_epochs=optional(integer(0)),
+         precision=optional(one_of(*PRECISIONS)), **RUN_ARGUMENTS)
 def reproduce(dataset: str, data: FeatureData, out: str | Path, seeds: list[int] | None = None, *,
               text_model: str | None = None, device: str = "auto", max_epochs: int | None = None,
               precision: str | None = None, resume: bool = False, progress: bool = True,

@@ -9,11 +9,11 @@ the arguments a call gives (defaults are the library's own and are not checked),
 of the signature, before the function's body, and turns a `Wrong` into an error that names the
 parameter, what it got and what it takes:
 
-    seeds: expected a non-empty list of distinct integers in [0, 2^32), got []
+    `seeds`: expected a non-empty list of distinct integers in [0, 2^32), got []
 
 `ArgumentTypeError` (a TypeError) for a value of the wrong kind, `ArgumentError` (a ValueError)
 for one of the right kind out of range; both are SelfMMErrors, so the command line prints them
-as one line, naming its flag where the message names the parameter (selfmm.cli).
+as one line, showing its flag where the message names the parameter (selfmm.cli).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def shown(value: Any) -> str:
 def problem(name: str, value: Any, wrong: Wrong) -> ArgumentError:
     """The error for parameter `name` given `value`."""
     error = ArgumentTypeError if wrong.kind else ArgumentError
-    return error(f"{name}: expected {wrong.expects}, got {shown(value)}", parameters=(name,))
+    return error(f"`{name}`: expected {wrong.expects}, got {shown(value)}")
 
 
 def check(name: str, value: Any, rule: Rule) -> Any:
@@ -75,7 +75,9 @@ def checked(**rules: Rule) -> Callable[[F], F]:
         unknown = set(rules) - set(signature.parameters)
         if unknown:
             raise TypeError(f"{fn.__qualname__} has no parameter {', '.join(sorted(unknown))}")
-        order = [name for name in signature.parameters if name in rules]
+        # Rules that load something (a path where data belongs) run after every other one.
+        order = sorted((name for name in signature.parameters if name in rules),
+                       key=lambda name: getattr(rules[name], "loads", False))
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -85,6 +87,13 @@ def checked(**rules: Rule) -> Callable[[F], F]:
                     bound.arguments[name] = check(name, bound.arguments[name], rules[name])
             return fn(*bound.args, **bound.kwargs)
 
+        def check_only(**arguments: Any) -> None:
+            """The rules of the named arguments alone, for a caller that checks before its own
+            work (the command line, before it loads data)."""
+            for name, value in arguments.items():
+                check(name, value, rules[name])
+
+        call.check = check_only  # type: ignore[attr-defined]
         return call  # type: ignore[return-value]
 
     return decorate
@@ -93,13 +102,17 @@ def checked(**rules: Rule) -> Callable[[F], F]:
 # --- rules ---------------------------------------------------------------------------------
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 def _bounds(low: float | None, high: float | None, above: float | None = None) -> str:
     opening, start = ("(", above) if above is not None else ("[", low)
     if start is not None and high is not None:
-        return f" in {opening}{start:g}, {high:g}]"
+        return f" in {opening}{_number(start)}, {_number(high)}]"
     if start is not None:
-        return f" {'>' if above is not None else '>='} {start:g}"
-    return f" <= {high:g}" if high is not None else ""
+        return f" {'>' if above is not None else '>='} {_number(start)}"
+    return f" <= {_number(high)}" if high is not None else ""
 
 
 def integer(low: int | None = None, high: int | None = None) -> Rule:

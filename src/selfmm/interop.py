@@ -17,7 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .checks import checked, instance, path
 from .configuration import Config, coerce, flatten, read_json_object, to_bool
+from .configuration import seed as seed_rule
 from .encoder import load_encoder
 from .errors import ConfigError, SelfMMError
 from .io import atomic_writer, write_bytes
@@ -160,6 +162,7 @@ def translate_mmsa_config(obj: dict[str, Any], dataset: str | None, source: str 
 # Weights
 
 
+@checked(weights=path, cfg=instance(Config, "a selfmm.Config (from selfmm.config)"), out=path, seed=seed_rule)
 def import_mmsa(weights: Path, cfg: Config, out: Path, seed: int = 0) -> Path:
     """Write a run directory from MMSA's self_mm weights: config.json, encoder/,
     best.safetensors. No metrics.json: nothing was trained or tested here."""
@@ -194,10 +197,10 @@ def mmsa_results_row(model_name: str, per_seed: PerSeed) -> tuple[list[str], lis
     return ["Model", *names], [model_name, *cells]
 
 
-def write_mmsa_results(path: str | Path, model_name: str, per_seed: PerSeed, *, replace: bool = False) -> None:
-    """Append one model's row to an MMSA results CSV (created if absent), as MMSA's run does.
-    `replace`: a file that is not such a CSV is replaced instead of refused."""
-    path = Path(path)
+def write_mmsa_results(out: str | Path, model_name: str, per_seed: PerSeed, *, replace: bool = False) -> None:
+    """Append one model's row to the MMSA results CSV `out` (created if absent), as MMSA's run
+    does. `replace`: a file that is not such a CSV is replaced instead of refused."""
+    path = Path(out)
     header, row = mmsa_results_row(model_name, per_seed)
     rows: list[list[str]] = []
     if path.exists():
@@ -206,14 +209,14 @@ def write_mmsa_results(path: str | Path, model_name: str, per_seed: PerSeed, *, 
                 existing = list(csv.reader(handle))
         except (UnicodeDecodeError, csv.Error) as exc:
             if not replace:
-                raise SelfMMError(f"{path} is not a CSV file ({exc}); choose another --out "
-                                  "or pass --force to replace it") from None
+                raise SelfMMError(f"{path} is not a CSV file ({exc}); choose another `out` "
+                                  "or pass `replace=True` to replace it") from None
             existing = []
         if existing and existing[0] != header and replace:
             existing = []
         if existing and existing[0] != header:
             raise SelfMMError(f"{path} has columns {', '.join(existing[0])}, not "
-                              f"{', '.join(header)}: choose another --out for this dataset")
+                              f"{', '.join(header)}: choose another `out` for this dataset")
         rows = existing[1:]
     with atomic_writer(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")

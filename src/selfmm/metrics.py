@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
-from .datasets import MOS_METRICS, SIMS_METRICS, Column
+from .checks import Wrong, checked
+from .datasets import MOS_METRICS, SIMS_METRICS, Column, dataset_name
 
 METRIC_NAMES = Column(lambda dataset: dataset.metrics)  # dataset -> its metrics, in table order
 
@@ -31,6 +32,18 @@ _SIMS_EDGES: dict[int, tuple[float, ...]] = {
 }
 
 
+def _numbers(value: Any) -> Any:
+    """A rule: an array-like of numbers (a list, a numpy array, a tensor)."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+        raise Wrong("an array of numbers (a list, a numpy array or a tensor)", kind=True)
+    try:
+        _as_array(value).astype(np.float64)
+    except (TypeError, ValueError):
+        raise Wrong("an array of numbers (a list, a numpy array or a tensor)", kind=True) from None
+    return value
+
+
+@checked(y_pred=_numbers, y_true=_numbers, dataset=dataset_name)
 def regression_metrics(y_pred: Any, y_true: Any, dataset: str) -> dict[str, float]:
     """All SPEC 6 metrics of one split, keys in METRIC_NAMES[dataset] order, as fractions."""
     if dataset not in METRIC_NAMES:

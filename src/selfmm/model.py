@@ -16,11 +16,16 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .bert import cls_vector
+from .checks import checked, instance, integer
 from .configuration import ModelConfig
 from .data.batch import Batch
 from .precision import full_precision
 from .runtime import cpu_threads
 from .transfer import to_device
+
+# Widths of an audio or vision frame: the benchmark files' are at most 709, face meshes a few
+# thousand; a width beyond this is not a feature file's.
+MAX_INPUT_WIDTH = 65536
 
 
 class Heads(NamedTuple):
@@ -157,6 +162,9 @@ class Head(nn.Module):
 
 
 class SelfMM(nn.Module):
+    @checked(encoder=instance(nn.Module, "a text encoder (a transformers model)"),
+             audio_dim=integer(1, MAX_INPUT_WIDTH), vision_dim=integer(1, MAX_INPUT_WIDTH),
+             cfg=instance(ModelConfig, "a selfmm ModelConfig (selfmm.config(...).model)"))
     def __init__(self, encoder: nn.Module, audio_dim: int, vision_dim: int, cfg: ModelConfig):
         super().__init__()
         self.freeze_encoder = cfg.freeze_encoder

@@ -15,7 +15,10 @@ A run records the class as `module:QualName` (class_path) and is rebuilt from it
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
+from .checks import Wrong
 from .configuration import Config
 from .data.types import DataSpec
 from .encoder import load_encoder, load_tokenizer
@@ -59,13 +63,50 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def import_class(path: str) -> type:
-    """The class a run recorded with `class_path`; ImportError or AttributeError when it is gone."""
+def import_class(path: str, untrusted: Sequence[str | os.PathLike] = ()) -> type[torch.nn.Module]:
+    """The model class a run recorded with `class_path`, imported by module name from what is
+    installed: never from the current directory (sys.path's '' or its path) nor from the
+    `untrusted` folders (the run's), so that a run folder that names a module it ships cannot
+    make its reader run that code. ImportError when the class is not importable so (or is not
+    a torch Module class), AttributeError when the module has no such name."""
     module, _, name = path.partition(":")
-    obj: Any = importlib.import_module(module)
+    obj: Any = _import_installed(module, [Path.cwd(), *map(Path, untrusted)])
     for part in name.split("."):
         obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+        raise ImportError(f"{path} is not a torch.nn.Module class")
     return obj
+
+
+def _import_installed(module: str, untrusted: list[Path]) -> Any:
+    if module in sys.modules:  # imported already: importing it again runs nothing
+        return sys.modules[module]
+    banned = [folder.resolve() for folder in untrusted]
+
+    def trusted(entry: str) -> bool:
+        where = Path(entry or ".").resolve()
+        return where != banned[0] and not any(where == b or b in where.parents for b in banned[1:])
+
+    saved = list(sys.path)
+    try:
+        sys.path[:] = [entry for entry in saved if trusted(entry)]
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            raise ImportError(f"no installed module {module!r}")
+        origin = Path(spec.origin).resolve() if spec.origin and spec.has_location else None
+        if origin is not None and any(b in origin.parents for b in banned[1:]):
+            raise ImportError(f"module {module!r} would come from the run's own folder ({origin})")
+        return importlib.import_module(module)
+    finally:
+        sys.path[:] = saved
+
+
+def model_class(value: Any) -> type[torch.nn.Module]:
+    """A rule of selfmm.checks: a class of your own (see the protocol above)."""
+    if not (isinstance(value, type) and issubclass(value, torch.nn.Module)):
+        hint = " (the class itself, not an instance of it)" if isinstance(value, torch.nn.Module) else ""
+        raise Wrong(f"a class of your own, a subclass of torch.nn.Module{hint}", kind=True)
+    return value
 
 
 def check_model(model: Any) -> None:
@@ -227,11 +268,12 @@ def mmsa_to_selfmm(state: dict[str, torch.Tensor], cfg: Config, encoder: torch.n
         width = renamed["text_encoder.embeddings.word_embeddings.weight"].shape[1] \
             if "text_encoder.embeddings.word_embeddings.weight" in renamed else None
         if width is not None and width != encoder.config.hidden_size:
-            hints.append(f"a text model of width {width} (--text-model; "
+            hints.append(f"a text model of width {width} (`text_model`; "
                          f"{cfg.model.text_model!r} has {encoder.config.hidden_size})")
         raise SelfMMError(f"{source}: shapes do not match the {cfg.dataset} configuration: "
                           + "; ".join(wrong)
-                          + (f". The weights imply {', '.join(hints)} (--set KEY=VALUE or --config)"
+                          + (f". The weights imply {', '.join(hints)} (set them in the configuration: "
+                             "`overrides` or `file` of selfmm.config)"
                              if hints else ""))
     model.load_state_dict({k: v for k, v in renamed.items() if k in expected})
     return model

@@ -50,7 +50,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise SelfMMError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "cpu" and not cpu_bf16():
         raise SelfMMError("precision bf16: this CPU has no native bf16 (neither AMX nor AVX512-BF16), "
-                          "where bf16 is slower than fp32; train with --precision fp32")
+                          "where bf16 is slower than fp32; train with `precision=fp32`")
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:

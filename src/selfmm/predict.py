@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from . import datasets
+from .checks import checked, instance, integer, number, one_of, optional, path, text
+from .configuration import seed
 from .data.layout import LEGACY_VISUAL_FEATURES, SPLITS, UNKNOWN_FEATURES
 from .data.mmsa import load_features
 from .data.types import Split
@@ -35,7 +37,7 @@ from .inference import check_text, predict
 from .io import check_file
 from .model import SelfMM
 from .results import format_table
-from .runtime import resolve_device
+from .runtime import device_name, resolve_device
 from .trained import load_run
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -46,7 +48,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 NEUTRAL_DIVISOR = 10
 WIDTH_HINT = ("a checkpoint trained on benchmark features (COVAREP/Facet/OpenFace) needs "
               "benchmark-style features, and clips from `selfmm extract` need a run trained on a "
-              "file made by `selfmm extract-dataset` with the same --audio-features and --visual-features")
+              "file made by `selfmm extract-dataset` with the same `audio_features` and `visual_features`")
 
 
 @dataclass
@@ -129,6 +131,8 @@ class Predictor:
     visual set has its videos extracted with haar, the only set before the set was recorded.
     """
 
+    @checked(run=path, seed=optional(seed), device=device_name, text_model=optional(text),
+             audio_features=optional(one_of(*AUDIO_SETS)), visual_features=optional(one_of(*VISUAL_SETS)))
     def __init__(self, run: str | os.PathLike, *, seed: int | None = None, device: str = "auto",
                  text_model: str | None = None, audio_features: str | None = None,
                  visual_features: str | None = None) -> None:
@@ -149,7 +153,7 @@ class Predictor:
                 raise SelfMMError(
                     f"{modality} features {asked} asked for, but the run {self.run} was trained "
                     f"on {recorded} {modality} features; its videos are extracted with "
-                    f"{recorded} (leave --{modality}-features out)")
+                    f"{recorded} (leave `{modality}_features` out)")
         self.video_audio_features = audio_features or self.audio_features
         self.video_visual_features = visual_features or (
             LEGACY_VISUAL_FEATURES if self.visual_features == UNKNOWN_FEATURES else self.visual_features)
@@ -183,10 +187,11 @@ class Predictor:
                 except (OSError, ValueError, TypeError):
                     raise SelfMMError(
                         f"the run {self.run} saved no tokenizer, so a transcript cannot be "
-                        "tokenized; pass --text-model NAME_OR_PATH (the text model it was trained "
+                        "tokenized; pass `text_model=NAME_OR_PATH` (the text model it was trained "
                         "with)") from None
         return self._tokenizer
 
+    @checked(name=text, audio_dim=integer(0), vision_dim=integer(0))
     def check_widths(self, name: str, audio_dim: int, vision_dim: int) -> None:
         for modality, got, want in (("audio", audio_dim, self.audio_dim),
                                     ("vision", vision_dim, self.vision_dim)):
@@ -195,6 +200,8 @@ class Predictor:
                                   f"{self.run} was trained on {want}-wide {modality} features; "
                                   + WIDTH_HINT)
 
+    @checked(name=text, audio_features=text, audio_dim=integer(0), vision_dim=integer(0),
+             visual_features=text)
     def check_features(self, name: str, audio_features: str, audio_dim: int, vision_dim: int,
                        visual_features: str = UNKNOWN_FEATURES) -> None:
         """Refuse features of another audio or visual set than the run's (when both sides
@@ -204,7 +211,7 @@ class Predictor:
             if UNKNOWN_FEATURES not in (got, want) and got != want:
                 raise SelfMMError(f"{name}: {modality} features are {got}, but the run {self.run} "
                                   f"was trained on {want} {modality} features; extract the "
-                                  f"clips again with --{modality}-features {want}")
+                                  f"clips again with `{modality}_features={want}`")
         self.check_widths(name, audio_dim, vision_dim)
 
     def _video_audio_set(self, name: str) -> AudioFeatureSet:
@@ -215,10 +222,11 @@ class Predictor:
             # A run on benchmark widths: the width message says what is wrong.
             self.check_widths(name, AUDIO_SETS[fits[0] if fits else DEFAULT_AUDIO_FEATURES].dim,
                               self._video_visual_set(name).dim)
+            choices = " or ".join(f"`audio_features={fit}`" for fit in fits)
             raise SelfMMError(
                 f"{name}: the run {self.run} records no audio feature set (its training file "
-                f"records none); its {self.audio_dim}-wide audio fits --audio-features "
-                f"{' or '.join(fits)}: pass it if that is how its training file was extracted "
+                f"records none); its {self.audio_dim}-wide audio fits {choices}: pass it if "
+                "that is how its training file was extracted "
                 "(files from `selfmm extract-dataset` before it recorded the set are librosa)")
         if chosen not in AUDIO_SETS:
             raise SelfMMError(f"{name}: the run {self.run} was trained on {chosen} audio features, "
@@ -234,6 +242,7 @@ class Predictor:
                               f"which this selfmm cannot extract (it knows {', '.join(VISUAL_SETS)})")
         return VISUAL_SETS[chosen]
 
+    @checked(split=instance(Split, "a selfmm Split (one of FeatureData.splits)"), name=text)
     def score_split(self, split: Split, name: str) -> list[ClipScore]:
         if isinstance(self.model, SelfMM):
             check_text(split.text_bert, self.model.text_encoder.config, name)
@@ -249,6 +258,7 @@ class Predictor:
             for j, clip in enumerate(split.ids)
         ]
 
+    @checked(path=path, split=one_of(*SPLITS, "all"))
     def score_features(self, path: str | os.PathLike, split: str = "all") -> list[ClipScore]:
         """Every clip of `split` ("all": every non-empty split) of an MMSA feature file."""
         name = os.fspath(path)
@@ -257,6 +267,7 @@ class Predictor:
         names = [s for s, part in data.splits.items() if len(part)] if split == "all" else [split]
         return [score for s in names for score in self.score_split(data.splits[s], name)]
 
+    @checked(path=path, transcript=optional(text), max_seconds=optional(number(above=0)))
     def score_video(self, path: str | os.PathLike, transcript: str | None = None,
                     max_seconds: float | None = None) -> list[ClipScore]:
         """Extract one video's features (the `video` extra) with the run's audio and visual

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from . import datasets
+from .data.mmsa import check_label_range
 from .data.types import FeatureData
 from .datasets import SOURCES, Column
 from .errors import SelfMMError
@@ -38,11 +39,9 @@ PUBLISHED = Column(lambda dataset: dataset.published)  # dataset -> source -> Pu
 def check_labels(data: FeatureData, dataset: str) -> None:
     """The file's labels must fit the dataset named: inside its range, and, for the [-3, 3]
     datasets, beyond [-1, 1] somewhere (a file whose labels all lie within +-1 is SIMS-like)."""
+    check_label_range(data, dataset)
     low, high = datasets.get(dataset).label_range
     labels = np.concatenate([np.asarray(s.labels) for s in data.splits.values()])
-    if labels.size and (labels.min() < low or labels.max() > high):
-        raise SelfMMError(f"{data.path}: labels run from {labels.min():g} to {labels.max():g}, outside "
-                          f"{dataset}'s range [{low:g}, {high:g}]: not a {dataset} file")
     if high > 1 and labels.size and np.abs(labels).max() <= 1:
         raise SelfMMError(f"{data.path}: every label lies within [-1, 1], as in SIMS, not in {dataset}'s "
                           f"[{low:g}, {high:g}]: not a {dataset} file")

@@ -131,7 +131,7 @@ def check_resume(out: Path, config: dict[str, Any], spec: dict[str, Any], data: 
             found.append(f"model class {saved['model_class']} (now {model_class})")
         if found:
             raise SelfMMError(f"cannot resume {out}: {source} records another setup: {'; '.join(found)}; "
-                              "resume with the run's settings and data, or choose another --out")
+                              "resume with the run's settings and data, or choose another `out`")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -196,11 +196,11 @@ class RunDirectory:
     def check(self) -> None:
         """Refuse a path that is not a directory, or that holds a run while not resuming."""
         if self.path.exists() and not self.path.is_dir():
-            raise SelfMMError(f"--out {self.path} exists and is not a directory")
+            raise SelfMMError(f"`out` {self.path} exists and is not a directory")
         existing = self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
         if existing and not self.resume:
-            raise SelfMMError(f"--out {self.path} already holds a run; pass --resume to continue it "
-                              "or choose another directory")
+            raise SelfMMError(f"`out` {self.path} already holds a run; pass `resume=True` to continue "
+                              "it or choose another directory")
 
     def __enter__(self) -> Path:
         self.check()

@@ -15,7 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import Wrong
 from .errors import SelfMMError
+
+
+def device_name(value: Any) -> str | torch.device:
+    """A rule of selfmm.checks: a device selfmm runs on; resolve_device says what is wrong."""
+    if not isinstance(value, (str, torch.device)):
+        raise Wrong("a device: 'cpu', 'cuda', 'cuda:N' or 'auto'", kind=True)
+    resolve_device(value)
+    return value
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from . import checkpoint, distributed
 from .configuration import Config
 from .data.batch import Batch, Collator
+from .data.layout import SPLITS
+from .data.mmsa import check_label_range
 from .data.types import FeatureData, Split
 from .errors import SelfMMError
 from .inference import Predictions, check_text, encode_all_text, forward, predict
@@ -288,6 +290,16 @@ def save_epoch(out: Path, state: TrainingState, improved: bool, train_ids: list[
     checkpoint.prune(out)
 
 
+def check_data(cfg: Config, data: FeatureData) -> None:
+    """What training needs of the data, known before the first step: clips in every split (the
+    test split is scored at the end) and labels in the configured dataset's range."""
+    for name in SPLITS:
+        if len(data.splits[name]) == 0:
+            raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs clips in "
+                              f"train and valid, and testing in test")
+    check_label_range(data, cfg.dataset)
+
+
 def start_seed(cfg: Config, data: FeatureData, seed: int, device: torch.device, build: ModelBuilder,
                dist: distributed.Context = distributed.ONE_PROCESS) -> TrainingState:
     """Seed, build and check the model, then its optimizer and ULGM: the state of epoch 0."""
@@ -356,9 +368,7 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     tuner's prune signal) stops the run. Under torch.distributed (`dist`), every rank trains
     its shard and keeps the same ULGM state; only the main rank writes files and tests.
     """
-    for name in ("train", "valid"):
-        if len(data.splits[name]) == 0:
-            raise SelfMMError(f"{data.path}: split {name!r} has no clips; training needs train and valid clips")
+    check_data(cfg, data)
     check_precision(cfg.train.precision, device)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"path": str(Path(data.path).resolve()), **data.spec.to_dict()}

@@ -19,13 +19,16 @@ import numpy as np
 import torch
 
 from . import provenance
-from .configuration import Config, from_dict
+from .checks import checked, one_of, optional, path
+from .configuration import Config, from_dict, seed
+from .data.layout import SPLITS
+from .data.mmsa import feature_data
 from .data.types import DataSpec, FeatureData
 from .errors import SelfMMError
-from .inference import predict
+from .inference import check_text, predict
 from .metrics import regression_metrics
 from .model import SelfMM
-from .models import class_path, import_class, load_seed_model
+from .models import class_path, import_class, load_seed_model, model_class
 from .runs import (
     CONFIG,
     best_seed_dir,
@@ -36,7 +39,7 @@ from .runs import (
     read_ulabels,
     seed_dirs,
 )
-from .runtime import resolve_device
+from .runtime import device_name, resolve_device
 
 
 @dataclass
@@ -81,14 +84,16 @@ class SeedRun:
     def provenance(self) -> dict[str, Any] | None:
         return self.saved.get("provenance")
 
+    @checked(device=device_name)
     def model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The model with its best weights, in eval mode."""
         cfg, spec = self.config, self.spec
         if self.model_class is None:
-            raise SelfMMError(f"{self.path}: its model class {self.model_class_name} cannot be imported; "
-                              "pass model= to load_run")
+            raise SelfMMError(f"{self.path}: its model class {self.model_class_name} cannot be imported "
+                              "from the installed modules; pass `model` to load_run")
         return load_seed_model(self.path, self.model_class, spec, cfg, device)
 
+    @checked(data=feature_data)
     def check_data(self, data: FeatureData) -> None:
         """The data must have the widths the model was built for; other changes are warned of."""
         spec = self.spec
@@ -109,6 +114,7 @@ class Run:
     seeds: dict[int, SeedRun]
     results: dict[str, Any] | None  # results.json: "seeds", "mean", "std", "config", "provenance"
 
+    @checked(seed=optional(seed))
     def select(self, seed: int | None = None) -> SeedRun:
         """Seed `seed`, or the finished seed with the lowest validation loss."""
         if seed is not None:
@@ -118,11 +124,13 @@ class Run:
         best = best_seed_dir([s.path for s in self.seeds.values()])
         return next(s for s in self.seeds.values() if s.path == best)
 
+    @checked(data=feature_data, split=one_of(*SPLITS), device=device_name)
     def evaluate(self, data: FeatureData, split: str = "test", device: str = "auto") -> dict[int, dict[str, float]]:
         """{seed: metrics} of every seed's best weights on `split` of `data`, each computed in
         the precision its seed was trained in (its config's `precision`), on any device."""
         return {seed: self._evaluate(s, data, split, device)[0] for seed, s in self.seeds.items()}
 
+    @checked(data=feature_data, split=one_of(*SPLITS), device=device_name, seed=optional(seed))
     def predict(self, data: FeatureData, split: str = "test", device: str = "auto",
                 seed: int | None = None) -> list[dict[str, Any]]:
         """One row per clip of `split`: id, label, pred_m (the prediction), pred_t, pred_a,
@@ -134,11 +142,15 @@ class Run:
             raise SelfMMError(f"{data.path}: split {split!r} has no clips")
         seed_run.check_data(data)
         torch_device = resolve_device(device)
-        preds = predict(seed_run.model(torch_device), data.splits[split], torch_device,
-                        precision=seed_run.config.train.precision)
+        model = seed_run.model(torch_device)
+        if isinstance(model, SelfMM):  # else the embedding fails half-way with an IndexError
+            check_text(data.splits[split].text_bert, model.text_encoder.config,
+                       f"{data.path}: split {split!r}: key 'text_bert'")
+        preds = predict(model, data.splits[split], torch_device, precision=seed_run.config.train.precision)
         return regression_metrics(preds.heads["m"], preds.labels, seed_run.config.dataset), preds.rows()
 
 
+@checked(path=path, model=optional(model_class))
 def load_run(path: str | Path, *, model: type[torch.nn.Module] | None = None) -> Run:
     """Read a run directory (or one seed directory) written by `fit` or `selfmm train`.
 
@@ -153,11 +165,11 @@ def load_run(path: str | Path, *, model: type[torch.nn.Module] | None = None) ->
         cls = model or (SelfMM if recorded == class_path(SelfMM) else None)
         if cls is None:
             try:
-                cls = import_class(recorded)
+                cls = import_class(recorded, untrusted=[path, directory])
             except (ImportError, AttributeError) as exc:
-                warnings.warn(f"{directory}: its model class {recorded} cannot be imported here "
-                              f"({type(exc).__name__}: {exc}); pass model= to load_run to rebuild it",
-                              stacklevel=2)
+                warnings.warn(f"{directory}: its model class {recorded} cannot be imported from the "
+                              f"installed modules ({type(exc).__name__}: {exc}); pass `model` to "
+                              "load_run to rebuild it", stacklevel=2)
         seeds[int(saved["seed"])] = SeedRun(directory, int(saved["seed"]), saved, cls)
     results = read_results(path, None) if not (path / CONFIG).exists() else None
     return Run(path, seeds, results)

@@ -20,6 +20,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from .checks import check, integer
 from .configuration import TUNING_SPACE, Config, check_seeds, with_values
 from .data.types import FeatureData
 from .errors import SelfMMError
@@ -33,6 +34,9 @@ from .runtime import resolve_device
 from .train import NumericalError, fit_seed
 
 # A trial whose process died stops beating; the next search marks it failed after this grace.
+# More trials than any search needs (MMSA's space has 18 settings; the default runs 20 trials):
+# a bound against a mistyped count, which would run for months.
+MAX_TRIALS = 10_000
 HEARTBEAT_S = 60
 GRACE_S = 180
 
@@ -61,7 +65,7 @@ def open_study(storage: str, name: str, cfg: Config, sampler_seed: int | None = 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as exc:  # noqa: BLE001 - bad URL, missing driver, unreachable server
-        raise SelfMMError(f"--storage {redact(storage)}: cannot open: {exc}") from None
+        raise SelfMMError(f"`storage` {redact(storage)}: cannot open: {exc}") from None
     study = optuna.create_study(
         storage=rdb, study_name=name, direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed),
@@ -78,7 +82,7 @@ def open_study(storage: str, name: str, cfg: Config, sampler_seed: int | None = 
         changed += data_differences(study.user_attrs["data"], data)
     if changed:
         raise SelfMMError(f"study {name!r} in {redact(storage)} was started with another setup: "
-                          f"{'; '.join(changed)}; use the same one or another --study-name")
+                          f"{'; '.join(changed)}; use the same one or another `study_name`")
     return study
 
 
@@ -138,14 +142,12 @@ def summary(study: optuna.Study, storage: str) -> str:
 
 def check_settings(trials: int, seed: int, sampler_seed: int | None, prune_after: int, prune_warmup: int) -> None:
     """The tuner's own settings, before any data is loaded."""
-    if trials < 1:
-        raise SelfMMError(f"--trials must be at least 1, got {trials}")
-    check_seeds([seed], "--seed")
+    check("trials", trials, integer(1, MAX_TRIALS))
+    check_seeds([seed], "`seed`")
     if sampler_seed is not None:
-        check_seeds([sampler_seed], "--sampler-seed")
-    for name, value in (("--prune-after", prune_after), ("--prune-warmup", prune_warmup)):
-        if value < 0:
-            raise SelfMMError(f"{name} must be at least 0, got {value}")
+        check_seeds([sampler_seed], "`sampler_seed`")
+    for name, value in (("prune_after", prune_after), ("prune_warmup", prune_warmup)):
+        check(name, value, integer(0, MAX_TRIALS))
 
 
 def tune(cfg: Config, data: FeatureData, out: str | Path, trials: int, *, storage: str | None = None,
@@ -159,7 +161,7 @@ def tune(cfg: Config, data: FeatureData, out: str | Path, trials: int, *, storag
     out = Path(out)
     marker = out / "tune.json"
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not marker.exists():
-        raise SelfMMError(f"--out {out} holds something other than a tuning run; choose another directory")
+        raise SelfMMError(f"`out` {out} holds something other than a tuning run; choose another directory")
     # A rerun continues the study, so the directory may exist; the lock still keeps out a
     # second process on this machine.
     run_dir = RunDirectory(out, resume=True)

@@ -39,10 +39,14 @@ already on the device are checked with one read each; "full" mode reads its clas
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral, Real
 from typing import Any, Literal, cast
 
+import numpy as np
 import torch
 
+from .checks import Wrong, boolean, checked, integer, number, one_of
+from .runtime import device_name, resolve_device
 from .transfer import to_device
 
 MODALITIES: tuple[str, ...] = ("m", "t", "a", "v")
@@ -116,12 +120,54 @@ def from_old_layout(state: Mapping[str, Any]) -> Mapping[str, Any]:
     return out
 
 
+# --- the rules of the public methods' arguments (selfmm.checks); cheap: nothing is read back
+# from a device.
+
+def _dims(value: Any) -> Mapping[str, int]:
+    expects = "a mapping of m, t, a and v to positive widths"
+    if not isinstance(value, Mapping):
+        raise Wrong(expects, kind=True)
+    if set(value) != set(MODALITIES) or not all(
+            isinstance(d, Integral) and not isinstance(d, bool) and d > 0 for d in value.values()):
+        raise Wrong(expects)
+    return value
+
+
+def _values(kind: type, what: str) -> Callable[[Any], Any]:
+    expects = f"{what} (a tensor, a numpy array or a sequence)"
+
+    def rule(value: Any) -> Any:
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            if value.dtype == torch.bool or value.dtype == bool or (
+                    kind is Integral and (value.is_floating_point() if isinstance(value, torch.Tensor)
+                                          else not np.issubdtype(value.dtype, np.integer))):
+                raise Wrong(expects, kind=True)
+            return value
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
+                isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise Wrong(expects, kind=True)
+        return value
+
+    return rule
+
+
+def _features(value: Any) -> Mapping[str, torch.Tensor]:
+    if not isinstance(value, Mapping) or not all(isinstance(f, torch.Tensor) for f in value.values()):
+        raise Wrong("a mapping of m, t, a and v to (B, d) tensors", kind=True)
+    return value
+
+
+INDEXES = _values(Integral, "integer sample indexes")
+
+
 class UnimodalLabelGenerator(torch.nn.Module):
     """U-label state for N training samples; see the module docstring and SPEC section 4.
 
     It has no forward: the trainer calls `init_labels`, `step` and `weights`.
     """
 
+    @checked(num_samples=integer(1), dims=_dims, H=number(above=0), exclude_zero=boolean,
+             centres=one_of("full", "incremental"), device=device_name)
     def __init__(self, num_samples: int, dims: Mapping[str, int], H: float,
                  exclude_zero: bool = True, centres: CentreMode = "incremental",
                  device: torch.device | str = "cpu") -> None:
@@ -135,6 +181,7 @@ class UnimodalLabelGenerator(torch.nn.Module):
         self.H = float(H)
         self.exclude_zero = bool(exclude_zero)
         self.centre_mode = centres
+        device = resolve_device(device)
         for s, d in self.dims.items():
             for kind, (shape, dtype) in state_layout(self.num_samples, d).items():
                 self.register_buffer(f"{kind}_{s}", torch.zeros(shape, dtype=dtype, device=device))
@@ -156,6 +203,7 @@ class UnimodalLabelGenerator(torch.nn.Module):
         rows = {s: self._state("centres", s) for s in MODALITIES}
         return {s: (c[0], c[1]) for s, c in rows.items()}
 
+    @checked(indexes=INDEXES, m_labels=_values(Real, "numeric labels"))
     def init_labels(self, indexes: torch.Tensor | Sequence[int],
                     m_labels: torch.Tensor | Sequence[float]) -> None:
         """Set all four labels of these samples to their m-label, then rebuild sums and centres."""
@@ -174,6 +222,7 @@ class UnimodalLabelGenerator(torch.nn.Module):
             self._state("sums", s).copy_(masks.to(torch.float64).T @ self._state("reps", s).to(torch.float64))
         self._refresh_centres()
 
+    @checked(indexes=INDEXES, features=_features, epoch=integer(1), check_finite=boolean)
     def step(self, indexes: torch.Tensor | Sequence[int], features: Mapping[str, torch.Tensor],
              epoch: int, *, check_finite: bool = True) -> None:
         """SPEC steps 3-5 for one batch (epoch is 1-based). `check_finite=False` skips the
@@ -191,6 +240,7 @@ class UnimodalLabelGenerator(torch.nn.Module):
             reps[idx] = feats[s]
         self._refresh_centres()
 
+    @checked(indexes=INDEXES)
     def weights(self, indexes: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
         """Per-sample loss weights tanh(|y_s - y_m|) of the unimodal tasks."""
         idx = self._index(indexes)

@@ -54,7 +54,7 @@ def test_worker_flags(value, tmp_path, capsys):
     for args in (extract, serve):
         assert f"--workers must be in [1, {MAX_WORKERS}], got {value}" in refused(capsys, args)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    with pytest.raises(ConfigError, match="--workers must be in"):
+    with pytest.raises(ConfigError, match="`workers` must be in"):
         extract_dataset(tmp_path, tmp_path / "l.csv", tmp_path / "o.pkl", workers=int(value))
 
 
@@ -87,11 +87,11 @@ def test_tune_seeds(args, message, tmp_path, capsys):
 
 
 def test_synth_seed_and_the_library(tmp_path, capsys):
-    assert "synthetic seed: -1 is not" in refused(capsys, ["synth", "--profile", "mosi", "--seed", "-1",
+    assert "--seed: -1 is not" in refused(capsys, ["synth", "--profile", "mosi", "--seed", "-1",
                                                              "--out", str(tmp_path / "s.pkl")])
-    with pytest.raises(ConfigError, match="seeds: 4294967296 is not"):
+    with pytest.raises(ConfigError, match="`seeds`: 4294967296 is not"):
         selfmm.fit(selfmm.config("mosi"), None, tmp_path / "run", seeds=[2**32])
-    with pytest.raises(ConfigError, match="seeds: True is not"):
+    with pytest.raises(ConfigError, match="`seeds`: True is not"):
         selfmm.fit(selfmm.config("mosi"), None, tmp_path / "run", seeds=[True])
     assert not (tmp_path / "run").exists()
 
@@ -147,7 +147,7 @@ def test_extraction_lengths_are_bounded_before_any_work(flag, value, shown, tmp_
     assert list(tmp_path.iterdir()) == []
     # The library names its parameter, and checks it before looking for the file.
     name = flag[2:].replace("-", "_")
-    with pytest.raises(ValueError, match=re.escape(shown.replace(flag, name))):
+    with pytest.raises(ValueError, match=re.escape(shown.replace(flag, f"`{name}`"))):
         extract_dataset(tmp_path / "absent", tmp_path / "l.csv", tmp_path / "o.pkl", **{name: int(value)})
 
 

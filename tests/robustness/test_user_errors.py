@@ -126,10 +126,11 @@ def test_unknown_devices_are_one_line(command, device, tiny_run, tmp_path, capsy
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--trials", "0"], "--trials must be at least 1, got 0"),
-    (["--trials", "-5"], "--trials must be at least 1, got -5"),
-    (["--prune-after", "-1"], "--prune-after must be at least 0, got -1"),
-    (["--prune-warmup", "-2"], "--prune-warmup must be at least 0, got -2"),
+    (["--trials", "0"], "--trials: expected an integer in [1, 10000], got 0"),
+    (["--trials", "-5"], "--trials: expected an integer in [1, 10000], got -5"),
+    (["--trials", "100000"], "--trials: expected an integer in [1, 10000], got 100000"),
+    (["--prune-after", "-1"], "--prune-after: expected an integer in [0, 10000], got -1"),
+    (["--prune-warmup", "-2"], "--prune-warmup: expected an integer in [0, 10000], got -2"),
     (["--sampler-seed", "-1"], "--sampler-seed: -1 is not an integer in [0, 2^32)"),
     (["--seed", str(2**32)], "--seed: 4294967296 is not an integer in [0, 2^32)"),
 ])

@@ -16,6 +16,7 @@ import shlex
 import sys
 import traceback
 import warnings
+from collections.abc import Sequence
 
 from ..errors import SelfMMError
 from ..pools import Terminated, keep_interrupts, terminate_as_interrupt
@@ -32,24 +33,29 @@ EXIT_TERMINATED = 128 + 15  # and for SIGTERM
 USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST,
                errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
                errno.ENOTEMPTY, errno.EXDEV, errno.ETXTBSY}
-# Python parameters of the library whose flag is not `--` + the name with dashes.
-PARAMETER_FLAGS: dict[str, str] = {}
-# How a library message names a parameter, and how the command line shows its flag there:
-# "resume=True" -> "--resume", "out=runs/a" -> "--out runs/a", "audio_len:" -> "--audio-len:".
-_NAMED = {"=True": "", "=": " ", ":": ":"}
+# Library parameters whose flag is not `--` + the name with dashes.
+PARAMETER_FLAGS = {"replace": "--force", "overrides": "--set", "assignments": "--set", "file": "--config"}
+# A parameter as a library message names it: `name`, `name=True` (a flag without a value) or
+# `name=VALUE`.
+_NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(=[^`]*)?`")
 
 
-def flag_of(parameter: str) -> str:
-    return PARAMETER_FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+def with_flags(message: str, options: Sequence[str]) -> str:
+    """A library message with the parameters it names shown as the command's flags (those of
+    `options`): `out` -> --out, `resume=True` -> --resume, `max_epochs=4` -> --max-epochs 4."""
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        shown = PARAMETER_FLAGS.get(name, "--" + name.replace("_", "-"))
+        if shown not in options:
+            return match.group(0)
+        return shown if value in (None, "=True") else f"{shown} {value[1:]}"
+
+    return _NAMED.sub(flag, message)
 
 
-def with_flags(exc: SelfMMError) -> str:
-    """A library error's message, the parameters it names shown as this command line's flags."""
-    line = str(exc)
-    for name in exc.parameters:
-        line = re.sub(rf"(?<![\w-]){re.escape(name)}(=True\b|=|:)",
-                      lambda m, name=name: flag_of(name) + _NAMED[m.group(1)], line)
-    return line
+def options_of(command: str) -> list[str]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [flag for action in sub.choices[command]._actions for flag in action.option_strings]
 
 
 # Packages of the optional extras, for a one-line answer when a command needs one.
@@ -86,7 +92,7 @@ def _os_error(exc: OSError) -> tuple[str, int]:
 def failure(exc: BaseException, command: str) -> tuple[str, int]:
     """The one line and the exit status of an exception that ended a command."""
     if isinstance(exc, SelfMMError):
-        return with_flags(exc), EXIT_USAGE
+        return with_flags(str(exc), options_of(command)), EXIT_USAGE
     if isinstance(exc, ModuleNotFoundError) and exc.name in EXTRAS:
         return (f"{command} needs the package {exc.name}: pip install 'selfmm[{EXTRAS[exc.name]}]'",
                 EXIT_USAGE)

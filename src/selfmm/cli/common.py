@@ -41,7 +41,7 @@ def training_inputs(args: argparse.Namespace, out: RunDirectory | None = None) -
     cfg = config_from_args(args)
     check_precision(cfg.train.precision, resolve_device(args.device))
     if getattr(args, "seeds", None) is not None:
-        check_seeds(args.seeds, "--seeds")
+        check_seeds(args.seeds)
     if out is not None:
         out.check()
     for path in (args.data, args.text_file, args.audio_file, args.vision_file):

@@ -12,7 +12,6 @@ from ..ablate import ablate as run_ablation
 from ..ablate import ablation_table
 from ..api import fit
 from ..api import reproduce as run_reproduction
-from ..configuration import check_seeds
 from ..encoder import load_encoder_config
 from ..errors import SelfMMError
 from ..results import table
@@ -25,13 +24,8 @@ from ..tune import tune as run_tuning
 from .common import data_from_args, training_inputs
 
 
-def _check_jobs(args: argparse.Namespace) -> None:
-    if args.jobs < 1:
-        raise SelfMMError(f"--jobs must be at least 1, got {args.jobs}")
-
-
 def train(args: argparse.Namespace) -> int:
-    _check_jobs(args)
+    fit.check(seeds=args.seeds, jobs=args.jobs, device=args.device)  # before the data is read
     cfg, data = training_inputs(args, RunDirectory(args.out, resume=args.resume))
     run = fit(cfg, data, args.out, args.seeds, device=args.device, resume=args.resume,
               invocation=args.invocation, jobs=args.jobs)
@@ -46,9 +40,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def reproduce(args: argparse.Namespace) -> int:
-    _check_jobs(args)
-    if args.seeds is not None:
-        check_seeds(args.seeds, "--seeds")
+    run_reproduction.check(seeds=args.seeds, jobs=args.jobs, device=args.device, max_epochs=args.max_epochs)
     RunDirectory(args.out, resume=args.resume).check()
     load_encoder_config(args.text_model or datasets.get(args.dataset).text_model)
     data = data_from_args(args, args.dataset)

@@ -77,7 +77,7 @@ def write_cache(data: FeatureData, out: str | os.PathLike | None = None, *,
         raise SelfMMError(f"{source} is already a cache")
     with OutputLock(out, f"cache {out}"):
         if (out / MANIFEST).exists() and not force:
-            raise SelfMMError(f"{out} already holds a cache; pass force=True to rewrite it")
+            raise SelfMMError(f"{out} already holds a cache; pass `force=True` to rewrite it")
         with atomic_folder(out) as building:
             _write_arrays(data, building)
     return out

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
+from ..checks import Wrong, checked, optional, path
 from ..errors import DataError
 from ..io import check_file
 from .cache import read_cache
@@ -416,6 +417,8 @@ def _check_splits(splits: dict[str, Split], source: str) -> None:
                 )
 
 
+@checked(path=path, dataset=optional(datasets.dataset_name), text_file=optional(path),
+         audio_file=optional(path), vision_file=optional(path))
 def load_features(
     path: str | os.PathLike,
     dataset: str | None = None,
@@ -467,3 +470,50 @@ def load_features(
         audio_features=features["audio_features"],
         visual_features=features["visual_features"],
     )
+
+
+def check_feature_data(data: FeatureData) -> None:
+    """Data built by hand (or changed after loading) must still be what the loader makes: the
+    three splits, each with one row per clip in every array, widths as the data says. Shapes
+    only: cheap enough to run on every call that takes data."""
+    for name in SPLITS:
+        split = data.splits.get(name) if isinstance(data.splits, dict) else None
+        if split is None:
+            raise DataError(f"{data.path}: no split {name!r} (a FeatureData holds train, valid and test)")
+        n = len(split)
+        expected = {"text_bert": (n, 3, None), "audio": (n, None, data.audio_dim),
+                    "vision": (n, None, data.vision_dim), "audio_lengths": (n,), "vision_lengths": (n,),
+                    "labels": (n,)}
+        for key, shape in expected.items():
+            got = tuple(getattr(np.asarray(getattr(split, key)), "shape", ()))
+            if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape, strict=True)):
+                wanted = ", ".join("L" if w is None else str(w) for w in shape)
+                raise DataError(f"{data.path}: split {name!r}: {key} has shape {got}, but the data's "
+                                f"widths and {n} clips need ({wanted})")
+        if len(split.ids) != n:
+            raise DataError(f"{data.path}: split {name!r}: {len(split.ids)} ids for {n} clips")
+
+
+def feature_data(value: Any) -> FeatureData:
+    """A rule of selfmm.checks: loaded data (checked for shapes), or the path of a feature file
+    or cache folder, which is loaded."""
+    if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
+        return load_features(value)
+    if not isinstance(value, FeatureData):
+        raise Wrong("a selfmm.FeatureData (from selfmm.load_features) or the path of a feature file",
+                    kind=True)
+    check_feature_data(value)
+    return value
+
+
+def check_label_range(data: FeatureData, dataset: str) -> None:
+    """Every label of `data` within `dataset`'s range (a file of another dataset is refused
+    before training on it, rather than scored with the wrong metrics after)."""
+    low, high = datasets.get(dataset).label_range
+    labels = np.concatenate([np.asarray(s.labels, np.float64).reshape(-1) for s in data.splits.values()])
+    if labels.size and (labels.min() < low or labels.max() > high):
+        raise DataError(f"{data.path}: labels run from {labels.min():g} to {labels.max():g}, outside "
+                        f"{dataset}'s range [{low:g}, {high:g}]: not a {dataset} file")
+
+
+feature_data.loads = True  # type: ignore[attr-defined]  # checked after the cheap rules

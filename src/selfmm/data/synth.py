@@ -89,7 +89,7 @@ def make_synthetic(profile: str, *, scale: float = 1.0, seed: int = 0,
         raise ConfigError(f"unknown synthetic profile {profile!r}; choose one of {sorted(PROFILES)}")
     if not 0 < scale <= MAX_SCALE:
         raise ConfigError(f"synthetic scale must be positive and at most {MAX_SCALE:g}, got {scale}")
-    check_seeds([seed], "synthetic seed")
+    check_seeds([seed], "`seed`")
     prof, label_max = PROFILES[profile], datasets.get(profile).label_range[1]
     # Directions are shared by all splits: they are the "physics" a model must learn.
     rng = np.random.Generator(np.random.SFC64([seed, 0]))

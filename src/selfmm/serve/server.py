@@ -6,11 +6,13 @@ import os
 import socket
 import sys
 
-from ..checks import checked, integer, optional, text
-from ..configuration import SEED_LIMIT, check_workers
+from ..checks import checked, integer, optional, path, text
+from ..configuration import check_workers
+from ..configuration import seed as seed_rule
 from ..errors import SelfMMError
 from ..extract.speech import SpeechSettings, SpeechUnavailable, speech_settings
 from ..predict import Predictor
+from ..runtime import device_name
 from .app import DEFAULT_QUEUE, LIMITS, create_app
 from .pool import ScoringPool, start_fork_server, stop_fork_server
 from .security import allowed_hosts, check_token, is_loopback
@@ -46,7 +48,8 @@ def speech_or_none(asr_model: str | os.PathLike | None, language: str | None,
     return speech
 
 
-@checked(seed=optional(integer(0, SEED_LIMIT - 1)), host=text, port=integer(0, 65535),
+@checked(run=path, seed=optional(seed_rule), device=device_name, token=optional(text), host=text,
+         port=integer(0, 65535), asr_model=optional(path), language=optional(text),
          max_upload_mb=LIMITS["max_upload_mb"], max_seconds=LIMITS["max_seconds"],
          queue_size=LIMITS["queue_size"], text_model=optional(text))
 def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0.0.1",
@@ -69,8 +72,7 @@ def serve(run: str | os.PathLike, *, seed: int | None = None, host: str = "127.0
               "HTTP (put a TLS proxy in front of it); every request but /health needs the token",
               file=sys.stderr)
         if token is None:
-            raise SelfMMError(f"--host {host} is not loopback: pass --token TOKEN or set "
-                              "SELFMM_TOKEN")
+            raise SelfMMError(f"`host` {host} is not loopback: pass `token` or set SELFMM_TOKEN")
     sock = _listen(host, port)
     pool: ScoringPool | None = None
     own_fork_server = False
