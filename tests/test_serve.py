@@ -364,7 +364,7 @@ def test_serve_refuses_unsafe_settings(tmp_path, capsys):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
     missing = tmp_path / "no-run"
-    with pytest.raises(SelfMMError, match="not loopback: pass --token"):
+    with pytest.raises(SelfMMError, match="`host` 0.0.0.0 is not loopback: pass `token`"):
         serve(missing, host="0.0.0.0", port=0)
     assert "warning: serving on 0.0.0.0" in capsys.readouterr().err
     with pytest.raises(SelfMMError, match="at least 16 characters"):

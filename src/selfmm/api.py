@@ -60,6 +60,16 @@ RUN_ARGUMENTS = {"data": feature_data, "out": path, "seeds": optional(seed_list)
                  "jobs": integer(1, MAX_WORKERS)}
 
 
+def _check_data(cfg: Config, data: FeatureData, own_model: bool) -> None:
+    """What training needs of the data, before any directory is made: clips in every split,
+    labels in range, and (for Self-MM) token ids and lengths the text model can read."""
+    check_data(cfg, data)
+    if not own_model:
+        text = load_encoder_config(cfg.model.text_model)
+        for name, split in data.splits.items():
+            check_text(split.text_bert, text, f"{data.path}: split {name!r}: key 'text_bert'")
+
+
 @checked(cfg=instance(Config, "a selfmm.Config (from selfmm.config)"), model=optional(model_class),
          **RUN_ARGUMENTS)
 @restored_settings()  # TF32, determinism, threads: as the caller had them, once fit returns
@@ -86,11 +96,7 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     check_precision(cfg.train.precision, torch_device)
     run_dir = RunDirectory(out, resume=resume)
     run_dir.check()  # every rank, before rank 0 creates the directory
-    check_data(cfg, data)
-    if model is None:  # fail fast, before any directory is made
-        text = load_encoder_config(cfg.model.text_model)
-        for name, split in data.splits.items():
-            check_text(split.text_bert, text, f"{data.path}: split {name!r}: key 'text_bert'")
+    _check_data(cfg, data, own_model=model is not None)
     build = model_builder(cfg, model)
     dist, torch_device = distributed.init_from_env(torch_device)
     record = provenance.record(torch_device, data.path, data.overrides,

@@ -63,7 +63,13 @@ def test_stop_ends_a_busy_pool_at_once():
     stop(pool)
     assert time.monotonic() - start < 3.5
     assert_gone(workers)
-    assert sum(f.cancelled() for f in futures) >= 4  # the queued ones; the running ones end broken
+    # The queued ones are cancelled and the running ones end broken; under load the executor's
+    # own thread may find its workers gone first and mark the queued ones broken too. Either
+    # way none runs: every future ends, none with a result.
+    deadline = time.monotonic() + 30
+    while not all(f.done() for f in futures) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(f.cancelled() or f.exception() is not None for f in futures)
 
 
 class InterruptedFinalizer:

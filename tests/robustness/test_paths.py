@@ -89,7 +89,7 @@ def test_transcripts_that_are_not_words(value, words, paths, capsys):
                                                    "--out", str(paths["root"] / "o.pkl")])
 
 
-def test_no_epoch_limit_is_the_protocol(monkeypatch, tmp_path):
+def test_no_epoch_limit_is_the_protocol(monkeypatch, tmp_path, synth_path):
     """max_epochs=0 is no limit (early stopping alone), as the protocol trains: not flagged."""
     seen = {}
 
@@ -102,7 +102,8 @@ def test_no_epoch_limit_is_the_protocol(monkeypatch, tmp_path):
     monkeypatch.setattr(api, "fit", fit)
     monkeypatch.setattr(api, "write_reproduction", lambda *args: None)
     monkeypatch.setattr(api, "check_labels", lambda *args: None)
-    record = selfmm.reproduce("mosi", None, tmp_path / "run", max_epochs=0)
+    data = synth_path()
+    record = selfmm.reproduce("mosi", data, tmp_path / "run", max_epochs=0)
     assert seen["max_epochs"] == 0 and not any("epoch" in note for note in record["notes"])
-    record = selfmm.reproduce("mosi", None, tmp_path / "run", max_epochs=3)
+    record = selfmm.reproduce("mosi", data, tmp_path / "run", max_epochs=3)
     assert "at most 3 epoch(s) instead of early stopping alone" in record["notes"]

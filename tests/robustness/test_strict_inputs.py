@@ -172,7 +172,7 @@ def test_a_seed_given_twice_is_refused(command, tmp_path, capsys):
     assert main([command, "--dataset", "mosi", "--data", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "out"),
                  "--seeds", "1111", "7", "1111"]) == 2
     assert "--seeds: 1111 given more than once; give each seed once" in one_error(capsys)
-    with pytest.raises(ConfigError, match="seeds: 7 given more than once"):
+    with pytest.raises(ConfigError, match="`seeds`: 7 given more than once"):
         selfmm.fit(selfmm.config("mosi"), None, tmp_path / "out", seeds=[7, 7])
     assert not (tmp_path / "out").exists()
 

@@ -214,8 +214,8 @@ def check_not_aligned(aligned: bool, **lengths: int | None) -> None:
     """Refuse frame counts given for aligned output, whose every modality has text_len steps."""
     given = [name for name, value in lengths.items() if value is not None]
     if aligned and given:
-        raise ArgumentError(f"{given[0]}: frame counts do not apply to aligned=True output (one step "
-                            "per text token for every modality)", parameters=(given[0], "aligned"))
+        raise ArgumentError(f"`{given[0]}`: frame counts do not apply to `aligned=True` output (one step "
+                            "per text token for every modality)")
 
 
 def speech_record(transcript: str | None, recognised: Transcript | None) -> dict[str, Any]:

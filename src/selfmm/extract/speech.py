@@ -229,8 +229,7 @@ def speech_settings(asr_model: str | os.PathLike | None = None, language: str | 
     if language is not None:
         language = language.strip().lower()
         if not language:
-            raise ArgumentError("language: expected a language code such as en or de, got ''",
-                                parameters=("language",))
+            raise ArgumentError("`language`: expected a language code such as en or de, got ''")
     return SpeechSettings(speech_model(asr_model), language, asr_threads)
 
 
