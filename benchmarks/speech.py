@@ -2,6 +2,7 @@
 
     python benchmarks/speech.py                       # 2, 5, 10 and 30 s of speech, 5 repeats
     python benchmarks/speech.py --seconds 5 --repeats 3 --json out.json
+    python benchmarks/speech.py --quality             # also what it hears: word error rate, word times
 
 The speech is espeak-ng's (a Debian package; tests/speech_media.py) reading the test sentences
 one after another with 0.3 s pauses, cut to each length, at 16 kHz mono: what `extract_media`
@@ -85,17 +86,34 @@ def render_speech(results: dict[str, dict[str, float]], load: tuple[str, str]) -
     return "\n".join(lines)
 
 
+def quality(threads: int = 1) -> str:
+    """tests/test_speech.py's two measurements, with their figures: the word error rate over the
+    test sentences spoken whole, and the word centres of sentences spoken word by word."""
+    import speech_media
+    from selfmm.extract.speech import speech_settings
+
+    recogniser = speech_settings(asr_threads=threads).recogniser()
+    wer, _ = speech_media.word_error_rate(recogniser)
+    errors, matched, total = speech_media.centre_errors(recogniser)
+    return (f"word error rate over {len(speech_media.SENTENCES)} sentences spoken whole: {100 * wer:.1f}%; "
+            f"words spoken one by one: {matched} of {total} matched, their centres off by "
+            f"{1000 * float(np.mean(errors)):.0f} ms on average, {1000 * max(errors):.0f} ms at most")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, nargs="+", default=[2.0, 5.0, 10.0, 30.0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="CTranslate2 threads (default 1)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--quality", action="store_true", help="also the word error rate and the word times")
     args = parser.parse_args(argv)
     start = load_average()
     results = bench_speech(args.seconds, args.repeats, args.threads)
     end = load_average()
     print(render_speech(results, (start, end)))
+    if args.quality:
+        print(quality(args.threads))
     if args.json:
         Path(args.json).write_text(json.dumps({"load": [start, end], "results": results}, indent=2))
     return 0

@@ -115,3 +115,49 @@ def speech_video(path: str | Path, samples: np.ndarray, *, fps: int = 5, width: 
         for packet in audio.encode():
             out.mux(packet)
     return path
+
+
+# --- what the recogniser hears, measured (tests/test_speech.py and benchmarks/speech.py) --------
+
+# Sentences spoken word by word with known gaps, for the word centres.
+ONE_BY_ONE = [
+    "please open the window now",
+    "my brother bought a new car",
+    "the children played in the garden",
+    "this is the best book ever",
+    "we walked to the park today",
+]
+
+
+def words_of(text: str) -> str:
+    from selfmm.extract.align import normalise
+
+    return " ".join(filter(None, (normalise(w) for w in text.split())))
+
+
+def word_error_rate(recogniser) -> tuple[float, list]:
+    """The word error rate over SENTENCES, each spoken whole; and the transcripts."""
+    import jiwer
+
+    heard = [recogniser.transcribe(say(s)) for s in SENTENCES]
+    return jiwer.wer([words_of(s) for s in SENTENCES], [words_of(t.text) for t in heard]), heard
+
+
+def centre_errors(recogniser) -> tuple[list[float], int, int]:
+    """ONE_BY_ONE's words spoken one by one with known gaps: for each word matched to the
+    recognised words, how far (seconds) its aligned span's centre is from the true centre; and
+    the words matched, of all."""
+    from selfmm.extract.align import MATCHED, align_words
+
+    errors, matched, total = [], 0, 0
+    for sentence in ONE_BY_ONE:
+        samples, truth = word_by_word(sentence)
+        heard = recogniser.transcribe(samples).words
+        spans = align_words([w for w, _, _ in truth], heard, samples.size / RATE)
+        for span, (_, start, end) in zip(spans, truth, strict=True):
+            total += 1
+            if span.how == MATCHED:
+                matched += 1
+                errors.append(abs((span.start + span.end) / 2 - (start + end) / 2))
+    return errors, matched, total
+

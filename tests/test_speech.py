@@ -37,7 +37,6 @@ from selfmm.extract.align import (  # noqa: E402
     WordSpan,
     align_words,
     frame_means,
-    normalise,
     text_words,
     tokens_with_spans,
 )
@@ -46,13 +45,6 @@ from selfmm.extract.speech import PACKAGED_SHA256, Word, speech_settings  # noqa
 needs_espeak = pytest.mark.skipif(sm.ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 
 SENTENCES = sm.SENTENCES
-ONE_BY_ONE = [
-    "please open the window now",
-    "my brother bought a new car",
-    "the children played in the garden",
-    "this is the best book ever",
-    "we walked to the park today",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -68,10 +60,6 @@ def recogniser():
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer("minilm")
-
-
-def words_of(text: str) -> str:
-    return " ".join(filter(None, (normalise(w) for w in text.split())))
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -174,10 +162,7 @@ def test_language_and_threads(recogniser):
 
 @needs_espeak
 def test_word_error_rate_of_sentences_spoken_whole(recogniser):
-    import jiwer
-
-    heard = [recogniser.transcribe(sm.say(s)) for s in SENTENCES]
-    wer = jiwer.wer([words_of(s) for s in SENTENCES], [words_of(t.text) for t in heard])
+    wer, heard = sm.word_error_rate(recogniser)
     assert wer <= 0.10, [t.text for t in heard]
     assert not any(t.no_speech or t.unsure for t in heard)
     for t in heard:  # words in order, inside the clip
@@ -188,16 +173,7 @@ def test_word_error_rate_of_sentences_spoken_whole(recogniser):
 @needs_espeak
 def test_word_centres_of_words_spoken_one_by_one(recogniser):
     """Each word synthesized alone and joined with known pauses, so its true centre is known."""
-    errors, matched, total = [], 0, 0
-    for sentence in ONE_BY_ONE:
-        samples, truth = sm.word_by_word(sentence)
-        heard = recogniser.transcribe(samples).words
-        spans = align_words([w for w, _, _ in truth], heard, samples.size / sm.RATE)
-        for span, (_, start, end) in zip(spans, truth, strict=True):
-            total += 1
-            if span.how == MATCHED:
-                matched += 1
-                errors.append(abs((span.start + span.end) / 2 - (start + end) / 2))
+    errors, matched, total = sm.centre_errors(recogniser)
     assert matched >= 0.9 * total
     assert max(errors) <= 0.150, f"mean {np.mean(errors):.3f} s, max {max(errors):.3f} s"
 
@@ -362,7 +338,7 @@ def test_extract_without_a_transcript_recognises_the_words(spoken, tmp_path, cap
     record = json.loads(test["speech"][0])
     assert record["text_source"] == "asr" and record["model"] == "tiny.en"
     assert record["model_sha256"] == PACKAGED_SHA256["model.bin"] and record["no_speech"] is False
-    assert words_of(test["raw_text"][0]) == words_of(sentence)
+    assert sm.words_of(test["raw_text"][0]) == sm.words_of(sentence)
     assert [w[0] for w in record["words"]] == test["raw_text"][0].split()
     assert all(0.2 < w[1] < w[2] < 4.0 for w in record["words"])
     assert load_features(out).splits["test"].speech == [record]
@@ -430,7 +406,7 @@ def test_extract_dataset_transcribes_and_aligned_output_trains(spoken, tmp_path,
     train = raw["train"]
     sources = [json.loads(s)["text_source"] for s in train["speech"]]
     assert sources == ["given", "asr", "given", "asr"]
-    assert train["raw_text"][0] == SENTENCES[0] and words_of(train["raw_text"][1]) == words_of(SENTENCES[1])
+    assert train["raw_text"][0] == SENTENCES[0] and sm.words_of(train["raw_text"][1]) == sm.words_of(SENTENCES[1])
     report = json.loads(Path(f"{out}.json").read_text())
     assert report["text_sources"] == {"given": 3, "asr": 3} and report["speech_model"]["name"] == "tiny.en"
 
@@ -456,7 +432,7 @@ def test_extract_dataset_transcribes_and_aligned_output_trains(spoken, tmp_path,
     assert main(["predict", "--run", str(run), str(clips[5][0]), str(clips[4][0]), "--transcript", "",
                  "--transcript", "typed words", "--json", "--device", "cpu"]) == 0
     heard, typed = json.loads(capsys.readouterr().out)
-    assert heard["speech"]["text_source"] == "asr" and words_of(heard["transcript"]) == words_of(SENTENCES[5])
+    assert heard["speech"]["text_source"] == "asr" and sm.words_of(heard["transcript"]) == sm.words_of(SENTENCES[5])
     assert len(heard["speech"]["aligned"]) == len(heard["transcript"].split())
     assert typed["speech"]["text_source"] == "given" and typed["transcript"] == "typed words"
     assert [w[0] for w in typed["speech"]["aligned"]] == ["typed", "words"]
