@@ -39,7 +39,9 @@ SHORT, LONG = 6, 2
 LONG_SECONDS = 600
 
 
-def processes_in_group(group: int) -> list[int]:
+def _live_processes(field: int, value: int) -> list[int]:
+    """Processes (not zombies) whose /proc stat field after the name (1: parent, 2: group)
+    equals `value`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -47,9 +49,13 @@ def processes_in_group(group: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == group and fields[0] != "Z":
+            if int(fields[field]) == value and fields[0] != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def processes_in_group(group: int) -> list[int]:
+    return _live_processes(2, group)
 
 
 def test_stop_ends_a_busy_pool_at_once():
@@ -286,16 +292,7 @@ def test_train_with_jobs_stops_every_job_on_ctrl_c(tiny_run, tmp_path):
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
+    return _live_processes(1, pid)
 
 
 def fork_server(pid: int) -> int | None:
