@@ -138,6 +138,15 @@ def environment() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, output: Callable[[], str]) -> None:
+    """Poll `ready()` for up to 180 s while `proc` runs; a failure shows the process's `output()`."""
+    deadline = time.monotonic() + 180
+    while not ready():
+        assert proc.poll() is None, output()
+        assert time.monotonic() < deadline, f"waited 180 s for: {what}\n{output()}"
+        time.sleep(0.02)
+
+
 def interrupt_when(command: list[str], ready: Callable[[], bool], what: str,
                    group: bool = True) -> tuple[subprocess.Popen, float, str]:
     """Start `command`; once `ready()` (within 180 s), send SIGINT to its process group, as
@@ -146,11 +155,7 @@ def interrupt_when(command: list[str], ready: Callable[[], bool], what: str,
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=environment(), start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, f"{what} within 180 s"
-            time.sleep(0.05)
+        wait_until(ready, proc, what, lambda: str(proc.communicate()))
         if group:
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -341,11 +346,7 @@ def test_serve_stops_on_a_signal_at_any_moment(moment, sig, group, tiny_run, tmp
         "serving": lambda: "Application startup complete" in log.read_text(),
     }[moment]
     try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"never {moment}:\n{log.read_text()}"
-            time.sleep(0.02)
+        wait_until(ready, proc, moment, log.read_text)
         os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
         proc.wait(timeout=60)
     finally:
