@@ -19,7 +19,7 @@ import numpy as np
 
 from .data.mmsa import load_features
 from .data.types import FeatureData
-from .errors import SelfMMError
+from .errors import SelfMMError, warn
 from .io import write_bytes, write_text
 from .metrics import pearson
 from .provenance import file_digest
@@ -313,8 +313,8 @@ def load_human_data(seed_dir: Path, data_path: str | None, cache: dict[str, Feat
         changed = data_path is None and Path(path).exists() and recorded.get("sha256") not in (
             None, file_digest(path)["sha256"])
         if data_path is None and (changed or not Path(path).exists()):
-            warnings.warn(f"the run's data file {path} {'has changed since training' if changed else 'is gone'}; "
-                          "give the data file to compare with human unimodal labels", stacklevel=2)
+            warn(f"the run's data file {path} {'has changed since training' if changed else 'is gone'}; "
+                 "give the data file to compare with human unimodal labels")
             cache[path] = None
         else:
             with warnings.catch_warnings():

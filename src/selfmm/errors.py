@@ -8,6 +8,9 @@ error names the Python parameters it is about in backquotes (`out`, `resume=True
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 
 class SelfMMError(Exception):
     """A user-facing error: bad input file, bad configuration, bad path."""
@@ -27,3 +30,12 @@ class ArgumentError(SelfMMError, ValueError):
 
 class ArgumentTypeError(SelfMMError, TypeError):
     """An argument of a library function of the wrong type."""
+
+
+def warn(message: str) -> None:
+    """A UserWarning shown at the caller's own line: the first frame outside selfmm, however many
+    of its functions and wrappers (selfmm.checks) stand between."""
+    frame, level = sys._getframe(1), 2  # level 1 is this function
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "selfmm":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)

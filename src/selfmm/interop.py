@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from .checks import checked, instance, path
 from .configuration import Config, coerce, flatten, read_json_object, to_bool
 from .configuration import seed as seed_rule
 from .encoder import load_encoder
-from .errors import ConfigError, SelfMMError
+from .errors import ConfigError, SelfMMError, warn
 from .io import atomic_writer, write_bytes
 from .model import SelfMM
 from .models import class_path, mmsa_to_selfmm, read_mmsa_weights, save_encoder_files, weights_bytes
@@ -153,8 +152,8 @@ def translate_mmsa_config(obj: dict[str, Any], dataset: str | None, source: str 
     if unknown:
         raise ConfigError(f"{source}: unknown MMSA {MMSA_MODEL} settings: {', '.join(sorted(unknown))}")
     if ignored:
-        warnings.warn(f"{source}: ignoring MMSA settings that the data file and the encoder "
-                      f"determine: {', '.join(sorted(ignored))}", stacklevel=3)
+        warn(f"{source}: ignoring MMSA settings that the data file and the encoder "
+             f"determine: {', '.join(sorted(ignored))}")
     return values
 
 

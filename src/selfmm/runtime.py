@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from .checks import Wrong
-from .errors import SelfMMError
+from .errors import SelfMMError, warn
 
 
 def device_name(value: Any) -> str | torch.device:
@@ -113,7 +112,7 @@ def _warn_once(message: str) -> None:
     """`message` once per process, whatever the warning filters (a notebook's show every one)."""
     if message not in _warned:
         _warned.add(message)
-        warnings.warn(message, stacklevel=3)
+        warn(message)
 
 
 def global_settings() -> dict[str, Any]:

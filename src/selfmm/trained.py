@@ -9,7 +9,6 @@ training: scoring a clip never loads the training loop.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +23,7 @@ from .configuration import Config, from_dict, seed
 from .data.layout import SPLITS
 from .data.mmsa import feature_data
 from .data.types import DataSpec, FeatureData
-from .errors import SelfMMError
+from .errors import SelfMMError, warn
 from .inference import check_text, predict
 from .metrics import regression_metrics
 from .model import SelfMM
@@ -103,7 +102,7 @@ class SeedRun:
                                   f"was trained with {getattr(spec, key)}")
         changed = provenance.differences(self.provenance, data.path, data.overrides)
         if changed:
-            warnings.warn(f"{self.path}: {'; '.join(changed)}", stacklevel=3)
+            warn(f"{self.path}: {'; '.join(changed)}")
 
 
 @dataclass
@@ -167,9 +166,9 @@ def load_run(path: str | Path, *, model: type[torch.nn.Module] | None = None) ->
             try:
                 cls = import_class(recorded, untrusted=[path, directory])
             except (ImportError, AttributeError) as exc:
-                warnings.warn(f"{directory}: its model class {recorded} cannot be imported from the "
-                              f"installed modules ({type(exc).__name__}: {exc}); pass `model` to "
-                              "load_run to rebuild it", stacklevel=2)
+                warn(f"{directory}: its model class {recorded} cannot be imported from the "
+                     f"installed modules ({type(exc).__name__}: {exc}); pass `model` to "
+                     "load_run to rebuild it")
         seeds[int(saved["seed"])] = SeedRun(directory, int(saved["seed"]), saved, cls)
     results = read_results(path, None) if not (path / CONFIG).exists() else None
     return Run(path, seeds, results)

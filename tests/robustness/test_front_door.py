@@ -314,3 +314,11 @@ def test_the_command_line_shows_its_flags_where_the_library_names_parameters(cap
     assert main(["serve", "--run", "absent", "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "--host 0.0.0.0 is not loopback: pass --token or set SELFMM_TOKEN" in err
+
+
+def test_a_library_warning_points_at_the_callers_line(synth_path):
+    """Behind the front door's wrapper, a warning is still shown at the line that called the
+    library (not at selfmm/checks.py)."""
+    with pytest.warns(UserWarning, match="non-finite audio/vision values") as caught:
+        load_features(synth_path())
+    assert [w.filename for w in caught] == [__file__]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from .. import datasets
 from ..checks import Wrong, checked, optional, path
-from ..errors import DataError
+from ..errors import DataError, warn
 from ..io import check_file
 from .cache import read_cache
 from .layout import (
@@ -451,9 +450,7 @@ def load_features(
     splits, repairs, total = _build_splits(raws, source, label_range, origins, clean, cached_repairs)
     _check_splits(splits, source)
     if total:
-        warnings.warn(
-            f"{source}: {total} non-finite audio/vision values (NaN or +-inf) set to 0", stacklevel=2
-        )
+        warn(f"{source}: {total} non-finite audio/vision values (NaN or +-inf) set to 0")
     first = splits["train"]
     aligned = not any(key in raws[split] for split in SPLITS for key in LENGTH_KEYS)
     return FeatureData(
