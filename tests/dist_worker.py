@@ -114,6 +114,9 @@ def syncs(data_path: str, encoder_path: str, out: str) -> None:
     train_epoch(net, optimizer, loader, ulgm, 1, cfg, torch.device("cpu"), gather=distributed.make_gather(dist),
                 dist=dist)
     (Path(out) / f"syncs-{dist.rank}.json").write_text(json.dumps(counts))
+    # Both ranks done before either tears gloo down (once, rank 1 aborted in teardown:
+    # "terminate called without an active exception").
+    distributed.barrier(dist)
     distributed.shutdown(dist)
 
 

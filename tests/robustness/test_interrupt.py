@@ -359,3 +359,30 @@ def test_serve_stops_on_a_signal_at_any_moment(moment, sig, group, tiny_run, tmp
     assert "Traceback" not in output and "Error" not in output, output
     assert_group_gone(proc.pid)
     assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
+
+
+def test_a_background_thread_failing_after_ctrl_c_shows_no_traceback(monkeypatch, capsys):
+    """A library's thread that fails while the command ends on Ctrl-C (multiprocessing's resource
+    sharer losing a data-loader worker the signal ended) prints no traceback after the one line."""
+    import selfmm.cli
+
+    shown = []  # what would be printed: Python's own hook prints each thread's traceback
+    monkeypatch.setattr(threading, "excepthook", shown.append)
+    released = threading.Event()
+
+    def fails_later() -> None:
+        released.wait(10)
+        raise ConnectionResetError("the worker is gone")
+
+    def interrupted(args):
+        threading.Thread(target=fails_later, daemon=True).start()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(selfmm.cli, "dispatch", interrupted)
+    thread_count = threading.active_count()
+    assert main(["synth", "--profile", "mosi", "--out", "x.pkl"]) == 130
+    released.set()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > thread_count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert capsys.readouterr().err == "selfmm: interrupted\n" and shown == []

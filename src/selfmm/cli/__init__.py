@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -103,6 +104,13 @@ def failure(exc: BaseException, command: str) -> tuple[str, int]:
             "run again with --debug for the traceback, and report it)", EXIT_FAILURE)
 
 
+def _quiet_threads() -> None:
+    """The command is ending on Ctrl-C or SIGTERM. A background thread that a library left running
+    may fail on its way out (multiprocessing's resource sharer, handing a tensor to a data-loader
+    worker the signal ended, loses its connection): its traceback would be the only one shown."""
+    threading.excepthook = lambda args: None
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -117,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             with keep_interrupts(), terminate_as_interrupt():
                 return dispatch(args)
     except Terminated:
+        _quiet_threads()
         print("selfmm: terminated", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:
+        _quiet_threads()
         print("selfmm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one guard: no command ends in a bare traceback
