@@ -83,23 +83,29 @@ def forked_without_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def starting_processes() -> Iterator[None]:
-    """Around code that starts worker processes: SIGINT is blocked (so a fork server started
-    here, which imports for seconds before it ignores SIGINT itself, and the workers it forks
-    never see a Ctrl-C to the process group) and SIGTERM waits; both arrive when the block
-    ends. So a signal never lands half-way through starting a process, which would leave a
-    child that its parent does not know of, and that `stop` cannot end."""
+    """Around code that starts worker processes: SIGINT and SIGTERM wait, and arrive when the
+    block ends. So a signal never lands half-way through starting a process, which would leave
+    a child that its parent does not know of, and that `stop` cannot end (a worker forked by the
+    fork server while its parent, interrupted, never read its pid: it outlived the command).
+
+    SIGINT is also blocked, so that a fork server started here (which imports for seconds
+    before it ignores SIGINT itself) and the workers it forks never see a Ctrl-C to the process
+    group. Blocking alone does not hold the parent's: any other thread (torch's) takes the
+    signal, and Python raises it in the main thread all the same; hence the handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     noted: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in held}
     try:
         with forked_without_interrupts():
             yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if noted:
-            signal.raise_signal(signal.SIGTERM)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(noted):
+            signal.raise_signal(sig)
 
 
 def stop(executor: ProcessPoolExecutor, timeout: float = STOP_TIMEOUT_S) -> None:

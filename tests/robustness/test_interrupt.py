@@ -97,6 +97,34 @@ def test_a_ctrl_c_lost_in_a_finalizer_is_delivered_again(monkeypatch):
     time.sleep(0.2)
 
 
+# Ctrl-C or SIGTERM while a worker starts, another thread running (torch's take the signals
+# that the main thread blocks): the signal waits for the block's end, then arrives once.
+HELD_SIGNAL = """
+import os, signal, sys, threading, time
+from selfmm.pools import starting_processes, terminate_as_interrupt
+other = threading.Event()
+threading.Thread(target=other.wait).start()
+try:
+    with terminate_as_interrupt(), starting_processes():
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        time.sleep(0.3)
+        print("started", flush=True)
+except KeyboardInterrupt as exc:
+    print(type(exc).__name__)
+finally:
+    other.set()
+"""
+
+
+@pytest.mark.parametrize("sig, raised", [("SIGINT", "KeyboardInterrupt"), ("SIGTERM", "Terminated")])
+def test_a_signal_waits_until_a_process_has_started(sig, raised):
+    """Blocking SIGINT in the main thread alone let another thread take it, and Python raised it
+    inside the block: a worker forked by the fork server outlived `serve` (CI, once)."""
+    done = subprocess.run([sys.executable, "-c", HELD_SIGNAL, sig], capture_output=True, text=True,
+                          timeout=60, env=environment())
+    assert done.stdout.split() == ["started", raised], done.stderr
+
+
 def assert_gone(workers: list, within: float = 10.0) -> None:
     """Terminated; a process in the middle of disk I/O on a loaded machine may take a moment."""
     deadline = time.monotonic() + within
