@@ -241,9 +241,10 @@ def train_epochs(args: argparse.Namespace, work: Path, precision: str) -> dict[s
     cfg = config.with_values(config.defaults_for("mosi"), {"text_model": args.text_model,
                                                            "max_epochs": args.epochs, "precision": precision})
     loops: list[float] = []
-    saves: list[float] = []
+    saves: list[float] = []  # what the epoch waits for: copying its files' contents
+    writes: list[float] = []  # what the writer thread does meanwhile: the checkpoint's hash, write, fsync
 
-    real_epoch, real_save = train.train_epoch, checkpoint.save
+    real_epoch, real_save, real_write = train.train_epoch, train.save_epoch, checkpoint.write
 
     def timed_epoch(*epoch_args, **kwargs) -> float:
         sync(args.device)
@@ -253,12 +254,16 @@ def train_epochs(args: argparse.Namespace, work: Path, precision: str) -> dict[s
         loops.append(time.perf_counter() - start)
         return loss
 
-    def timed_save(path, state) -> None:
-        start = time.perf_counter()
-        real_save(path, state)
-        saves.append(time.perf_counter() - start)
+    def timed(real, times: list[float]):
+        def call(*call_args, **kwargs):
+            start = time.perf_counter()
+            result = real(*call_args, **kwargs)
+            times.append(time.perf_counter() - start)
+            return result
+        return call
 
-    checkpoint.save, train.train_epoch = timed_save, timed_epoch
+    train.train_epoch, train.save_epoch = timed_epoch, timed(real_save, saves)
+    checkpoint.write = timed(real_write, writes)
     try:
         with tempfile.TemporaryDirectory(dir=work) as out:
             start = time.perf_counter()
@@ -267,10 +272,11 @@ def train_epochs(args: argparse.Namespace, work: Path, precision: str) -> dict[s
             total = time.perf_counter() - start
             history = json.loads((Path(out) / "seed-1111" / "history.json").read_text())
     finally:
-        checkpoint.save, train.train_epoch = real_save, real_epoch
+        train.train_epoch, train.save_epoch, checkpoint.write = real_epoch, real_save, real_write
     n = len(data.splits["train"])
     return {"train_clips": n, "samples_per_s": [n / s for s in loops],
             "epoch_seconds": [h["seconds"] for h in history], "checkpoint_seconds": saves,
+            "checkpoint_write_seconds": writes,
             "total_seconds": total}
 
 
@@ -393,9 +399,11 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"whole epochs through fit_seed, {precision} ({t['train_clips']} training clips)")
         for e, (sps, sec) in enumerate(zip(t["samples_per_s"], t["epoch_seconds"], strict=True), start=1):
-            save = t["checkpoint_seconds"][e - 1] if e <= len(t["checkpoint_seconds"]) else float("nan")
+            save, write = (t[key][e - 1] if e <= len(t.get(key, ())) else float("nan")
+                           for key in ("checkpoint_seconds", "checkpoint_write_seconds"))
             lines.append(f"  epoch {e}: {sps:6.1f} samples/s in the training loop; "
-                         f"{sec:6.1f} s with validation; checkpoint {save:5.2f} s")
+                         f"{sec:6.1f} s with validation; checkpoint {save:5.2f} s "
+                         f"(+ {write:4.2f} s written behind the next epoch)")
     for name, ratio in speedups(results).items():
         lines.append(f"bf16 / fp32 samples/s, {name}: {ratio:.2f}x")
     if "ulgm" in results:

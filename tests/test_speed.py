@@ -156,6 +156,8 @@ def test_benchmark_quick_prints_its_table(tiny_bert, tmp_path):
         assert heading in done.stdout
     results = json.loads(out.read_text())
     assert set(results["phases"]) == set(results["train"]) == set(precisions)
+    # What an epoch waits for (copying its files' contents), and the writing done behind it.
+    assert all(t["checkpoint_seconds"] and t["checkpoint_write_seconds"] for t in results["train"].values())
     if len(precisions) == 2:
         assert "bf16 / fp32 samples/s, train (median epoch)" in done.stdout
     assert set(results["ulgm"]) == {"1000", "10000"}

@@ -29,9 +29,18 @@ class CheckpointError(SelfMMError):
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
+    write(path, serialize(state))
+
+
+def serialize(state: dict[str, Any]) -> memoryview:
+    """`state`'s bytes as they stand now: later changes to its tensors do not reach them."""
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
-    payload = buffer.getbuffer()  # a view: no copy of the ~270 MB (MiniLM + Adam)
+    return buffer.getbuffer()  # a view: no copy of the ~270 MB (MiniLM + Adam)
+
+
+def write(path: str | Path, payload: memoryview) -> None:
+    """`serialize`'s bytes, hashed, into `path` atomically."""
     digest = hashlib.sha256(payload).hexdigest().encode()
     with atomic_writer(path, "wb") as handle:
         handle.write(payload)

@@ -188,3 +188,45 @@ def test_resume_with_a_frozen_encoder_matches_an_uninterrupted_run(tmp_path, syn
     assert train(tmp_path / "b", data, tiny_bert, "--max-epochs", "3", "--freeze-encoder", "--resume") == 0
     assert final(tmp_path / "a") == final(tmp_path / "b")
     shutil.rmtree(tmp_path / "a")
+
+
+def test_an_epochs_files_are_written_while_the_next_epoch_trains(tmp_path, synth_path, tiny_bert, monkeypatch):
+    """Epoch 1's checkpoint is written by the writer thread while epoch 2 trains (the write here
+    waits until epoch 2's steps are done), and holds epoch 1's weights although epoch 2 has
+    changed them in place by then."""
+    import threading
+
+    import selfmm
+    from selfmm import train
+    from selfmm.data.mmsa import load_features
+
+    real_epoch, real_write = train.train_epoch, checkpoint.write
+    at_end: dict[int, dict[str, torch.Tensor]] = {}
+    epoch_two_trained = threading.Event()
+
+    def recorded_epoch(model, *args, **kwargs):
+        loss = real_epoch(model, *args, **kwargs)
+        epoch = args[3]
+        at_end[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        if epoch == 2:
+            epoch_two_trained.set()
+        return loss
+
+    def delayed_write(path, payload):
+        if path.name == "checkpoint-epoch0001.pt":
+            assert epoch_two_trained.wait(120), "epoch 2 waited for epoch 1's checkpoint"
+        real_write(path, payload)
+
+    monkeypatch.setattr(train, "train_epoch", recorded_epoch)
+    monkeypatch.setattr(checkpoint, "write", delayed_write)
+    cfg = selfmm.config("mosi", batch_size=8, max_epochs=2, text_model=str(tiny_bert))
+    with pytest.warns(UserWarning, match="non-finite"):
+        data = load_features(synth_path("mosi", scale=0.02))
+    selfmm.fit(cfg, data, tmp_path / "run", seeds=[7], device="cpu", progress=False)
+    seed = tmp_path / "run" / "seed-7"
+    assert checkpoint.saved_epochs(seed) == [2, 1]
+    for epoch in (1, 2):
+        saved = checkpoint.load(checkpoint.epoch_path(seed, epoch))["model"]
+        assert all(torch.equal(saved[k], at_end[epoch][k]) for k in at_end[epoch]), epoch
+    assert not all(torch.equal(at_end[1][k], at_end[2][k]) for k in at_end[1])
+    assert not list(seed.glob("*.tmp")) and not list(seed.glob(".*.tmp"))
