@@ -41,6 +41,7 @@ def test_seeds_side_by_side_equal_one_job_runs(synth_path, tiny_bert, tmp_path, 
     data, cfg = data_and_config(synth_path, tiny_bert)
     torch.set_num_threads(2)  # two jobs of one thread each
     side = selfmm.fit(cfg, data, tmp_path / "jobs", seeds=[1, 2, 3], device="cpu", progress=False, jobs=2)
+    assert [side.seeds[seed].saved["torch_threads"] for seed in (1, 2, 3)] == [1, 1, 1]
     torch.set_num_threads(1)
     alone = selfmm.fit(cfg, data, tmp_path / "one", seeds=[1, 2, 3], device="cpu", progress=False)
     assert side.results["seeds"] == alone.results["seeds"]

@@ -82,7 +82,8 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
     `model`: a class of your own (see selfmm.models) trained with the ULGM instead of Self-MM
     (with `jobs` > 1 it must be importable by name, not defined in a notebook).
     `jobs`: seeds trained side by side, each in its own process on its share of torch's
-    threads (selfmm.jobs); each seed's results equal a one-job run with that many threads.
+    threads (selfmm.jobs); each seed's results equal a one-job run with that many threads,
+    which its config.json records (`torch_threads`).
     The global torch settings a run changes (TF32 and the determinism flags on CUDA) are
     restored when it returns.
     Under torchrun every process calls this and trains its shard; only rank 0 writes files.

@@ -2,7 +2,8 @@
 
 A run directory holds `results.json` and `results.csv` (per-seed test metrics, mean, std, the
 provenance) and one `seed-<seed>/` per seed:
-  config.json             resolved configuration, data spec, seed, model class, provenance
+  config.json             resolved configuration, data spec, seed, model class, provenance,
+                          torch_threads (CPU sums may depend on the thread count)
   encoder/                the encoder's config and tokenizer (the run reloads without a hub)
   best.safetensors        weights with the lowest validation loss
   checkpoint-epochNNNN.pt everything needed to resume (the two newest are kept)

@@ -393,8 +393,9 @@ def fit_seed(cfg: Config, data: FeatureData, out: Path, seed: int, device: torch
     spec = {"path": str(Path(data.path).resolve()), **data.spec.to_dict()}
 
     def write_config(model: torch.nn.Module) -> None:
+        # CPU kernels may sum in another order on another thread count: a rerun needs it.
         write_seed_config(out, config=cfg.to_dict(), seed=seed, data=spec, model_class=class_path(type(model)),
-                          provenance=provenance)
+                          provenance=provenance, torch_threads=torch.get_num_threads())
 
     if resume and (out / METRICS).exists():
         if not dist.is_main:
