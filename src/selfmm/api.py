@@ -128,9 +128,7 @@ def fit(cfg: Config, data: FeatureData, out: str | Path, seeds: list[int] | None
                                           provenance=record)
             if dist.is_main:
                 write_results(path, cfg.to_dict(), per_seed, record)
-        # Every rank ends together: gloo aborts a rank that tears down while another (rank 0,
-        # testing and writing) has not reached its own teardown.
-        distributed.barrier(dist)
+        distributed.barrier(dist)  # gloo aborts a rank that tears down while rank 0 still tests
     finally:
         distributed.shutdown(dist)
     return load_run(out, model=model) if dist.is_main else Run(out, {}, None)
