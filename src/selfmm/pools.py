@@ -64,48 +64,49 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def forked_without_interrupts() -> Iterator[None]:
-    """Processes forked inside the block start with SIGINT blocked, and keep it blocked.
-
-    torch's data loader forks its workers at every epoch, and a Ctrl-C that reaches one before
-    its own handler is set prints that worker's traceback. A forked child inherits the signal
-    mask of the thread that forks it (a spawned one does not); the parent's own SIGINT waits
-    until the block ends, then arrives as usual."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextlib.contextmanager
-def starting_processes() -> Iterator[None]:
-    """Around code that starts worker processes: SIGINT and SIGTERM wait, and arrive when the
-    block ends. So a signal never lands half-way through starting a process, which would leave
-    a child that its parent does not know of, and that `stop` cannot end (a worker forked by the
-    fork server while its parent, interrupted, never read its pid: it outlived the command).
-
-    SIGINT is also blocked, so that a fork server started here (which imports for seconds
-    before it ignores SIGINT itself) and the workers it forks never see a Ctrl-C to the process
-    group. Blocking alone does not hold the parent's: any other thread (torch's) takes the
-    signal, and Python raises it in the main thread all the same; hence the handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _held(*signals: int) -> Iterator[None]:
+    """In the main thread, `signals` that arrive inside the block are noted and delivered once
+    when it ends. Blocking a signal in the main thread alone does not hold it: any other thread
+    (torch's) takes it, and Python raises it in the main thread all the same."""
     noted: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in held}
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum)) for sig in signals}
     try:
-        with forked_without_interrupts():
-            yield
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for sig in dict.fromkeys(noted):
             signal.raise_signal(sig)
+
+
+@contextlib.contextmanager
+def forked_without_interrupts(*held: int) -> Iterator[None]:
+    """Processes forked inside the block start with SIGINT blocked, and keep it blocked; the
+    parent's own SIGINT (and any of `held`) waits until the block ends, then arrives as usual.
+
+    torch's data loader forks its workers at every epoch, and a Ctrl-C that reaches one before
+    its own handler is set prints that worker's traceback. A forked child inherits the signal
+    mask of the thread that forks it (a spawned one does not)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with _held(signal.SIGINT, *held):
+            yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def starting_processes() -> contextlib.AbstractContextManager[None]:
+    """Around code that starts worker processes: SIGINT and SIGTERM wait, and arrive when the
+    block ends. So a signal never lands half-way through starting a process, which would leave
+    a child that its parent does not know of, and that `stop` cannot end (a worker forked by the
+    fork server while its parent, interrupted, never read its pid: it outlived the command).
+    SIGINT is also blocked, so that a fork server started here (which imports for seconds
+    before it ignores SIGINT itself) and the workers it forks never see a Ctrl-C to the process
+    group."""
+    return forked_without_interrupts(signal.SIGTERM)
 
 
 def stop(executor: ProcessPoolExecutor, timeout: float = STOP_TIMEOUT_S) -> None:

@@ -97,15 +97,15 @@ def test_a_ctrl_c_lost_in_a_finalizer_is_delivered_again(monkeypatch):
     time.sleep(0.2)
 
 
-# Ctrl-C or SIGTERM while a worker starts, another thread running (torch's take the signals
-# that the main thread blocks): the signal waits for the block's end, then arrives once.
+# Ctrl-C or SIGTERM while workers start, another thread running (torch's take the signals that
+# the main thread blocks): the signal waits for the block's end, then arrives once.
 HELD_SIGNAL = """
 import os, signal, sys, threading, time
-from selfmm.pools import starting_processes, terminate_as_interrupt
+from selfmm import pools
 other = threading.Event()
 threading.Thread(target=other.wait).start()
 try:
-    with terminate_as_interrupt(), starting_processes():
+    with pools.terminate_as_interrupt(), getattr(pools, sys.argv[2])():
         os.kill(os.getpid(), getattr(signal, sys.argv[1]))
         time.sleep(0.3)
         print("started", flush=True)
@@ -116,11 +116,13 @@ finally:
 """
 
 
-@pytest.mark.parametrize("sig, raised", [("SIGINT", "KeyboardInterrupt"), ("SIGTERM", "Terminated")])
-def test_a_signal_waits_until_a_process_has_started(sig, raised):
+@pytest.mark.parametrize("sig, block, raised", [("SIGINT", "starting_processes", "KeyboardInterrupt"),
+                                                 ("SIGTERM", "starting_processes", "Terminated"),
+                                                 ("SIGINT", "forked_without_interrupts", "KeyboardInterrupt")])
+def test_a_signal_waits_until_a_process_has_started(sig, block, raised):
     """Blocking SIGINT in the main thread alone let another thread take it, and Python raised it
     inside the block: a worker forked by the fork server outlived `serve` (CI, once)."""
-    done = subprocess.run([sys.executable, "-c", HELD_SIGNAL, sig], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", HELD_SIGNAL, sig, block], capture_output=True, text=True,
                           timeout=60, env=environment())
     assert done.stdout.split() == ["started", raised], done.stderr
 
